@@ -1,0 +1,47 @@
+"""OpenTelemetry: one tracer provider per process; context carried through task headers."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+from kit.settings import get_settings
+
+
+@functools.cache
+def setup_tracing(service_name: str) -> None:
+    """Install the tracer provider once, exporting to the console or OTLP per settings."""
+    settings = get_settings()
+    if settings.telemetry_exporter == "none":
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if settings.telemetry_exporter == "console":
+        exporter: Any = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+
+def tracer(name: str) -> trace.Tracer:
+    """A tracer for a module."""
+    return trace.get_tracer(name)
+
+
+def inject() -> dict[str, str]:
+    """The current trace context as W3C headers (`traceparent`), to hand to another process."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract(carrier: dict[str, Any] | None) -> Any:
+    """A context from headers made by `inject()`."""
+    return propagate.extract(carrier or {})
