@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "dev-only-secret-change-me"
 DEV_MASTER_KEY = "ZGV2LW9ubHktbWFzdGVyLWtleS0zMi1ieXRlcyEhISE="  # base64 of 32 dev bytes
+DEV_ADMIN_KEY = "mga_dev_admin_key"
 
 
 class Settings(BaseSettings):
@@ -30,6 +31,8 @@ class Settings(BaseSettings):
 
     secret_key: str = DEV_SECRET
     master_key: str = DEV_MASTER_KEY
+    # Platform operators' key for the admin API (onboarding partners and customer accounts).
+    admin_key: str = DEV_ADMIN_KEY
 
     # Moderation: prompt terms that block a request on their own (comma separated).
     blocklist: str = ""
@@ -49,10 +52,11 @@ class Settings(BaseSettings):
     def _refuse_dev_secrets_outside_dev(self) -> Settings:
         if self.env == "production" and (
             self.secret_key == DEV_SECRET or self.master_key == DEV_MASTER_KEY
+            or self.admin_key == DEV_ADMIN_KEY
         ):
             raise ValueError(
-                "MEDIAGATE_SECRET_KEY and MEDIAGATE_MASTER_KEY must be set in production; "
-                "the built-in development values are public"
+                "MEDIAGATE_SECRET_KEY, MEDIAGATE_MASTER_KEY and MEDIAGATE_ADMIN_KEY must be set "
+                "in production; the built-in development values are public"
             )
         return self
 

@@ -1,0 +1,43 @@
+"""create_app(): the composition root that mounts every router."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from billing.endpoints import router as billing_router
+from gateway.admin import router as admin_router
+from gateway.endpoints import router as customer_router
+from kit.db import assert_migrated
+from kit.telemetry import setup_tracing
+from kit.web import install_error_handlers
+from partners.endpoints import router as partner_router
+
+
+def create_app(*, check_schema: bool = True) -> FastAPI:
+    """The mediagate API: customer, partner and admin routers."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        setup_tracing("mediagate-api")
+        if check_schema:
+            assert_migrated()
+        yield
+
+    app = FastAPI(
+        title="mediagate",
+        version="0.1.0",
+        summary="Hosting gateway for generative-media models",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (customer_router, partner_router, billing_router, admin_router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,154 @@
+"""The `mediagate` command line: serve, worker, migrate, demo, up, report, package."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="mediagate: hosting gateway for generative-media models.", no_args_is_help=True)
+report_app = typer.Typer(help="Finance reports.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+console = Console()
+
+
+def _queues(pools: str) -> str:
+    from kit.tasks import DEFAULT_QUEUE, pool_queue
+
+    return ",".join([DEFAULT_QUEUE] + [pool_queue(p.strip()) for p in pools.split(",") if p.strip()])
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    from kit import migrate as migrations
+    from kit.settings import get_settings
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrations.upgrade(settings.db_url)
+    console.print(f"[green]database is at the latest migration[/] ({settings.db_url.split('@')[-1]})")
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the API (customer, partner and admin routes)."""
+    import uvicorn
+
+    uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", server_header=False)
+
+
+@app.command()
+def worker(pools: str = typer.Option("shared", help="SLA pools to serve, comma separated"),
+           concurrency: int = typer.Option(0, help="Requests at once (default from settings)")) -> None:
+    """Run a Celery worker that executes requests on model replicas."""
+    from gateway.worker import app as celery_app
+    from kit.settings import get_settings
+
+    threads = concurrency or get_settings().worker_concurrency
+    celery_app.worker_main(["worker", "--pool", "threads", "--concurrency", str(threads),
+                            "--queues", _queues(pools), "--loglevel", "INFO", "--without-gossip",
+                            "--without-mingle", "--without-heartbeat"])
+
+
+@app.command()
+def demo(base_url: str = "http://127.0.0.1:8000") -> None:
+    """Seed a demo partner, model and customer key, and print the curl line to call it."""
+    from gateway.demo import seed
+    from kit.db import assert_migrated, session_scope
+
+    assert_migrated()
+    with session_scope() as session:
+        d = seed(session)
+    console.print(f"[bold]demo model[/] {d.model}\n[bold]customer key[/] {d.customer_key}\n"
+                  f"[bold]partner key[/] {d.partner_key}\n\n[bold]call it:[/]")
+    print(d.curl(base_url))
+
+
+@app.command()
+def up(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Migrate, seed the demo, and run the API with a worker: the whole service on one machine."""
+    migrate()
+    demo(base_url=f"http://{host}:{port}")
+    env = dict(os.environ)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker"], env=env),
+        subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--host", host,
+                          "--port", str(port)], env=env),
+    ]
+    console.print(f"[green]mediagate is up[/] on http://{host}:{port} (docs at /docs); Ctrl-C stops it")
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@report_app.command("revenue-share")
+def revenue_share(period: str = typer.Option(..., help="Billing period, e.g. 2026-11"),
+                  format: str = typer.Option("table", help="table, json or csv"),
+                  output: Path | None = typer.Option(None, help="Write to a file instead of stdout")) -> None:
+    """Revenue by partner and model for a period, with the platform / licensor / partner split."""
+    from billing.service import REPORT_COLUMNS, revenue_share_report
+    from kit.db import session_scope
+
+    with session_scope() as session:
+        rows = revenue_share_report(session, period)
+    if format == "json":
+        text = json.dumps({"period": period, "rows": rows}, indent=2)
+    elif format == "csv":
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    elif format == "table":
+        table = Table(title=f"Revenue share, {period} (micro-units)")
+        for col in REPORT_COLUMNS:
+            table.add_column(col, justify="right" if col.endswith(("micros", "requests")) else "left")
+        for row in rows:
+            table.add_row(*(str(row[c]) for c in REPORT_COLUMNS))
+        console.print(table)
+        return
+    else:
+        raise typer.BadParameter("format must be table, json or csv")
+    if output:
+        output.write_text(text)
+        console.print(f"wrote {output}")
+    else:
+        print(text)
+
+
+@app.command()
+def package(directory: Path = typer.Argument(..., exists=True, file_okay=False),
+            output: Path = typer.Option(..., "-o", "--output", help="Archive to write (OCI layout tar)")) -> None:
+    """Build a model package (OCI image archive) from a model directory or a Cog project."""
+    from partners.packaging import build_package
+
+    result = build_package(directory, output)
+    console.print(f"[green]wrote[/] {output} ({getattr(result, 'digest', '')})")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,168 @@
+"""The customer API (`/v1`): submit, read, cancel, files, catalog and usage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from fastapi import Depends, Header, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.types import Receive, Scope, Send
+
+from billing import service as billing
+from billing.models import Account
+from gateway import envelope as env
+from gateway import events, service
+from gateway import repository as repo
+from gateway.auth import account_reader, account_writer
+from gateway.models import FINAL_STATUSES, Request
+from gateway.schemas import Envelope, ModelCard, PriceOut, SubmitBody, UsageOut
+from kit.db import get_session, session_scope, utcnow
+from kit.errors import InvalidInput, NotFound
+from kit.signing import verify
+from kit.storage import get_storage
+from kit.web import router as make_router
+from partners import repository as partners_repo
+from partners import service as partners
+
+router = make_router(prefix="/v1", tags=["requests"])
+
+MAX_WAIT_S = 60
+
+
+def _prefer_wait(prefer: str | None) -> float | None:
+    if not prefer:
+        return None
+    match = re.search(r"\bwait(?:=(\d+))?\b", prefer)
+    if match is None:
+        return None
+    return float(min(int(match.group(1) or MAX_WAIT_S), MAX_WAIT_S))
+
+
+class WaitThenEnvelope(JSONResponse):
+    """Sent after the handler's transaction commits: waits for a final status, then renders."""
+
+    def __init__(self, request_id: str, account_id: str, wait_s: float, status_code: int) -> None:
+        super().__init__(content=None, status_code=status_code)
+        self.request_id, self.account_id, self.wait_s = request_id, account_id, wait_s
+
+    def _render_now(self) -> dict[str, Any]:
+        with session_scope() as session:
+            req = repo.request_of_account(session, self.request_id, self.account_id)
+            assert req is not None
+            return env.envelope(session, req).model_dump(mode="json")
+
+    def _done(self) -> bool:
+        with session_scope() as session:
+            req = session.get(Request, self.request_id)
+            return req is None or req.status in FINAL_STATUSES
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await events.wait_until(self._done, self.request_id, self.wait_s)
+        import asyncio
+
+        self.body = self.render(await asyncio.to_thread(self._render_now))
+        self.init_headers()
+        await super().__call__(scope, receive, send)
+
+
+@router.post("/models/{owner}/{model}/requests", response_model=Envelope, status_code=201,
+             responses={200: {"model": Envelope, "description": "An earlier request with this Idempotency-Key"}})
+def submit(
+    owner: str, model: str, body: SubmitBody,
+    idempotency_key: str | None = Header(default=None, max_length=255),
+    prefer: str | None = Header(default=None),
+    request_timeout: float | None = Header(default=None, gt=0, le=86400),
+    priority: str = Header(default="normal", pattern="^(normal|low)$"),
+    account: Account = Depends(account_writer), session: Session = Depends(get_session),
+) -> Any:
+    """Submit a request to a model. `Prefer: wait=N` holds the answer until it finishes (≤ 60 s)."""
+    req, created = service.submit(
+        session, account, owner=owner, model_slug=model, input=body.input,
+        webhook=str(body.webhook) if body.webhook else None, idempotency_key=idempotency_key,
+        priority=priority, start_deadline_s=request_timeout,
+    )
+    status_code = 201 if created else 200
+    wait_s = _prefer_wait(prefer)
+    if wait_s and req.status not in FINAL_STATUSES:
+        return WaitThenEnvelope(req.id, account.id, wait_s, status_code)
+    return JSONResponse(env.envelope(session, req).model_dump(mode="json"), status_code=status_code)
+
+
+@router.get("/requests/{request_id}", response_model=Envelope)
+def get_request(request_id: str, account: Account = Depends(account_reader),
+                session: Session = Depends(get_session)) -> Envelope:
+    """The request's envelope: status, output, metrics and cost."""
+    return env.envelope(session, service.get_request(session, account, request_id))
+
+
+@router.post("/requests/{request_id}/cancel", response_model=Envelope)
+def cancel_request(request_id: str, account: Account = Depends(account_writer),
+                   session: Session = Depends(get_session)) -> Envelope:
+    """Cancel: a queued request ends at once; a running one is signaled and ends when it stops."""
+    return env.envelope(session, service.cancel(session, account, request_id))
+
+
+@router.get("/files/{file_id}", response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def get_file(file_id: str, expires: int = Query(...), signature: str = Query(..., max_length=64),
+             session: Session = Depends(get_session)) -> StreamingResponse:
+    """An output file, through the signed URL from the request's output."""
+    if not verify(file_id, expires, signature):
+        raise NotFound("no such file, or its link has expired")
+    f = repo.file(session, file_id)
+    if f is None:
+        raise NotFound("no such file, or its link has expired")
+    return StreamingResponse(get_storage().iter_bytes(f.storage_key), media_type=f.content_type,
+                             headers={"Content-Length": str(f.size),
+                                      "Content-Disposition": f'inline; filename="{f.file_name}"'})
+
+
+def _card(session: Session, model: Any) -> ModelCard:
+    deployment = partners.serving_deployment(session, model)
+    try:
+        pricing = billing.pricing_at(session, model.id)
+        price = PriceOut(unit=pricing.price_card.unit, unit_price_micros=pricing.price_card.unit_price_micros,
+                         currency=pricing.price_card.currency)
+        license_ = pricing.license.tier
+    except NotFound:
+        price, license_ = None, None
+    return ModelCard(
+        id=model.id, owner=model.partner.slug, name=model.slug, title=model.title,
+        description=model.description, version=deployment.version_id if deployment else None,
+        license=license_, price=price, pools=[deployment.pool] if deployment else [],
+        inputs_schema=deployment.version.inputs_schema if deployment else {},
+    )
+
+
+@router.get("/models", response_model=list[ModelCard], tags=["catalog"])
+def list_models(session: Session = Depends(get_session),
+                _: Account = Depends(account_reader)) -> list[ModelCard]:
+    """Every deployed model with its inputs schema, price card, license and pools."""
+    return [c for c in (_card(session, m) for m in partners_repo.all_models(session)) if c.version]
+
+
+@router.get("/models/{owner}/{model}", response_model=ModelCard, tags=["catalog"])
+def get_model(owner: str, model: str, session: Session = Depends(get_session),
+              _: Account = Depends(account_reader)) -> ModelCard:
+    """One model's card."""
+    found = partners_repo.model_by_slug(session, owner, model)
+    if found is None:
+        raise NotFound(f"no model {owner}/{model}")
+    return _card(session, found)
+
+
+@router.get("/usage", response_model=UsageOut, tags=["usage"])
+def usage(since: dt.datetime | None = None, until: dt.datetime | None = None,
+          account: Account = Depends(account_reader), session: Session = Depends(get_session)) -> UsageOut:
+    """The account's usage and cost by model and day (default: this calendar month)."""
+    now = utcnow()
+    until = until or now + dt.timedelta(seconds=1)
+    since = since or now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if since.tzinfo is None or until.tzinfo is None:
+        raise InvalidInput("since and until need a timezone, e.g. 2026-11-01T00:00:00Z")
+    lines = billing.usage_summary(session, account.id, since=since, until=until)
+    return UsageOut(since=since, until=until, total_micros=sum(x["amount_micros"] for x in lines),
+                    lines=lines)

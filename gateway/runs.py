@@ -1,0 +1,211 @@
+"""Running one request on a replica of its deployment: what the Celery task does.
+
+Three short transactions: claim (queued → running), run outside any transaction, finish
+(outputs, moderation, usage, final status). Safe to run twice: a finished request is left
+alone and usage is recorded once per request.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from billing import service as billing
+from gateway import events
+from gateway import repository as repo
+from gateway.models import FINAL_STATUSES, File, Request
+from kit.db import session_scope, utcnow
+from kit.errors import AppError
+from kit.settings import get_settings
+from kit.storage import get_storage
+from moderation import service as moderation
+from partners import repository as partners_repo
+from partners.models import Model
+from partners.packaging import PackageLimits, validate_stream
+from partners.service import artifact_key
+from partners.tenancy.runner import DeploymentSpec, ModelFailed, ReplicaError, ReplicaPool
+
+CANCEL_POLL_S = 0.5
+
+
+@functools.cache
+def replica_pool() -> ReplicaPool:
+    """This worker process's warm replicas."""
+    settings = get_settings()
+    return ReplicaPool(settings.data_dir / "replicas", setup_timeout=settings.runner_setup_timeout_s,
+                       python=settings.runner_python or None)
+
+
+@dataclass(frozen=True)
+class Claim:
+    request_id: str
+    account_id: str
+    inputs: dict[str, Any]
+    spec: DeploymentSpec
+    queued_ms: int
+
+
+def _materialiser(partner_id: str, digest: str):  # type: ignore[no-untyped-def]
+    def materialise(target: Path) -> None:
+        with get_storage().open(artifact_key(partner_id, digest)) as f:
+            validate_stream(f, PackageLimits()).extract_to(target)
+
+    return materialise
+
+
+def claim(session: Session, request_id: str) -> Claim | None:
+    """Move a queued request to running; None when there is nothing (more) to do."""
+    req = repo.request_for_update(session, request_id)
+    if req is None or req.status in FINAL_STATUSES:
+        return None
+    now = utcnow()
+    if req.status == "queued" and req.deadline_at is not None and now > req.deadline_at:
+        req.status, req.completed_at = "expired", now
+        req.error = "the request did not start before its Request-Timeout deadline"
+        events.publish_after_commit(session, req.id, "status", {"status": "expired"})
+        return None
+    deployment = partners_repo.deployment(session, req.deployment_id)
+    version = partners_repo.version(session, req.version_id)
+    model = session.get(Model, req.model_id)
+    assert deployment is not None and version is not None and model is not None
+    req.status, req.started_at = "running", req.started_at or now
+    req.attempts += 1
+    events.publish_after_commit(session, req.id, "status", {"status": "running"})
+    spec = DeploymentSpec(
+        deployment_id=deployment.id,
+        package_dir=_materialiser(model.partner_id, version.artifact_digest),
+        manifest=version.manifest,
+        max_replicas=deployment.max_replicas,
+        concurrency=deployment.concurrency,
+        keep_alive_s=deployment.keep_alive_s,
+    )
+    queued_ms = int((now - req.created_at).total_seconds() * 1000)
+    return Claim(req.id, req.account_id, dict(req.input), spec, queued_ms)
+
+
+def _watch_cancel(request_id: str, replica: Any, stop: threading.Event) -> None:
+    while not stop.wait(CANCEL_POLL_S):
+        with session_scope() as session:
+            req = session.get(Request, request_id)
+            if req is not None and req.cancel_requested:
+                replica.cancel(request_id)
+                return
+
+
+def execute(request_id: str) -> None:
+    """Run a request end to end (the body of the `gateway.run_request` task)."""
+    with session_scope() as session:
+        claimed = claim(session, request_id)
+    if claimed is None:
+        return
+    settings = get_settings()
+    pool = replica_pool()
+    started = time.perf_counter()
+    try:
+        replica = pool.acquire(claimed.spec, timeout=settings.runner_setup_timeout_s)
+    except ReplicaError as exc:
+        _fail(request_id, f"the model could not start: {exc}")
+        return
+    output_dir = replica.workdir / "outputs" / request_id
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_cancel, args=(request_id, replica, stop), daemon=True)
+    watcher.start()
+    broken = False
+
+    def forward(event: dict[str, Any]) -> None:
+        events.publish(request_id, event["type"], {k: v for k, v in event.items() if k not in ("type", "id")})
+
+    try:
+        result = replica.predict(request_id, claimed.inputs, output_dir,
+                                 timeout=settings.runner_predict_timeout_s, on_event=forward)
+    except ModelFailed as exc:
+        _fail(request_id, str(exc))
+        return
+    except ReplicaError as exc:
+        broken = True
+        _fail(request_id, str(exc))
+        return
+    finally:
+        stop.set()
+        pool.release(replica, broken=broken)
+    run_ms = int((time.perf_counter() - started) * 1000)
+    try:
+        _succeed(request_id, result, output_dir, run_ms)
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _fail(request_id: str, message: str) -> None:
+    with session_scope() as session:
+        req = repo.request_for_update(session, request_id)
+        if req is None or req.status in FINAL_STATUSES:
+            return
+        canceled = req.cancel_requested
+        req.status = "canceled" if canceled else "failed"
+        req.error = None if canceled else message[:4000]
+        req.completed_at = utcnow()
+        events.publish_after_commit(session, request_id, "status", {"status": req.status})
+
+
+def _store_outputs(session: Session, req: Request, value: Any, output_dir: Path) -> Any:
+    if isinstance(value, dict) and "$file" in value:
+        name = Path(str(value["$file"])).name
+        source = output_dir / name
+        key = f"outputs/{req.account_id}/{req.id}/{name}"
+        size = get_storage().put_file(key, source)
+        f = File(account_id=req.account_id, request_id=req.id, storage_key=key, file_name=name,
+                 content_type=str(value.get("content_type", "application/octet-stream")), size=size)
+        session.add(f)
+        session.flush()
+        extra = {k: v for k, v in value.items() if k not in ("$file", "content_type")}
+        return {"$file_id": f.id, "file_name": name, "content_type": f.content_type, "file_size": size, **extra}
+    if isinstance(value, dict):
+        return {k: _store_outputs(session, req, v, output_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_store_outputs(session, req, v, output_dir) for v in value]
+    return value
+
+
+def _succeed(request_id: str, result: dict[str, Any], output_dir: Path, run_ms: int) -> None:
+    with session_scope() as session:
+        req = repo.request_for_update(session, request_id)
+        if req is None or req.status in FINAL_STATUSES:
+            return
+        now = utcnow()
+        if req.cancel_requested:
+            req.status, req.completed_at = "canceled", now
+            events.publish_after_commit(session, request_id, "status", {"status": "canceled"})
+            return
+        files = sorted(p for p in output_dir.glob("*") if p.is_file()) if output_dir.exists() else []
+        verdict = moderation.check_output(session, account_id=req.account_id, model_id=req.model_id,
+                                          request_id=req.id, files=files)
+        req.moderation_output = verdict.decision
+        req.run_ms = run_ms
+        req.completed_at = now
+        if verdict.blocked:
+            req.status = "blocked"
+            req.error = verdict.reason or "the output was blocked by content policy"
+            events.publish_after_commit(session, request_id, "status", {"status": "blocked"})
+            return
+        model = session.get(Model, req.model_id)
+        units = result.get("units") or {}
+        try:
+            with session.begin_nested():
+                output = _store_outputs(session, req, result.get("output"), output_dir)
+                usage = billing.record_usage(session, request_id=req.id, account_id=req.account_id,
+                                             model=model, version_id=req.version_id, units=units,
+                                             occurred_at=now)
+        except AppError as exc:  # e.g. the model reported unusable units: fail, charge nothing
+            req.status, req.error = "failed", f"the result could not be recorded: {exc.message}"
+            events.publish_after_commit(session, request_id, "status", {"status": "failed"})
+            return
+        req.output, req.units, req.cost_micros = output, units, usage.amount_micros
+        req.status = "succeeded"
+        events.publish_after_commit(session, request_id, "status", {"status": "succeeded"})

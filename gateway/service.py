@@ -1,0 +1,139 @@
+"""Customer use cases: accounts' keys, submitting requests, reading and canceling them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+import jsonschema
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from billing import service as billing
+from billing.models import Account
+from gateway import events
+from gateway import repository as repo
+from gateway.models import FINAL_STATUSES, ApiKey, Request
+from kit.db import utcnow
+from kit.errors import Conflict, Forbidden, InvalidInput, NotFound
+from kit.keys import key_digest, new_key
+from kit.tasks import enqueue, pool_queue
+from moderation import service as moderation
+from partners import repository as partners_repo
+from partners import service as partners
+
+RUN_TASK = "gateway.run_request"
+
+
+def issue_key(session: Session, account: Account, *, name: str = "default",
+              scopes: list[str] | None = None) -> str:
+    """A new customer API key for the account; returned once, stored as a digest."""
+    key = new_key("mg_live")
+    session.add(ApiKey(account_id=account.id, name=name, digest=key_digest(key),
+                       scopes=scopes or ["requests:write", "requests:read"]))
+    session.flush()
+    return key
+
+
+def body_digest(payload: dict[str, Any]) -> str:
+    """A stable digest of a submitted body, to tell a retry from a different request."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def validate_input(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Check the input against the model's schema and fill in defaults; 422 names the field."""
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        field = ".".join(str(p) for p in error.absolute_path) or (
+            error.validator_value[0] if error.validator == "required" and error.validator_value else "input")
+        if error.validator == "required":
+            missing = [f for f in error.validator_value if f not in data]
+            field = missing[0] if missing else field
+        raise InvalidInput(f"input.{field}: {error.message}", field=f"input.{field}")
+    filled = dict(data)
+    for name, prop in schema.get("properties", {}).items():
+        if name not in filled and "default" in prop:
+            filled[name] = prop["default"]
+    return filled
+
+
+def submit(
+    session: Session, account: Account, *, owner: str, model_slug: str, input: dict[str, Any],
+    webhook: str | None = None, idempotency_key: str | None = None, priority: str = "normal",
+    start_deadline_s: float | None = None,
+) -> tuple[Request, bool]:
+    """Queue a request for a model; returns (request, created). Enqueued only on commit."""
+    digest = body_digest({"model": f"{owner}/{model_slug}", "input": input, "webhook": webhook})
+    if idempotency_key:
+        existing = repo.request_by_idempotency_key(session, account.id, idempotency_key)
+        if existing is not None:
+            if existing.body_digest != digest:
+                raise Conflict("this Idempotency-Key was used with a different body")
+            return existing, False
+    model = partners_repo.model_by_slug(session, owner, model_slug)
+    if model is None:
+        raise NotFound(f"no model {owner}/{model_slug}")
+    deployment = partners.serving_deployment(session, model)
+    if deployment is None:
+        raise NotFound(f"model {owner}/{model_slug} is not deployed")
+    pricing = billing.pricing_at(session, model.id)
+    if pricing.license.tier == "revenue_share" and not account.commercial_use:
+        raise Forbidden(f"{owner}/{model_slug} is licensed for commercial use only to enabled accounts")
+    filled = validate_input(deployment.version.inputs_schema, input)
+    verdict = moderation.check_input(session, account_id=account.id, model_id=model.id, input=filled)
+    now = utcnow()
+    req = Request(
+        account_id=account.id, model_id=model.id, version_id=deployment.version_id,
+        deployment_id=deployment.id, model_ref=f"{owner}/{model_slug}", pool=deployment.pool,
+        priority=priority, input=filled, webhook=webhook, idempotency_key=idempotency_key,
+        body_digest=digest, currency=pricing.price_card.currency, created_at=now,
+        moderation_input=verdict.decision,
+        deadline_at=now + dt.timedelta(seconds=start_deadline_s) if start_deadline_s else None,
+    )
+    if verdict.blocked:
+        req.status = "blocked"
+        req.error = verdict.reason or "the input was blocked by content policy"
+        req.completed_at = now
+    session.add(req)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:  # a concurrent submit with the same Idempotency-Key won
+        existing = repo.request_by_idempotency_key(session, account.id, idempotency_key or "")
+        if existing is None or existing.body_digest != digest:
+            raise Conflict("this Idempotency-Key was used with a different body") from exc
+        return existing, False
+    if not verdict.blocked:
+        enqueue(session, RUN_TASK, req.id, queue=pool_queue(req.pool),
+                priority=0 if priority == "normal" else 5)
+    return req, True
+
+
+def get_request(session: Session, account: Account, request_id: str) -> Request:
+    """One of the account's requests; another account's is not found."""
+    req = repo.request_of_account(session, request_id, account.id)
+    if req is None:
+        raise NotFound(f"no request {request_id}")
+    return req
+
+
+def cancel(session: Session, account: Account, request_id: str) -> Request:
+    """Cancel: a queued request at once; a running one gets a cancel signal."""
+    req = get_request(session, account, request_id)
+    locked = repo.request_for_update(session, req.id)
+    assert locked is not None
+    if locked.status == "queued":
+        locked.status = "canceled"
+        locked.completed_at = utcnow()
+        events.publish_after_commit(session, locked.id, "status", {"status": "canceled"})
+    elif locked.status == "running":
+        locked.cancel_requested = True
+        events.publish_after_commit(session, locked.id, "cancel", {})
+    return locked
+
+
+def is_final(req: Request) -> bool:
+    return req.status in FINAL_STATUSES

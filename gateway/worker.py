@@ -1,0 +1,25 @@
+"""The Celery entry point: `celery -A gateway.worker worker` (or `mediagate worker`)."""
+
+from __future__ import annotations
+
+from celery import signals
+
+from gateway import tasks  # noqa: F401  - registers the tasks
+from kit.db import assert_migrated
+from kit.tasks import get_celery
+from kit.telemetry import setup_tracing
+
+app = get_celery()
+
+
+@signals.worker_init.connect
+def _check_schema(**_: object) -> None:
+    setup_tracing("mediagate-worker")
+    assert_migrated()
+
+
+@signals.worker_shutdown.connect
+def _stop_replicas(**_: object) -> None:
+    from gateway.runs import replica_pool
+
+    replica_pool().close()
