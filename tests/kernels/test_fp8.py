@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from kernels.fp8 import (
+    FP8_DTYPE,
+    fp8_linear,
+    fp8_linear_reference,
+    quantize_fp8_rowwise,
+    quantize_fp8_rowwise_launch,
+    quantize_fp8_rowwise_reference,
+    quantize_weight_fp8_rowwise,
+)
+
+ON_GPU = torch.cuda.is_available()
+SHAPES = [(4608, 3072), (2, 333, 3072), (3, 7, 128)] if ON_GPU else [(3, 7, 128), (2, 33, 200)]
+
+
+def _quantize(x, poisoned):
+    q = torch.zeros(x.shape, dtype=FP8_DTYPE, device=x.device)
+    q.view(torch.uint8).fill_(0x7F)  # e4m3fn NaN
+    s = poisoned((*x.shape[:-1], 1), torch.float32, x.device)
+    return quantize_fp8_rowwise_launch(x, q, s)
+
+
+def _assert_same_quantization(q, s, x):
+    q_ref, s_ref = quantize_fp8_rowwise_reference(x)
+    assert q.dtype == FP8_DTYPE and s.dtype == torch.float32
+    assert not torch.isnan(q.float()).any() and not torch.isnan(s).any()
+    torch.testing.assert_close(s, s_ref, atol=0, rtol=1e-7)
+    # Same scale, same round-to-nearest-even: the fp8 codes must agree exactly.
+    mismatched = (q.view(torch.uint8) != q_ref.view(torch.uint8)).sum().item()
+    assert mismatched == 0, f"{mismatched} fp8 codes differ from torch's cast"
+
+
+def test_e4m3_available_on_this_torch():
+    assert torch.tensor([1.5]).to(FP8_DTYPE).float().item() == 1.5
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_quantize_matches_reference(shape, dtype, device, poisoned):
+    x = torch.randn(shape, dtype=dtype, device=device) * 3
+    q, s = _quantize(x, poisoned)
+    _assert_same_quantization(q, s, x)
+    # x ~= q * s within half an e4m3 step (2**-4 relative) plus the subnormal step.
+    deq = q.float() * s
+    bound = x.float().abs() * 2**-4 + s * 2**-9 + 1e-30
+    assert ((deq - x.float()).abs() <= bound).all()
+
+
+def test_quantize_wide_dynamic_range_and_zero_rows(device, poisoned):
+    # Magnitudes over 12 decades reach e4m3's subnormals and underflow to zero; a row of zeros
+    # takes the amax floor.
+    x = torch.randn(6, 200, device=device) * 10 ** (torch.rand(6, 200, device=device) * 12 - 10)
+    x[2] = 0
+    x = x.to(torch.bfloat16)
+    q, s = _quantize(x, poisoned)
+    _assert_same_quantization(q, s, x)
+    assert (q[2].float() == 0).all()
+
+
+def test_quantize_weight_shapes(device):
+    w = torch.randn(48, 64, dtype=torch.bfloat16, device=device)
+    w_fp8, w_scale = quantize_weight_fp8_rowwise(w)
+    assert w_fp8.shape == (48, 64) and w_scale.shape == (48, 1)
+    with pytest.raises(ValueError):
+        quantize_weight_fp8_rowwise(w[None])
+
+
+def test_quantize_opcheck(device):
+    x = torch.randn(3, 5, 64, dtype=torch.bfloat16, device=device)
+    torch.library.opcheck(quantize_fp8_rowwise, (x,))
+
+
+def _linear_case(lead, k, n, dtype, device, with_bias):
+    x = torch.randn(*lead, k, dtype=dtype, device=device)
+    w = torch.randn(n, k, dtype=dtype, device=device) / k**0.5
+    bias = torch.randn(n, dtype=dtype, device=device) if with_bias else None
+    w_fp8, w_scale = quantize_weight_fp8_rowwise(w)
+    return x, w_fp8, w_scale, bias
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fp8_linear_small(with_bias, device):
+    # torch._scaled_mm has a CPU implementation too, so this runs everywhere.
+    x, w_fp8, w_scale, bias = _linear_case((37,), 64, 48, torch.bfloat16, device, with_bias)
+    out = fp8_linear(x, w_fp8, w_scale, bias)
+    ref = fp8_linear_reference(x, w_fp8, w_scale, bias, out_dtype=torch.float32)
+    assert out.shape == (37, 48) and out.dtype == torch.bfloat16
+    rel = (out.float() - ref).norm() / ref.norm()
+    assert rel < 1e-2, f"relative error {rel:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device for fp8 tensor cores")
+@pytest.mark.parametrize("lead,k,n", [((4608,), 3072, 12288), ((2, 333), 3072, 3072)])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_fp8_linear_full_size(lead, k, n, out_dtype, device):
+    x, w_fp8, w_scale, bias = _linear_case(lead, k, n, torch.bfloat16, device, True)
+    out = fp8_linear(x, w_fp8, w_scale, bias, out_dtype=out_dtype)
+    ref = fp8_linear_reference(x, w_fp8, w_scale, bias, out_dtype=torch.float32)
+    assert out.shape == (*lead, n) and out.dtype == out_dtype
+    rel = (out.float() - ref).norm() / ref.norm()
+    assert rel < 1e-2, f"relative error {rel:.2e}"
+    # And close to the unquantized product: e4m3 keeps ~3 significant bits per element.
+    exact = torch.nn.functional.linear(x.float(), (w_fp8.float() * w_scale), bias.float())
+    assert (out.float() - exact).norm() / exact.norm() < 6e-2
