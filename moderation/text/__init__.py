@@ -1,0 +1,1 @@
+"""Text checks: normalisation against evasion, curated term lists, an offline classifier."""
