@@ -31,11 +31,14 @@ def _adaln_kernel(
     eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rows32 = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    mask = (rows < M)[:, None] & (cols < N)[None, :]
-    b = rows // R
-    r = rows - b * R
+    mask = (rows32 < M)[:, None] & (cols < N)[None, :]
+    # Index arithmetic in int32 (64-bit division is slow), offsets in int64.
+    b32 = rows32 // R
+    b = b32.to(tl.int64)
+    r = (rows32 - b32 * R).to(tl.int64)
+    rows = rows32.to(tl.int64)
     # All loads issued before the reductions so their latencies overlap.
     x = tl.load(X + rows[:, None] * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     shift = tl.load(SHIFT + (b * sh_b + r * sh_r)[:, None] + cols[None, :], mask=mask, other=0.0)

@@ -29,11 +29,14 @@ def _gated_residual_kernel(
     X, G, Y, OUT, M, N, R, g_b, g_r,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rows32 = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (rows < M)[:, None] & (cols < N)[None, :]
-    b = rows // R
-    r = rows - b * R
+    mask = (rows32 < M)[:, None] & (cols < N)[None, :]
+    # Index arithmetic in int32 (64-bit division is slow), offsets in int64.
+    b32 = rows32 // R
+    b = b32.to(tl.int64)
+    r = (rows32 - b32 * R).to(tl.int64)
+    rows = rows32.to(tl.int64)
     off = rows[:, None] * N + cols[None, :]
     x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(Y + off, mask=mask, other=0.0).to(tl.float32)
@@ -47,11 +50,14 @@ def _gated_residual_adaln_kernel(
     M, N, R, g_b, g_r, sh_b, sh_r, sc_b, sc_r, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rows32 = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    mask = (rows < M)[:, None] & (cols < N)[None, :]
-    b = rows // R
-    r = rows - b * R
+    mask = (rows32 < M)[:, None] & (cols < N)[None, :]
+    # Index arithmetic in int32 (64-bit division is slow), offsets in int64.
+    b32 = rows32 // R
+    b = b32.to(tl.int64)
+    r = (rows32 - b32 * R).to(tl.int64)
+    rows = rows32.to(tl.int64)
     off = rows[:, None] * N + cols[None, :]
     x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(Y + off, mask=mask, other=0.0).to(tl.float32)

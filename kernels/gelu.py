@@ -86,16 +86,17 @@ def _gelu_tanh_bias_fake(x, bias):
 
 # Matmul with the bias + GELU epilogue. Hopper-sized tiles; wgmma is chosen by the compiler
 # for 8-warp programs whose tiles are multiples of 64.
+_GPU_BLOCK_K = 64  # one BLOCK_K for every config, so EVEN_K is known before tuning
 _MATMUL_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8},
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": _GPU_BLOCK_K, "GROUP_M": 8},
                   num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8},
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": _GPU_BLOCK_K, "GROUP_M": 8},
                   num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8},
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": _GPU_BLOCK_K, "GROUP_M": 8},
                   num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 16},
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": _GPU_BLOCK_K, "GROUP_M": 16},
                   num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8},
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": _GPU_BLOCK_K, "GROUP_M": 8},
                   num_warps=4, num_stages=4),
 ]
 
@@ -105,6 +106,7 @@ def _linear_gelu_kernel(
     A, W, BIAS, C, M, N, K, stride_am, stride_wn, stride_cm,
     APPLY_GELU: tl.constexpr,
     UPCAST: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Grouped launch order: GROUP_M row-blocks share each column-block of W while it is in L2.
@@ -129,9 +131,13 @@ def _linear_gelu_kernel(
     w_ptrs = W + offs_wn[None, :] * stride_wn + offs_k[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(0, tl.cdiv(K, BLOCK_K)):
-        k_left = K - kb * BLOCK_K
-        a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
-        w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_left = K - kb * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         if UPCAST:
             # Triton's interpreter multiplies bf16 operands as raw 16-bit integers; fp32
             # operands give it the tensor cores' arithmetic (exact products, fp32 sums).
@@ -176,11 +182,11 @@ def linear_gelu_tanh_launch(
     if INTERPRETING:
         meta = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
         _linear_gelu_tuned[grid(meta)](
-            a, w, bias, c, m, n, k, a.stride(0), w.stride(0), n, apply_gelu, True, **meta
+            a, w, bias, c, m, n, k, a.stride(0), w.stride(0), n, apply_gelu, True, k % 32 == 0, **meta
         )
     else:
         _linear_gelu_tuned[grid](
-            a, w, bias, c, m, n, k, a.stride(0), w.stride(0), n, apply_gelu, False
+            a, w, bias, c, m, n, k, a.stride(0), w.stride(0), n, apply_gelu, False, k % _GPU_BLOCK_K == 0
         )
     return out
 

@@ -33,14 +33,16 @@ def _qk_rows(
 ):
     # Rows are numbered (i0, i1, i2) with i2 fastest; i1 is the sequence position, so rows
     # that share a position (the heads) sit together and reuse one cos/sin row from L1.
-    rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < N
     mask = (rows < M)[:, None] & cmask[None, :]
-    i2 = rows % D2
+    # Index arithmetic in int32 (64-bit division is slow), offsets in int64.
     t = rows // D2
-    i1 = t % D1
-    i0 = t // D1
+    i2 = (rows - t * D2).to(tl.int64)
+    i0_32 = t // D1
+    i1 = (t - i0_32 * D1).to(tl.int64)
+    i0 = i0_32.to(tl.int64)
     x_row = X + (i0 * sx0 + i1 * sx1 + i2 * sx2)[:, None]
     x = tl.load(x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_ROPE:

@@ -1,0 +1,348 @@
+"""Kernel benchmark: each Triton kernel against the eager torch composite and torch.compile of it.
+
+Run on a CUDA machine from the repository root:
+
+    python bench/kernels.py [--out DIR] [--no-compile]
+
+For every op at FLUX.1-dev 1024x1024 sizes (4096 image + 512 text tokens, D=3072, 24 heads
+of 128, MLP 12288) and Wan 2.1 1.3B 480p sizes (81 frames: 32760 tokens, D=1536, 12 heads
+of 128, FFN 8960) it prints the median time (triton.testing.do_bench, L2 flushed before
+every run), the achieved bandwidth over the fewest bytes the op must move (each input read
+once, each output written once), that bandwidth as a share of the measured device-to-device
+copy bandwidth, and the speedups over eager and compiled references. Matmul rows give
+TFLOP/s instead. Results go to bench/results/kernels.json (and --out), with a PNG chart of
+the speedups when matplotlib is there.
+
+``--smoke`` runs every case once at tiny sizes on the CPU (kernels interpreted), to check
+the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import (  # noqa: E402
+    adaln_layernorm,
+    adaln_layernorm_reference,
+    apply_rope,
+    apply_rope_reference,
+    fp8_linear,
+    gated_residual,
+    gated_residual_adaln,
+    gated_residual_adaln_reference,
+    gated_residual_reference,
+    gelu_tanh_bias,
+    gelu_tanh_bias_reference,
+    linear_gelu_tanh,
+    linear_gelu_tanh_reference,
+    qk_rmsnorm,
+    qk_rmsnorm_reference,
+    qk_rmsnorm_rope,
+    qk_rmsnorm_rope_reference,
+    quantize_fp8_rowwise,
+    quantize_fp8_rowwise_reference,
+    quantize_weight_fp8_rowwise,
+)
+
+RESULTS = ROOT / "bench" / "results"
+DATE = "2026-11-22"
+
+MODELS = {
+    "flux": {"tokens": 4608, "dim": 3072, "heads": 24, "head_dim": 128, "mlp": 12288},
+    "wan": {"tokens": 32760, "dim": 1536, "heads": 12, "head_dim": 128, "mlp": 8960},
+}
+SMOKE = {"tokens": 37, "dim": 96, "heads": 3, "head_dim": 32, "mlp": 160}
+
+
+@dataclass
+class Row:
+    op: str
+    model: str
+    shape: str
+    ms: float
+    eager_ms: float
+    compile_ms: float | None
+    gbytes: float = 0.0
+    gbps: float | None = None
+    pct_copy: float | None = None
+    tflops: float | None = None
+    x_eager: float = 0.0
+    x_compile: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Bench:
+    """Times callables and collects rows."""
+
+    def __init__(self, device: str, compile_refs: bool, smoke: bool):
+        self.device = device
+        self.compile_refs = compile_refs and not smoke
+        self.smoke = smoke
+        self.rows: list[Row] = []
+        self.copy_gbps = float("nan")
+
+    def time_ms(self, fn: Callable[[], object]) -> float:
+        if self.smoke:
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        import triton
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    def measure_copy(self) -> None:
+        n = (1 << 28) if not self.smoke else (1 << 12)  # 512 MiB of bf16
+        src = torch.randn(n, dtype=torch.bfloat16, device=self.device)
+        dst = torch.empty_like(src)
+        ms = self.time_ms(lambda: dst.copy_(src))
+        self.copy_gbps = 2 * src.numel() * src.element_size() / ms / 1e6
+
+    def compiled(self, fn: Callable, args: tuple) -> float | None:
+        if not self.compile_refs:
+            return None
+        torch._dynamo.reset()
+        cfn = torch.compile(fn, dynamic=False)
+        cfn(*args)
+        return self.time_ms(lambda: cfn(*args))
+
+    def memory_bound(self, op, model, shape, nbytes, kernel, reference, args, note=""):
+        ms = self.time_ms(lambda: kernel(*args))
+        eager = self.time_ms(lambda: reference(*args))
+        comp = self.compiled(reference, args)
+        gbps = nbytes / ms / 1e6
+        row = Row(
+            op=op, model=model, shape=shape, ms=ms, eager_ms=eager, compile_ms=comp,
+            gbytes=nbytes / 1e9, gbps=gbps, pct_copy=100 * gbps / self.copy_gbps,
+            x_eager=eager / ms, x_compile=None if comp is None else comp / ms, note=note,
+        )
+        self.rows.append(row)
+        print(_fmt(row), flush=True)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(_fmt(row), flush=True)
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _fmt(r: Row) -> str:
+    bw = f"{r.gbps:8.0f} {r.pct_copy:5.1f}%" if r.gbps is not None else f"{'':8} {'':6}"
+    tf = f" {r.tflops:6.0f} TFLOP/s" if r.tflops is not None else ""
+    xc = f"{r.x_compile:5.2f}x" if r.x_compile is not None else "  -   "
+    return (
+        f"{r.op:<24} {r.model:<5} {r.shape:<28} {r.ms * 1e3:9.1f} us {bw} "
+        f"{r.x_eager:5.2f}x {xc}{tf} {r.note}"
+    )
+
+
+def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> None:
+    dev = b.device
+    t, d, h, dh, mlp = cfg["tokens"], cfg["dim"], cfg["heads"], cfg["head_dim"], cfg["mlp"]
+
+    def r(*shape, scale=1.0):
+        return torch.randn(*shape, dtype=dtype, device=dev) * scale
+
+    # adaLN norm: x (1, T, D), per-sample shift/scale (1, D).
+    x, shift, scale = r(1, t, d), r(1, d), r(1, d, scale=0.3)
+    out = torch.empty_like(x)
+    b.memory_bound(
+        "adaln_layernorm", model, f"x{tuple(x.shape)}", _nbytes(x, out, shift, scale),
+        adaln_layernorm, adaln_layernorm_reference, (x, shift, scale),
+    )
+
+    # Gated residual and its fusion with the next adaLN norm.
+    y, gate = r(1, t, d), r(1, d)
+    b.memory_bound(
+        "gated_residual", model, f"x{tuple(x.shape)}", _nbytes(x, y, out, gate),
+        gated_residual, gated_residual_reference, (x, gate, y),
+    )
+    b.memory_bound(
+        "gated_residual_adaln", model, f"x{tuple(x.shape)}",
+        _nbytes(x, y, out, out, gate, shift, scale),
+        gated_residual_adaln, gated_residual_adaln_reference, (x, gate, y, shift, scale),
+    )
+    del x, y, out
+
+    # QK RMSNorm: FLUX per head (B, H, S, Dh); Wan across heads (B, S, H * Dh).
+    if model == "wan":
+        q, k = r(1, t, h * dh), r(1, t, h * dh)
+        qw, kw = r(h * dh) + 1, r(h * dh) + 1
+    else:
+        q, k = r(1, h, t, dh), r(1, h, t, dh)
+        qw, kw = r(dh) + 1, r(dh) + 1
+    b.memory_bound(
+        "qk_rmsnorm", model, f"q,k{tuple(q.shape)}", 2 * _nbytes(q, k),
+        qk_rmsnorm, qk_rmsnorm_reference, (q, k, qw, kw),
+    )
+
+    # RoPE with fp32 (S, Dh) tables, and fused with the per-head QK norm (FLUX).
+    q, k = r(1, h, t, dh), r(1, h, t, dh)
+    qw, kw = r(dh) + 1, r(dh) + 1
+    angles = torch.rand(t, dh, device=dev) * 6.28
+    cos, sin = angles.cos(), angles.sin()
+    b.memory_bound(
+        "apply_rope", model, f"x{tuple(q.shape)}", 2 * _nbytes(q) + _nbytes(cos, sin),
+        apply_rope, apply_rope_reference, (q, cos, sin),
+    )
+    if model == "flux":
+        b.memory_bound(
+            "qk_rmsnorm_rope", model, f"q,k{tuple(q.shape)}", 2 * _nbytes(q, k) + _nbytes(cos, sin),
+            qk_rmsnorm_rope, qk_rmsnorm_rope_reference, (q, k, qw, kw, cos, sin),
+        )
+    del q, k, cos, sin, angles
+
+    # GELU(tanh) with bias over the MLP activation (1, T, mlp).
+    a, bias = r(1, t, mlp), r(mlp)
+    b.memory_bound(
+        "gelu_tanh_bias", model, f"x{tuple(a.shape)}", 2 * _nbytes(a) + _nbytes(bias),
+        gelu_tanh_bias, gelu_tanh_bias_reference, (a, bias),
+    )
+    del a
+
+    # fp8 row-wise quantization of the (T, D) activation: 2 bytes in, 1 byte + scales out.
+    xq = r(t, d)
+    b.memory_bound(
+        "quantize_fp8_rowwise", model, f"x{tuple(xq.shape)}", _nbytes(xq) + xq.numel() + 4 * t,
+        quantize_fp8_rowwise, quantize_fp8_rowwise_reference, (xq,),
+    )
+
+
+def run_matmuls(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> None:
+    dev = b.device
+    t, d, mlp = cfg["tokens"], cfg["dim"], cfg["mlp"]
+    cases = [("up", d, mlp)] + ([("down", mlp, d)] if model == "flux" else [])
+    for name, k, n in cases:
+        x = torch.randn(t, k, dtype=dtype, device=dev)
+        w = torch.randn(n, k, dtype=dtype, device=dev) / math.sqrt(k)
+        bias = torch.randn(n, dtype=dtype, device=dev)
+        flops = 2 * t * k * n
+        shape = f"{t}x{k} @ {k}x{n}"
+
+        bf16 = b.time_ms(lambda x=x, w=w, bias=bias: F.linear(x, w, bias))
+        w_fp8, w_scale = quantize_weight_fp8_rowwise(w)
+        fp8 = b.time_ms(lambda x=x, w_fp8=w_fp8, w_scale=w_scale, bias=bias: fp8_linear(
+            x, w_fp8, w_scale, bias))
+        xq, xs = quantize_fp8_rowwise(x)
+        mm_only = b.time_ms(lambda xq=xq, xs=xs, w_fp8=w_fp8, w_scale=w_scale, bias=bias: (
+            torch._scaled_mm(xq, w_fp8.t(), scale_a=xs, scale_b=w_scale.view(1, -1),
+                             bias=bias, out_dtype=torch.bfloat16, use_fast_accum=True)))
+        b.add(Row(
+            op="fp8_linear", model=model, shape=shape + f" ({name})", ms=fp8, eager_ms=bf16,
+            compile_ms=None, tflops=flops / fp8 / 1e9, x_eager=bf16 / fp8,
+            note=f"vs bf16 F.linear {flops / bf16 / 1e9:.0f} TFLOP/s; scaled_mm alone "
+                 f"{mm_only * 1e3:.1f} us",
+            extra={"bf16_ms": bf16, "scaled_mm_ms": mm_only, "bf16_tflops": flops / bf16 / 1e9},
+        ))
+
+        if name != "up":
+            continue
+        fused = b.time_ms(lambda x=x, w=w, bias=bias: linear_gelu_tanh(x, w, bias))
+        eager = b.time_ms(lambda x=x, w=w, bias=bias: linear_gelu_tanh_reference(x, w, bias))
+        split = b.time_ms(lambda x=x, w=w, bias=bias: gelu_tanh_bias(F.linear(x, w), bias))
+        comp = b.compiled(linear_gelu_tanh_reference, (x, w, bias))
+        b.add(Row(
+            op="linear_gelu_tanh", model=model, shape=shape, ms=fused, eager_ms=eager,
+            compile_ms=comp, tflops=flops / fused / 1e9, x_eager=eager / fused,
+            x_compile=None if comp is None else comp / fused,
+            note=f"cuBLAS + gelu_tanh_bias {split * 1e3:.1f} us ({split / fused:.2f}x)",
+            extra={"cublas_plus_gelu_kernel_ms": split},
+        ))
+        del x, w, w_fp8, xq
+
+
+def chart(rows: list[Row], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels = [f"{r.op}\n{r.model}" for r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.7), 4.5))
+    ax.bar([i - 0.2 for i in xs], [r.x_eager for r in rows], width=0.4, label="x eager")
+    ax.bar([i + 0.2 for i in xs], [r.x_compile or 0 for r in rows], width=0.4,
+           label="x torch.compile")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("speedup of the Triton kernel")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=os.environ.get("OUT"))
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
+    parser.add_argument("--only", choices=["memory", "matmul"], default=None)
+    args = parser.parse_args()
+
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("bench/kernels.py needs a CUDA device (or --smoke)")
+    device = "cpu" if args.smoke else "cuda"
+    b = Bench(device, compile_refs=not args.no_compile, smoke=args.smoke)
+    torch.manual_seed(0)
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
+    b.measure_copy()
+    print(f"{gpu}; torch {torch.__version__}; triton {_triton_version()}; "
+          f"device-to-device copy {b.copy_gbps:.0f} GB/s (read + write)")
+    header = (
+        f"{'op':<24} {'model':<5} {'shape':<28} {'time':>12} {'GB/s':>8} {'%copy':>6} "
+        f"{'xeager':>6} {'xcomp':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    models = {"smoke": SMOKE} if args.smoke else MODELS
+    for model, cfg in models.items():
+        if args.only in (None, "memory"):
+            run_memory_bound(b, model, cfg, torch.bfloat16)
+        if args.only in (None, "matmul"):
+            run_matmuls(b, model, cfg, torch.bfloat16)
+        report = {
+            "gpu": gpu, "date": DATE, "torch": torch.__version__, "triton": _triton_version(),
+            "copy_gbps": b.copy_gbps, "dtype": "bfloat16",
+            "kernels_interpreted": kernels._utils.INTERPRETING,
+            "rows": [asdict(r) for r in b.rows],
+        }
+        # Written after each model so a run cut short still leaves its numbers.
+        for folder in filter(None, [RESULTS, args.out]):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "kernels.json").write_text(json.dumps(report, indent=1))
+    for folder in filter(None, [RESULTS, args.out]):
+        if chart(b.rows, folder / "kernels.png"):
+            print(f"chart: {folder / 'kernels.png'}")
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+if __name__ == "__main__":
+    main()
