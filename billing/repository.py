@@ -42,8 +42,7 @@ def insert_usage_if_new(session: Session, values: dict[str, Any]) -> bool:
             index_elements=["request_id", "meter"])
     else:  # pragma: no cover - other backends are not supported
         stmt = insert(UsageRecord).values(**values)
-    result = session.execute(stmt)
-    return bool(result.rowcount)
+    return session.execute(stmt.returning(UsageRecord.id)).scalar() is not None
 
 
 def usage_of_request(session: Session, request_id: str) -> list[UsageRecord]:

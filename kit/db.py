@@ -148,6 +148,8 @@ class CommitRoute(APIRoute):
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run `callback` once `session` commits; drop it if the session rolls back."""
+    if not session.in_transaction():
+        session.begin()  # tie the hook to a transaction, so a rollback can drop it
     session.info.setdefault("after_commit", []).append(callback)
 
 
@@ -158,9 +160,10 @@ def _run_after_commit(session: Session) -> None:
         callback()
 
 
-@event.listens_for(Session, "after_soft_rollback")
-def _drop_after_commit(session: Session, previous_transaction: Any) -> None:
-    if previous_transaction.parent is None:  # only the outermost transaction's rollback
+@event.listens_for(Session, "after_transaction_end")
+def _drop_after_commit(session: Session, transaction: Any) -> None:
+    # The outermost transaction ended without committing (commit pops the hooks first).
+    if transaction.parent is None and not transaction.nested:
         session.info.pop("after_commit", None)
 
 

@@ -34,12 +34,14 @@ def get_celery() -> Celery:
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        broker_transport_options={"polling_interval": 0.05, "visibility_timeout": 3600},
         task_serializer="json",
         accept_content=["json"],
     )
     if settings.celery_broker_url.startswith("sqla+"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        app.conf.broker_transport = "kit.broker:EmbeddedTransport"
+    else:
+        app.conf.broker_transport_options = {"visibility_timeout": 3600}
     return app
 
 

@@ -1,0 +1,191 @@
+"""Gateway overhead: submit → succeeded for a no-op model, against calling its runner directly.
+
+Runs the real stack: PostgreSQL, Redis (broker and events), a Celery worker process, the API
+in a uvicorn process, and load from this process over HTTP. Prints a table, writes
+bench/results/gateway_overhead.json and a latency chart.
+
+    .venv/bin/python bench/gateway_overhead.py [--requests 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = Path(tempfile.mkdtemp(prefix="mediagate-bench-"))
+PORT = 8731
+os.environ.update(
+    MEDIAGATE_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:5432/mediagate_bench",
+    MEDIAGATE_BROKER_URL="redis://127.0.0.1:6379/14", MEDIAGATE_REDIS_URL="redis://127.0.0.1:6379/14",
+    MEDIAGATE_DATA_DIR=str(DATA), MEDIAGATE_PUBLIC_URL=f"http://127.0.0.1:{PORT}",
+)
+
+import httpx  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import track  # noqa: E402
+from rich.table import Table  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from bench.common import machine, summary, write_json  # noqa: E402
+
+NOOP = ROOT / "bench" / "models" / "noop"
+
+
+def fresh_database() -> None:
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS mediagate_bench WITH (FORCE)"))
+        conn.execute(text("CREATE DATABASE mediagate_bench"))
+    admin.dispose()
+    from kit.migrate import upgrade
+
+    upgrade()
+
+
+def seed() -> str:
+    from billing import service as billing
+    from gateway import service as gateway
+    from kit.db import session_scope
+    from partners import service as partners
+    from partners.packaging import build_package
+
+    with session_scope() as s:
+        partner, _ = partners.create_partner(s, slug="bench", name="Bench")
+        model = partners.create_model(s, partner, slug="noop")
+        archive = DATA / "noop.oci.tar"
+        build_package(NOOP, archive)
+        data = archive.read_bytes()
+        partners.create_version(s, partner, model, archive=archive, digest=hashlib.sha256(data).hexdigest(),
+                                size=len(data))
+        partners.create_deployment(s, partner, model_slug="noop", version=None, pool="shared",
+                                   min_replicas=0, max_replicas=1, concurrency=4, keep_alive_s=3600)
+        billing.set_pricing(s, model, tier="open", unit="requests", unit_price_micros=100)
+        account = billing.create_account(s, name="bench")
+        return gateway.issue_key(s, account)
+
+
+def direct_runner(n: int) -> list[float]:
+    """The floor: the same model's runner called over its socket with no gateway in between."""
+    from partners.packaging import PackageLimits, validate_stream
+    from partners.tenancy.runner import DeploymentSpec, ReplicaPool
+
+    archive = DATA / "noop.oci.tar"
+
+    def materialise(target: Path) -> None:
+        with open(archive, "rb") as f:
+            validate_stream(f, PackageLimits()).extract_to(target)
+
+    with open(archive, "rb") as f:
+        manifest = validate_stream(f, PackageLimits()).manifest.to_dict()
+    pool = ReplicaPool(DATA / "direct")
+    spec = DeploymentSpec("dep_direct", materialise, manifest)
+    replica = pool.acquire(spec, timeout=60)
+    times = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            replica.predict(f"r{i}", {"value": i}, DATA / "direct-out" / str(i), timeout=30)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        pool.release(replica)
+        pool.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=500)
+    args = parser.parse_args()
+    console = Console()
+    import redis
+
+    redis.Redis.from_url(os.environ["MEDIAGATE_REDIS_URL"]).flushdb()
+    fresh_database()
+    key = seed()
+    env = dict(os.environ)
+    log = open(DATA / "stack.log", "wb")
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--concurrency", "4"], cwd=ROOT,
+                         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
+        subprocess.Popen([sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--port",
+                          str(PORT), "--log-level", "warning", "--no-server-header"], cwd=ROOT, env=env,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
+    ]
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=60,
+                              headers={"Authorization": f"Key {key}", "Prefer": "wait=30"})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit((DATA / "stack.log").read_text())
+            time.sleep(0.2)
+        for i in range(30):  # warm-up: cold start of the replica, connection pools
+            r = client.post("/v1/models/bench/noop/requests", json={"input": {"value": i}})
+            assert r.json()["status"] == "succeeded", r.text
+        gateway_ms, queue_ms = [], []
+        for i in track(range(args.requests), description="submit → succeeded"):
+            t0 = time.perf_counter()
+            body = client.post("/v1/models/bench/noop/requests", json={"input": {"value": i}}).json()
+            gateway_ms.append((time.perf_counter() - t0) * 1000)
+            assert body["status"] == "succeeded", body
+            queue_ms.append(body["metrics"]["queue_ms"])
+        direct_ms = direct_runner(args.requests)
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=30)
+    g, d = summary(gateway_ms), summary(direct_ms)
+    overhead = {"p50": g["p50"] - d["p50"], "p99": g["p99"] - d["p99"]}
+    table = Table(title=f"Gateway overhead, no-op model, {args.requests} sequential requests ({machine()})")
+    for col in ("path", "p50 ms", "p90 ms", "p99 ms", "mean ms"):
+        table.add_column(col, justify="right" if "ms" in col else "left")
+    table.add_row("API submit → succeeded (Prefer: wait)", *(f"{g[k]:.2f}" for k in ("p50", "p90", "p99", "mean")))
+    table.add_row("runner called directly", *(f"{d[k]:.2f}" for k in ("p50", "p90", "p99", "mean")))
+    table.add_row("overhead (difference)", f"{overhead['p50']:.2f}", "", f"{overhead['p99']:.2f}", "")
+    queue = summary([float(x) for x in queue_ms])
+    table.add_row("queue wait (server side)", *(f"{queue[k]:.2f}" for k in ("p50", "p90", "p99", "mean")))
+    console.print(table)
+    console.print(f"targets: overhead p50 ≤ 25 ms, p99 ≤ 100 ms → "
+                  f"{'met' if overhead['p50'] <= 25 and overhead['p99'] <= 100 else 'missed'}")
+    path = write_json("gateway_overhead", {
+        "date": dt.date.today().isoformat(), "machine": machine(), "requests": args.requests,
+        "gateway_ms": g, "direct_ms": d, "overhead_ms": overhead, "queue_ms": queue,
+    })
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.hist(gateway_ms, bins=60, alpha=0.7, label="via gateway")
+        ax.hist(direct_ms, bins=60, alpha=0.7, label="runner directly")
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("requests")
+        ax.set_title("submit → succeeded, no-op model")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path.with_suffix(".png"), dpi=110)
+    except ImportError:
+        pass
+    console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Test helpers: build packages, start real worker processes, drive the API as users do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
+
+
+def package_bytes(model_dir: Path, tmp: Path) -> bytes:
+    """Build a model package archive and return its bytes."""
+    from partners.packaging import build_package
+
+    out = tmp / f"{model_dir.name}.oci.tar"
+    build_package(model_dir, out)
+    return out.read_bytes()
+
+
+class WorkerProcess:
+    """A real Celery worker (`mediagate worker`) in its own process."""
+
+    def __init__(self, pools: str = "shared", concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+        self.log = Path(os.environ.get("MEDIAGATE_DATA_DIR", "/tmp")) / f"worker-{time.time_ns()}.log"
+        self._file = open(self.log, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "worker", "--pools", pools, "--concurrency", str(concurrency)],
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while b" ready." not in self.log.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("worker did not start:\n" + self.log.read_text())
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            import signal
+
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._file.close()
