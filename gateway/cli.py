@@ -78,6 +78,7 @@ def demo(base_url: str = "http://127.0.0.1:8000") -> None:
 @app.command()
 def up(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Migrate, seed the demo, and run the API with a worker: the whole service on one machine."""
+    os.environ.setdefault("MEDIAGATE_PUBLIC_URL", f"http://{host}:{port}")
     migrate()
     demo(base_url=f"http://{host}:{port}")
     env = dict(os.environ)
