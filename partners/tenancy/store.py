@@ -240,6 +240,20 @@ class ArtifactStore:
         session.flush()
         return self._plaintext(row.storage_key, key_row.id, data_key, partner_id, digest)
 
+    def open_layers(
+        self,
+        session: Session,
+        partner_id: str,
+        digests: Iterable[str],
+        *,
+        actor: str,
+        deployment_id: str | None,
+        reason: str,
+    ) -> list[Iterator[bytes]]:
+        """`open_blob` for each layer of a package, in order: a sandbox's `SandboxSpec.layers`."""
+        return [self.open_blob(session, partner_id, d, actor=actor, deployment_id=deployment_id,
+                               reason=reason) for d in digests]
+
     def _plaintext(
         self, storage_key: str, key_id: str, data_key: bytes, partner_id: str, digest: str
     ) -> Iterator[bytes]:
