@@ -44,8 +44,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gg
 BIG_FILE = 64 << 20
 IGNORED_DIRS = {".git", ".hg", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache",
                 ".ruff_cache", ".hypothesis", ".cog", ".idea", ".vscode"}
-IGNORED_FILES = {".DS_Store"}
 IGNORE_FILES = (".mediagateignore", ".dockerignore", ".cogignore")
+IGNORED_FILES = {".DS_Store", *IGNORE_FILES}
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 

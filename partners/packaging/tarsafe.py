@@ -20,6 +20,7 @@ from partners.packaging.rules import PackageLimits, PackageRejected
 
 CHUNK = 1 << 20
 HEAD = 512
+ARCHIVE = "(archive)"  # the entry named when the archive as a whole is at fault
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 WHITEOUT = ".wh."
@@ -313,7 +314,7 @@ class TarStream:
             self._tf = tarfile.open(fileobj=self._seeker, mode="r:",  # type: ignore[call-overload]
                                     tarinfo=_tarinfo_class(limits.max_header_bytes))
         except READ_ERRORS as exc:
-            raise malformed(f"not a tar archive: {exc}", layer=layer) from exc
+            raise malformed(f"not a tar archive: {exc}", layer or ARCHIVE, layer) from exc
 
     def __iter__(self) -> Iterator[tarfile.TarInfo]:
         """The members, without tarfile keeping every one in memory."""
@@ -321,7 +322,7 @@ class TarStream:
             try:
                 member = self._tf.next()
             except READ_ERRORS as exc:
-                raise malformed(f"corrupt tar data: {exc}", layer=self._layer) from exc
+                raise malformed(f"corrupt tar data: {exc}", self._layer or ARCHIVE, self._layer) from exc
             self._tf.members.clear()
             if member is None:
                 return

@@ -40,6 +40,7 @@ from partners.packaging.model import (
 )
 from partners.packaging.rules import PackageLimits, PackageRejected
 from partners.packaging.tarsafe import (
+    ARCHIVE,
     CHUNK,
     HEAD,
     ChunkSource,
@@ -74,7 +75,6 @@ __all__ = [
 
 _MAX_KEPT_SOURCE = 1 << 20
 _ROOT_JSON = ("index.json", "oci-layout", "manifest.json", "repositories")
-ARCHIVE = "(archive)"
 
 
 class BlobWriter(Protocol):
@@ -284,11 +284,12 @@ class _Walker:
                     raise PackageRejected(
                         f"a file of {entry.size} bytes (limit {limits.max_file_bytes})",
                         entry=member.name, layer=label, reason="file-too-large")
-                self._unpack(entry.size, member.name, label)
                 reader = tar.data(member)
                 if outer and self._is_blob_candidate(path):
+                    # bounded by the archive size; its files count once, inside the layer
                     entry.digest = self.consume_blob(reader, entry)
                 else:
+                    self._unpack(entry.size, member.name, label)
                     entry.digest = self._consume_file(reader, entry, key)
                 linkable[path] = entry
             elif entry.kind == "hardlink":
