@@ -15,6 +15,7 @@ was sealed with final=0), appending after the final chunk, splicing chunks from 
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import struct
@@ -153,6 +154,10 @@ class EncryptingReader(io.RawIOBase):
         self._max_size = max_size
         self._too_large = too_large
         self._hash = hashlib.sha256()
+        # Hashing the plaintext runs beside the encryption (both release the GIL), one chunk
+        # behind it, so at most two chunks are held at any time.
+        self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="artifact-hash")
+        self._hashing: concurrent.futures.Future[None] | None = None
         self.size = 0
         self._index = 0
         self._out = memoryview(header)
@@ -166,12 +171,24 @@ class EncryptingReader(io.RawIOBase):
     @property
     def digest(self) -> str:
         """`sha256:<hex>` of the plaintext read so far (all of it, once exhausted)."""
+        self._settle()
         return "sha256:" + self._hash.hexdigest()
+
+    def _settle(self) -> None:
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
+
+    def close(self) -> None:
+        self._settle()
+        self._hasher.shutdown(wait=True)
+        super().close()
 
     def _pull(self) -> bytes:
         data = self._source.read(self._chunk_size)
         if data:
-            self._hash.update(data)
+            self._settle()
+            self._hashing = self._hasher.submit(self._hash.update, data)
             self.size += len(data)
             if self._max_size is not None and self.size > self._max_size:
                 raise self._too_large(f"artifact exceeds the {self._max_size}-byte limit")

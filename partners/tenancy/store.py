@@ -171,11 +171,12 @@ class ArtifactStore:
         blob_id = new_id("art")
         storage_key = f"{self.prefix}/{partner_id}/{blob_id[-2:]}/{blob_id}"
         try:
-            ciphertext_size, ciphertext_sha256 = self.storage.put_stream(storage_key, reader)
+            with reader:
+                ciphertext_size, ciphertext_sha256 = self.storage.put_stream(storage_key, reader)
+                digest = reader.digest
         except BaseException:
             self.storage.delete(storage_key)
             raise
-        digest = reader.digest
         if expected_digest is not None and digest != expected_digest:
             self.storage.delete(storage_key)
             raise InvalidInput(

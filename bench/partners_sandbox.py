@@ -1,0 +1,186 @@
+"""Artifact store and sandbox figures: encrypt+store throughput with RSS, sandbox cold start.
+
+    python bench/partners_sandbox.py [--size-gb 4] [--starts 20]
+
+Writes bench/results/partners_sandbox.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from bench.common import machine, summary, write_json  # noqa: E402
+from kit.db import Base, make_engine  # noqa: E402
+from kit.storage import LocalStorage  # noqa: E402
+from partners.tenancy import models  # noqa: E402,F401 - registers the tables
+from partners.tenancy.kms import LocalKeyManager  # noqa: E402
+from partners.tenancy.sandbox import Sandbox, SandboxSpec  # noqa: E402
+from partners.tenancy.store import ArtifactStore  # noqa: E402
+
+MiB = 1024 * 1024
+MODEL = b"""from engine.sdk import Model
+
+
+class Echo(Model):
+    def predict(self, text: str = "hi") -> str:
+        return text
+"""
+
+
+class Synthetic(io.RawIOBase):
+    """`size` bytes of incompressible-looking data without holding them: one block, varied."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.block = os.urandom(8 * MiB)
+        self.offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = min(n if n >= 0 else self.left, self.left, len(self.block))
+        start = self.offset % (len(self.block) - n + 1)
+        self.offset += 4099
+        self.left -= n
+        return self.block[start:start + n]
+
+
+class RssSampler:
+    """Peak resident memory of this process, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self) -> RssSampler:
+        self.baseline = self.proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_store(size: int, workdir: Path) -> dict[str, Any]:
+    engine = make_engine(f"sqlite:///{workdir / 'bench.db'}")
+    Base.metadata.create_all(engine)
+    store = ArtifactStore(LocalStorage(workdir / "storage"),
+                          LocalKeyManager(os.urandom(32)))
+    with Session(engine) as session:
+        store.put_blob(session, "par_bench", [b"warm up"])
+        with RssSampler() as rss:
+            started = time.perf_counter()
+            digest = store.put_blob(session, "par_bench", Synthetic(size))
+            put_s = time.perf_counter() - started
+        with RssSampler() as rss_read:
+            started = time.perf_counter()
+            read = 0
+            for chunk in store.open_blob(session, "par_bench", digest, actor="bench",
+                                         deployment_id=None, reason="bench"):
+                read += len(chunk)
+            get_s = time.perf_counter() - started
+        assert read == size
+        session.commit()
+    return {
+        "size_bytes": size,
+        "encrypt_store_s": put_s,
+        "encrypt_store_mb_s": size / MiB / put_s,
+        "decrypt_read_mb_s": size / MiB / get_s,
+        "rss_baseline_mb": rss.baseline / MiB,
+        "rss_peak_mb": rss.peak / MiB,
+        "rss_growth_mb": (rss.peak - rss.baseline) / MiB,
+        "rss_peak_read_mb": rss_read.peak / MiB,
+    }
+
+
+def _layer() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("predict.py")
+        info.size = len(MODEL)
+        tar.addfile(info, io.BytesIO(MODEL))
+    return buf.getvalue()
+
+
+def bench_sandbox(starts: int) -> dict[str, Any]:
+    layer = _layer()
+    manifest = {"name": "echo", "entrypoint": "predict:Echo"}
+    ready, first, stop = [], [], []
+    for i in range(starts + 1):
+        box = Sandbox(SandboxSpec(layers=[[layer]], manifest=manifest))
+        started = time.perf_counter()
+        box.start()
+        box.wait_ready(30)
+        t_ready = time.perf_counter() - started
+        frame = box.predict(f"req_{i}", {"text": "x"})
+        t_first = time.perf_counter() - started
+        assert frame["type"] == "result" and frame["output"] == "x", frame
+        started = time.perf_counter()
+        box.stop()
+        t_stop = time.perf_counter() - started
+        if i:  # the first start warms the page cache
+            ready.append(t_ready * 1000)
+            first.append(t_first * 1000)
+            stop.append(t_stop * 1000)
+    return {"starts": starts, "process_cap": box.process_cap,
+            "cold_start_ready_ms": summary(ready), "cold_start_first_result_ms": summary(first),
+            "stop_ms": summary(stop)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-gb", type=float, default=2.0)
+    parser.add_argument("--starts", type=int, default=20)
+    args = parser.parse_args()
+    base = os.environ.get("MEDIAGATE_DATA_DIR") or None
+    with tempfile.TemporaryDirectory(prefix="bench-store-", dir=base) as tmp:
+        store = bench_store(int(args.size_gb * 1024**3), Path(tmp))
+    sandbox = bench_sandbox(args.starts)
+    payload = {"machine": machine(), "store": store, "sandbox": sandbox}
+    path = write_json("partners_sandbox", payload)
+    rows = [
+        ("encrypt+store", f"{store['encrypt_store_mb_s']:.0f} MB/s",
+         f"{store['size_bytes'] / 1024**3:.1f} GB stream, target >= 300 MB/s"),
+        ("decrypt+read", f"{store['decrypt_read_mb_s']:.0f} MB/s", ""),
+        ("RSS peak (encrypt)", f"{store['rss_peak_mb']:.0f} MB",
+         f"growth {store['rss_growth_mb']:.0f} MB, target <= 150 MB"),
+        ("sandbox cold start to ready", f"{sandbox['cold_start_ready_ms']['p50']:.0f} ms",
+         f"median of {args.starts}, p90 {sandbox['cold_start_ready_ms']['p90']:.0f} ms, "
+         "target <= 1000 ms"),
+        ("cold start to first result", f"{sandbox['cold_start_first_result_ms']['p50']:.0f} ms", ""),
+        ("sandbox stop", f"{sandbox['stop_ms']['p50']:.0f} ms", ""),
+    ]
+    print(f"partners sandbox bench on {machine()}")
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>10}  {note}")
+    print(f"wrote {path.relative_to(ROOT)}; process cap: {sandbox['process_cap']}; "
+          f"median ready {statistics.median([sandbox['cold_start_ready_ms']['p50']]):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
