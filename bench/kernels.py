@@ -105,7 +105,8 @@ class Bench:
             return (time.perf_counter() - t0) * 1e3
         import triton
 
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+        # A long warm-up: the GPU idles while torch.compile works, and clocks must ramp back.
+        return triton.testing.do_bench(fn, warmup=100, rep=100, return_mode="median")
 
     def measure_copy(self) -> None:
         n = (1 << 28) if not self.smoke else (1 << 12)  # 512 MiB of bf16
@@ -115,17 +116,19 @@ class Bench:
         self.copy_gbps = 2 * src.numel() * src.element_size() / ms / 1e6
 
     def compiled(self, fn: Callable, args: tuple) -> float | None:
+        """Time torch.compile of fn (compiled and warmed up before the clock starts)."""
         if not self.compile_refs:
             return None
         torch._dynamo.reset()
         cfn = torch.compile(fn, dynamic=False)
         cfn(*args)
+        torch.cuda.synchronize()
         return self.time_ms(lambda: cfn(*args))
 
     def memory_bound(self, op, model, shape, nbytes, kernel, reference, args, note=""):
+        comp = self.compiled(reference, args)
         ms = self.time_ms(lambda: kernel(*args))
         eager = self.time_ms(lambda: reference(*args))
-        comp = self.compiled(reference, args)
         gbps = nbytes / ms / 1e6
         row = Row(
             op=op, model=model, shape=shape, ms=ms, eager_ms=eager, compile_ms=comp,
@@ -255,18 +258,86 @@ def run_matmuls(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> None:
 
         if name != "up":
             continue
-        fused = b.time_ms(lambda x=x, w=w, bias=bias: linear_gelu_tanh(x, w, bias))
-        eager = b.time_ms(lambda x=x, w=w, bias=bias: linear_gelu_tanh_reference(x, w, bias))
-        split = b.time_ms(lambda x=x, w=w, bias=bias: gelu_tanh_bias(F.linear(x, w), bias))
         comp = b.compiled(linear_gelu_tanh_reference, (x, w, bias))
-        b.add(Row(
-            op="linear_gelu_tanh", model=model, shape=shape, ms=fused, eager_ms=eager,
-            compile_ms=comp, tflops=flops / fused / 1e9, x_eager=eager / fused,
-            x_compile=None if comp is None else comp / fused,
-            note=f"cuBLAS + gelu_tanh_bias {split * 1e3:.1f} us ({split / fused:.2f}x)",
-            extra={"cublas_plus_gelu_kernel_ms": split},
-        ))
+        fused = b.time_ms(lambda x=x, w=w, bias=bias: linear_gelu_tanh(x, w, bias, True))
+        split = b.time_ms(lambda x=x, w=w, bias=bias: linear_gelu_tanh(x, w, bias))
+        eager = b.time_ms(lambda x=x, w=w, bias=bias: linear_gelu_tanh_reference(x, w, bias))
+        for label, ms in (("cuBLAS + gelu_tanh_bias", split), ("fused Triton epilogue", fused)):
+            b.add(Row(
+                op="linear_gelu_tanh", model=model, shape=shape, ms=ms, eager_ms=eager,
+                compile_ms=comp, tflops=flops / ms / 1e9, x_eager=eager / ms,
+                x_compile=None if comp is None else comp / ms, note=label,
+            ))
         del x, w, w_fp8, xq
+
+
+SWEEP_ROW = {
+    4096: [(1, 8), (1, 16), (2, 16), (1, 32)],
+    2048: [(1, 8), (2, 8), (1, 16), (2, 16), (4, 16)],
+    128: [(16, 4), (32, 4), (32, 8), (64, 8), (32, 16), (64, 16)],
+}
+SWEEP_2D = [(4, 1024, 4), (8, 512, 4), (4, 1024, 8), (8, 1024, 8), (16, 512, 8)]
+
+
+def sweep(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> list[dict]:
+    """Time each launch configuration of the memory-bound kernels; returns one dict per try."""
+    from kernels.adaln_norm import adaln_layernorm_launch
+    from kernels.fp8 import FP8_DTYPE, quantize_fp8_rowwise_launch
+    from kernels.gated_residual import gated_residual_adaln_launch, gated_residual_launch
+    from kernels.qk_norm import qk_launch
+
+    dev = b.device
+    t, d, h, dh = cfg["tokens"], cfg["dim"], cfg["heads"], cfg["head_dim"]
+
+    def r(*shape):
+        return torch.randn(*shape, dtype=dtype, device=dev)
+
+    x, y, shift, scale, gate = r(1, t, d), r(1, t, d), r(1, d), r(1, d), r(1, d)
+    o1, o2 = torch.empty_like(x), torch.empty_like(x)
+    q, k = r(1, h, t, dh), r(1, h, t, dh)
+    qo, ko = torch.empty_like(q), torch.empty_like(k)
+    w = r(dh) + 1
+    angles = torch.rand(t, dh, device=dev)
+    cos, sin = angles.cos(), angles.sin()
+    xq = r(t, d)
+    q8 = torch.empty(t, d, dtype=FP8_DTYPE, device=dev)
+    s8 = torch.empty(t, 1, dtype=torch.float32, device=dev)
+    row_cfgs = SWEEP_ROW[triton_next_pow2(d)]
+    qk_cfgs = SWEEP_ROW[128]
+    cases = [
+        ("adaln_layernorm", row_cfgs, 2 * _nbytes(x),
+         lambda c: adaln_layernorm_launch(x, shift, scale, 1e-6, o1, *c)),
+        ("gated_residual_adaln", row_cfgs, 4 * _nbytes(x),
+         lambda c: gated_residual_adaln_launch(x, gate, y, shift, scale, 1e-6, o1, o2, *c)),
+        ("quantize_fp8_rowwise", row_cfgs, _nbytes(xq) + xq.numel(),
+         lambda c: quantize_fp8_rowwise_launch(xq, q8, s8, *c)),
+        ("gated_residual", SWEEP_2D, 3 * _nbytes(x),
+         lambda c: gated_residual_launch(x, gate, y, o1, *c)),
+        ("qk_rmsnorm", qk_cfgs, 4 * _nbytes(q),
+         lambda c: qk_launch(q, k, w, w, None, None, 1e-6, qo, ko, 2, *c)),
+        ("apply_rope", qk_cfgs, 2 * _nbytes(q) + _nbytes(cos, sin),
+         lambda c: qk_launch(q, None, None, None, cos, sin, 0.0, qo, None, 2, *c)),
+        ("qk_rmsnorm_rope", qk_cfgs, 4 * _nbytes(q) + _nbytes(cos, sin),
+         lambda c: qk_launch(q, k, w, w, cos, sin, 1e-6, qo, ko, 2, *c)),
+    ]
+    tries = []
+    for op, cfgs, nbytes, launch in cases:
+        best = None
+        for c in cfgs:
+            ms = b.time_ms(lambda launch=launch, c=c: launch(c))
+            gbps = nbytes / ms / 1e6
+            tries.append({"op": op, "model": model, "config": list(c), "ms": ms, "gbps": gbps,
+                          "pct_copy": 100 * gbps / b.copy_gbps})
+            best = min(best or (ms, c), (ms, c))
+        line = "  ".join(f"{c}:{tr['pct_copy']:.0f}%" for tr in tries[-len(cfgs):]
+                         for c in [tuple(tr["config"])])
+        print(f"sweep {op:<22} {model:<5} best {best[1]} {best[0] * 1e3:.1f} us | {line}",
+              flush=True)
+    return tries
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 def chart(rows: list[Row], path: Path) -> bool:
@@ -300,6 +371,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--only", choices=["memory", "matmul"], default=None)
+    parser.add_argument("--sweep", action="store_true", help="time launch configurations first")
     args = parser.parse_args()
 
     if not args.smoke and not torch.cuda.is_available():
@@ -318,6 +390,10 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     models = {"smoke": SMOKE} if args.smoke else MODELS
+    sweeps: list[dict] = []
+    if args.sweep:
+        for model, cfg in models.items():
+            sweeps += sweep(b, model, cfg, torch.bfloat16)
     for model, cfg in models.items():
         if args.only in (None, "memory"):
             run_memory_bound(b, model, cfg, torch.bfloat16)
@@ -327,7 +403,7 @@ def main() -> None:
             "gpu": gpu, "date": DATE, "torch": torch.__version__, "triton": _triton_version(),
             "copy_gbps": b.copy_gbps, "dtype": "bfloat16",
             "kernels_interpreted": kernels._utils.INTERPRETING,
-            "rows": [asdict(r) for r in b.rows],
+            "rows": [asdict(r) for r in b.rows], "sweep": sweeps,
         }
         # Written after each model so a run cut short still leaves its numbers.
         for folder in filter(None, [RESULTS, args.out]):

@@ -6,7 +6,6 @@ so that a process without a GPU runs the kernels through Triton's interpreter.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -36,19 +35,20 @@ def use_triton(t: torch.Tensor) -> bool:
     return INTERPRETING and t.device.type == "cpu"
 
 
-def row_block(n_cols: int, target_elems: int = 4096) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) for a kernel holding whole rows of n_cols in registers."""
+def row_block(
+    n_cols: int, block_m: int | None = None, num_warps: int | None = None
+) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for a kernel holding whole rows of n_cols in registers.
+
+    The default gives each thread 8 elements of a tile (one 16-byte access for 16-bit
+    types): few registers per thread keep enough programs resident to cover DRAM latency.
+    """
     block_n = triton.next_power_of_2(max(n_cols, 16))
-    block_m = max(1, min(64, target_elems // block_n))
-    tile = block_m * block_n
-    # Enough warps that each thread holds 8 to 32 elements: 16-byte accesses, no spills.
-    num_warps = 4 if tile <= 2048 else 8 if tile <= 8192 else 16
+    if block_m is None:
+        block_m = max(1, min(64, 4096 // block_n))
+    if num_warps is None:
+        num_warps = max(1, min(16, block_m * block_n // (8 * 32)))
     return block_m, block_n, num_warps
-
-
-def as_rows(x: torch.Tensor) -> torch.Tensor:
-    """x as a contiguous (M, N) matrix of its rows (a view when x is contiguous)."""
-    return x.contiguous().view(-1, x.shape[-1]) if x.dim() > 0 else x.view(1, 1)
 
 
 def expand_modulation(mod: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -62,18 +62,29 @@ def expand_modulation(mod: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return mod.expand(x.shape)
 
 
-def modulation_layout(mod: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
-    """Describe a modulation for row kernels: (tensor, rows per sample R, stride per sample, stride per row).
+MAX_GRID_YZ = 65535
 
-    x's rows are numbered as (B, R) with B = x.shape[0]; row i reads the modulation at
-    (i // R) * stride_b + (i % R) * stride_r. Per-sample modulations keep stride_r = 0, so
-    nothing is materialized.
+
+def sample_split(x: torch.Tensor) -> tuple[int, int]:
+    """x's rows as (B samples, R rows each): B = x.shape[0] for 3-D and up, else one sample."""
+    n = x.shape[-1] if x.dim() else 1
+    m = x.numel() // n if n else 0
+    b = x.shape[0] if x.dim() >= 3 else 1
+    if b > MAX_GRID_YZ or b == 0:
+        b = 1
+    return b, (m // b if b else 0)
+
+
+def modulation_layout(mod: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, int, int, bool]:
+    """A modulation as (tensor, stride per sample, stride per row, per_sample) for row kernels.
+
+    Row r of sample b reads the modulation at b * stride_b + r * stride_r. A per-sample
+    modulation has stride_r = 0: kernels then load it once per program, and nothing is
+    materialized.
     """
-    n = x.shape[-1]
-    lead = x.shape[:-1]
-    b = lead[0] if len(lead) else 1
-    r = math.prod(lead[1:]) if len(lead) > 1 else 1
-    m3 = expand_modulation(mod, x).reshape(b, r, n)
+    b, r = sample_split(x)
+    m3 = expand_modulation(mod, x).reshape(b, r, x.shape[-1])
     if m3.stride(-1) != 1:
         m3 = m3.contiguous()
-    return m3, r, m3.stride(0), m3.stride(1)
+    per_sample = r == 1 or m3.stride(1) == 0
+    return m3, m3.stride(0), (0 if per_sample else m3.stride(1)), per_sample

@@ -20,54 +20,72 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._utils import expand_modulation, modulation_layout, row_block, use_triton
+from kernels._utils import (
+    expand_modulation,
+    modulation_layout,
+    row_block,
+    sample_split,
+    use_triton,
+)
+
+
+@triton.jit
+def _load_modulation(PTR, b, r, stride_b, stride_r, cols, mask, cmask, PER_SAMPLE: tl.constexpr):
+    # Per-sample modulations are one row for the whole program: load it once, broadcast.
+    if PER_SAMPLE:
+        v = tl.load(PTR + b * stride_b + cols, mask=cmask, other=0.0)[None, :]
+    else:
+        off = b * stride_b + r.to(tl.int64)[:, None] * stride_r + cols[None, :]
+        v = tl.load(PTR + off, mask=mask, other=0.0)
+    return v.to(tl.float32)
 
 
 @triton.jit
 def _adaln_kernel(
     X, SHIFT, SCALE, Y,
-    M, N, R,
+    R, N,
     sh_b, sh_r, sc_b, sc_r,
     eps,
+    PER_SAMPLE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows32 = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Programs tile (rows of one sample, sample): every row of a program shares b.
+    b = tl.program_id(1).to(tl.int64)
+    r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    mask = (rows32 < M)[:, None] & (cols < N)[None, :]
-    # Index arithmetic in int32 (64-bit division is slow), offsets in int64.
-    b32 = rows32 // R
-    b = b32.to(tl.int64)
-    r = (rows32 - b32 * R).to(tl.int64)
-    rows = rows32.to(tl.int64)
+    cmask = cols < N
+    mask = (r < R)[:, None] & cmask[None, :]
+    off = (b * R + r)[:, None] * N + cols[None, :]
     # All loads issued before the reductions so their latencies overlap.
-    x = tl.load(X + rows[:, None] * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    shift = tl.load(SHIFT + (b * sh_b + r * sh_r)[:, None] + cols[None, :], mask=mask, other=0.0)
-    scale = tl.load(SCALE + (b * sc_b + r * sc_r)[:, None] + cols[None, :], mask=mask, other=0.0)
+    x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
+    shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
+    scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
     mean = tl.sum(x, axis=1) / N
     xc = tl.where(mask, x - mean[:, None], 0.0)
     var = tl.sum(xc * xc, axis=1) / N
     rstd = tl.math.rsqrt(var + eps)
-    y = xc * rstd[:, None] * (1.0 + scale.to(tl.float32)) + shift.to(tl.float32)
-    tl.store(Y + rows[:, None] * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    y = xc * rstd[:, None] * (1.0 + scale) + shift
+    tl.store(Y + off, y.to(Y.dtype.element_ty), mask=mask)
 
 
 def adaln_layernorm_launch(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out: torch.Tensor
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out: torch.Tensor,
+    block_m: int | None = None, num_warps: int | None = None,
 ) -> torch.Tensor:
     """Run the kernel into a preallocated contiguous ``out`` shaped like x."""
+    assert out.is_contiguous() and out.shape == x.shape
     n = x.shape[-1]
     x2 = x.contiguous()
-    m = x2.numel() // n if n else 0
-    if m == 0:
+    b, r = sample_split(x2)
+    if b * r == 0:
         return out
-    sh, r, sh_b, sh_r = modulation_layout(shift, x2)
-    sc, r2, sc_b, sc_r = modulation_layout(scale, x2)
-    assert r == r2 and out.is_contiguous() and out.shape == x.shape
-    block_m, block_n, warps = row_block(n)
-    grid = (triton.cdiv(m, block_m),)
+    sh, sh_b, sh_r, sh_ps = modulation_layout(shift, x2)
+    sc, sc_b, sc_r, sc_ps = modulation_layout(scale, x2)
+    block_m, block_n, warps = row_block(n, block_m, num_warps)
+    grid = (triton.cdiv(r, block_m), b)
     _adaln_kernel[grid](
-        x2, sh, sc, out, m, n, r, sh_b, sh_r, sc_b, sc_r, eps,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        x2, sh, sc, out, r, n, sh_b, sh_r, sc_b, sc_r, eps,
+        PER_SAMPLE=sh_ps and sc_ps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return out
 

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._utils import row_block, use_triton
+from kernels._utils import INTERPRETING, row_block, use_triton
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -32,8 +32,8 @@ AMAX_FLOOR = 1e-12
 @triton.jit
 def _round_to_e4m3(v):
     # Rounds fp32 values within +-448 to the nearest e4m3 value, ties to even, so that the
-    # cast below is exact. The GPU's cast rounds the same way; Triton's interpreter casts by
-    # truncating the mantissa, and this keeps the two identical.
+    # cast after it is exact. Only the interpreter needs it: it casts by truncating the
+    # mantissa, where the GPU's cast (cvt.rn.satfinite) already rounds this way.
     bits = v.to(tl.int32, bitcast=True)
     normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)
     a = tl.abs(v)
@@ -46,6 +46,7 @@ def _round_to_e4m3(v):
 @triton.jit
 def _quantize_rows_kernel(
     X, Q, S, M, N,
+    PRE_ROUND: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -59,12 +60,15 @@ def _quantize_rows_kernel(
     inv = tl.math.div_rn(tl.full(amax.shape, 448.0, tl.float32), amax)
     scale = tl.math.div_rn(amax, tl.full(amax.shape, 448.0, tl.float32))
     q = tl.clamp(x * inv[:, None], -448.0, 448.0)
-    tl.store(Q + off, _round_to_e4m3(q).to(Q.dtype.element_ty), mask=mask)
+    if PRE_ROUND:
+        q = _round_to_e4m3(q)
+    tl.store(Q + off, q.to(Q.dtype.element_ty), mask=mask)
     tl.store(S + rows, scale, mask=rmask)
 
 
 def quantize_fp8_rowwise_launch(
-    x: torch.Tensor, q_out: torch.Tensor, scale_out: torch.Tensor
+    x: torch.Tensor, q_out: torch.Tensor, scale_out: torch.Tensor,
+    block_m: int | None = None, num_warps: int | None = None, pre_round: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize the rows of x into preallocated contiguous fp8 and fp32 outputs."""
     n = x.shape[-1]
@@ -74,9 +78,11 @@ def quantize_fp8_rowwise_launch(
     assert scale_out.numel() == m and scale_out.dtype == torch.float32 and scale_out.is_contiguous()
     if m == 0:
         return q_out, scale_out
-    block_m, block_n, warps = row_block(n)
+    block_m, block_n, warps = row_block(n, block_m, num_warps)
     _quantize_rows_kernel[(triton.cdiv(m, block_m),)](
-        x2, q_out, scale_out, m, n, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps
+        x2, q_out, scale_out, m, n,
+        PRE_ROUND=INTERPRETING if pre_round is None else pre_round,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return q_out, scale_out
 
@@ -85,11 +91,11 @@ def quantize_fp8_rowwise_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch
     """Row-wise e4m3 quantization in plain torch."""
     xf = x.float()
     amax = xf.abs().amax(dim=-1, keepdim=True).clamp(min=AMAX_FLOOR)
-    # A tensor-by-tensor division: `scalar / tensor` is a reciprocal and a multiply, which can
-    # land one ulp away from the correctly rounded quotient.
-    inv = torch.full_like(amax, FP8_MAX) / amax
-    q = (xf * inv).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, amax / FP8_MAX
+    # Tensor-by-tensor divisions: with a Python scalar on either side torch multiplies by a
+    # reciprocal, which can land one ulp off the correctly rounded quotient.
+    fp8_max = torch.full_like(amax, FP8_MAX)
+    q = (xf * (fp8_max / amax)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, amax / fp8_max
 
 
 @torch.library.custom_op("mediagate::quantize_fp8_rowwise", mutates_args=())

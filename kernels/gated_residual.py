@@ -20,75 +20,80 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._utils import expand_modulation, modulation_layout, row_block, use_triton
-from kernels.adaln_norm import adaln_layernorm_reference
+from kernels._utils import (
+    expand_modulation,
+    modulation_layout,
+    row_block,
+    sample_split,
+    use_triton,
+)
+from kernels.adaln_norm import _load_modulation, adaln_layernorm_reference
 
 
 @triton.jit
 def _gated_residual_kernel(
-    X, G, Y, OUT, M, N, R, g_b, g_r,
+    X, G, Y, OUT, R, N, g_b, g_r,
+    PER_SAMPLE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows32 = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    b = tl.program_id(2).to(tl.int64)
+    r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (rows32 < M)[:, None] & (cols < N)[None, :]
-    # Index arithmetic in int32 (64-bit division is slow), offsets in int64.
-    b32 = rows32 // R
-    b = b32.to(tl.int64)
-    r = (rows32 - b32 * R).to(tl.int64)
-    rows = rows32.to(tl.int64)
-    off = rows[:, None] * N + cols[None, :]
+    cmask = cols < N
+    mask = (r < R)[:, None] & cmask[None, :]
+    off = (b * R + r)[:, None] * N + cols[None, :]
     x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(Y + off, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(G + (b * g_b + r * g_r)[:, None] + cols[None, :], mask=mask, other=0.0)
-    tl.store(OUT + off, (x + g.to(tl.float32) * y).to(OUT.dtype.element_ty), mask=mask)
+    g = _load_modulation(G, b, r, g_b, g_r, cols, mask, cmask, PER_SAMPLE)
+    tl.store(OUT + off, (x + g * y).to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gated_residual_adaln_kernel(
     X, G, Y, SHIFT, SCALE, RES, NORMED,
-    M, N, R, g_b, g_r, sh_b, sh_r, sc_b, sc_r, eps,
+    R, N, g_b, g_r, sh_b, sh_r, sc_b, sc_r, eps,
+    PER_SAMPLE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows32 = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    b = tl.program_id(1).to(tl.int64)
+    r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    mask = (rows32 < M)[:, None] & (cols < N)[None, :]
-    # Index arithmetic in int32 (64-bit division is slow), offsets in int64.
-    b32 = rows32 // R
-    b = b32.to(tl.int64)
-    r = (rows32 - b32 * R).to(tl.int64)
-    rows = rows32.to(tl.int64)
-    off = rows[:, None] * N + cols[None, :]
+    cmask = cols < N
+    mask = (r < R)[:, None] & cmask[None, :]
+    off = (b * R + r)[:, None] * N + cols[None, :]
     x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(Y + off, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(G + (b * g_b + r * g_r)[:, None] + cols[None, :], mask=mask, other=0.0)
-    shift = tl.load(SHIFT + (b * sh_b + r * sh_r)[:, None] + cols[None, :], mask=mask, other=0.0)
-    scale = tl.load(SCALE + (b * sc_b + r * sc_r)[:, None] + cols[None, :], mask=mask, other=0.0)
-    h = x + g.to(tl.float32) * y
+    g = _load_modulation(G, b, r, g_b, g_r, cols, mask, cmask, PER_SAMPLE)
+    shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
+    scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
+    h = x + g * y
     tl.store(RES + off, h.to(RES.dtype.element_ty), mask=mask)
     mean = tl.sum(h, axis=1) / N
     hc = tl.where(mask, h - mean[:, None], 0.0)
     rstd = tl.math.rsqrt(tl.sum(hc * hc, axis=1) / N + eps)
-    out = hc * rstd[:, None] * (1.0 + scale.to(tl.float32)) + shift.to(tl.float32)
+    out = hc * rstd[:, None] * (1.0 + scale) + shift
     tl.store(NORMED + off, out.to(NORMED.dtype.element_ty), mask=mask)
 
 
 def gated_residual_launch(
-    x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, out: torch.Tensor
+    x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, out: torch.Tensor,
+    block_m: int | None = None, block_n: int | None = None, num_warps: int | None = None,
 ) -> torch.Tensor:
     """x + gate * y into a preallocated contiguous ``out``."""
     assert x.shape == y.shape == out.shape and out.is_contiguous()
     n = x.shape[-1]
     x2, y2 = x.contiguous(), y.contiguous()
-    m = x2.numel() // n if n else 0
-    if m == 0:
+    b, r = sample_split(x2)
+    if b * r == 0:
         return out
-    g, r, g_b, g_r = modulation_layout(gate, x2)
-    block_n = min(triton.next_power_of_2(n), 512)
-    block_m = max(1, 4096 // block_n)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    g, g_b, g_r, per_sample = modulation_layout(gate, x2)
+    block_n = block_n or min(triton.next_power_of_2(n), 1024)
+    block_m = block_m or max(1, 4096 // block_n)
+    num_warps = num_warps or 4
+    grid = (triton.cdiv(r, block_m), triton.cdiv(n, block_n), b)
     _gated_residual_kernel[grid](
-        x2, g, y2, out, m, n, r, g_b, g_r, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4
+        x2, g, y2, out, r, n, g_b, g_r,
+        PER_SAMPLE=per_sample, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
     )
     return out
 
@@ -97,21 +102,22 @@ def gated_residual_adaln_launch(
     x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor,
     shift: torch.Tensor, scale: torch.Tensor, eps: float,
     res_out: torch.Tensor, normed_out: torch.Tensor,
+    block_m: int | None = None, num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused residual + adaLN norm into preallocated contiguous outputs."""
     assert x.shape == y.shape == res_out.shape == normed_out.shape
     n = x.shape[-1]
     x2, y2 = x.contiguous(), y.contiguous()
-    m = x2.numel() // n if n else 0
-    if m == 0:
+    b, r = sample_split(x2)
+    if b * r == 0:
         return res_out, normed_out
-    g, r, g_b, g_r = modulation_layout(gate, x2)
-    sh, _, sh_b, sh_r = modulation_layout(shift, x2)
-    sc, _, sc_b, sc_r = modulation_layout(scale, x2)
-    block_m, block_n, warps = row_block(n)
-    _gated_residual_adaln_kernel[(triton.cdiv(m, block_m),)](
-        x2, g, y2, sh, sc, res_out, normed_out, m, n, r, g_b, g_r, sh_b, sh_r, sc_b, sc_r, eps,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+    g, g_b, g_r, g_ps = modulation_layout(gate, x2)
+    sh, sh_b, sh_r, sh_ps = modulation_layout(shift, x2)
+    sc, sc_b, sc_r, sc_ps = modulation_layout(scale, x2)
+    block_m, block_n, warps = row_block(n, block_m, num_warps)
+    _gated_residual_adaln_kernel[(triton.cdiv(r, block_m), b)](
+        x2, g, y2, sh, sc, res_out, normed_out, r, n, g_b, g_r, sh_b, sh_r, sc_b, sc_r, eps,
+        PER_SAMPLE=g_ps and sh_ps and sc_ps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return res_out, normed_out
 

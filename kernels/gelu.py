@@ -4,12 +4,14 @@ API:
     gelu_tanh_bias(x, bias) -> Tensor
         gelu_tanh(x + bias); x: (..., N) bf16 or fp16, bias: (N,). fp32 arithmetic, x's dtype
         out, contiguous.
-    linear_gelu_tanh(x, weight, bias) -> Tensor
-        gelu_tanh(x @ weight.T + bias) as one Triton matmul whose epilogue adds the bias and
-        applies the GELU, so the (M, N) activation is written once and never re-read.
-        x: (..., K), weight: (N, K) as nn.Linear stores it, bias: (N,).
-        Whether it beats cuBLAS followed by gelu_tanh_bias is measured in bench/kernels.py
-        (BENCHMARKS.md has the figures); the engine picks the faster per GPU.
+    linear_gelu_tanh(x, weight, bias, fused_epilogue=False) -> Tensor
+        gelu_tanh(x @ weight.T + bias); x: (..., K), weight: (N, K) as nn.Linear stores it,
+        bias: (N,). By default a cuBLAS matmul followed by gelu_tanh_bias (one extra read
+        and write of the activation). With fused_epilogue=True, one Triton matmul whose
+        epilogue adds the bias and applies the GELU, so the activation is written once;
+        on H100/H200 at FLUX and Wan MLP sizes that matmul runs at about 70% of cuBLAS's
+        rate (no TMA loads or warp specialization), which costs more than the pass it
+        saves: BENCHMARKS.md has the figures.
     gelu_tanh_bias_reference / linear_gelu_tanh_reference: plain torch.
 
 gelu_tanh(x) = 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), computed as
@@ -199,14 +201,18 @@ def linear_gelu_tanh_reference(
 
 
 @torch.library.custom_op("mediagate::linear_gelu_tanh", mutates_args=())
-def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """gelu_tanh(x @ weight.T + bias) with the bias and GELU in the matmul's epilogue."""
+def linear_gelu_tanh(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, fused_epilogue: bool = False
+) -> torch.Tensor:
+    """gelu_tanh(x @ weight.T + bias): cuBLAS then gelu_tanh_bias, or one Triton matmul."""
     if not use_triton(x):
         return linear_gelu_tanh_reference(x, weight, bias).contiguous()
     out = x.new_empty((*x.shape[:-1], weight.shape[0]))
-    return linear_gelu_tanh_launch(x, weight, bias, out)
+    if fused_epilogue:
+        return linear_gelu_tanh_launch(x, weight, bias, out)
+    return gelu_tanh_bias_launch(F.linear(x, weight), bias, out)
 
 
 @linear_gelu_tanh.register_fake
-def _linear_gelu_tanh_fake(x, weight, bias):
+def _linear_gelu_tanh_fake(x, weight, bias, fused_epilogue=False):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))

@@ -43,12 +43,9 @@ def _qk_rows(
     i0_32 = t // D1
     i1 = (t - i0_32 * D1).to(tl.int64)
     i0 = i0_32.to(tl.int64)
-    x_row = X + (i0 * sx0 + i1 * sx1 + i2 * sx2)[:, None]
-    x = tl.load(x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + (i0 * sx0 + i1 * sx1 + i2 * sx2)[:, None] + cols[None, :], mask=mask,
+                other=0.0).to(tl.float32)
     if HAS_ROPE:
-        # The pair partner of each element (2i <-> 2i+1): same cache lines, so no extra DRAM.
-        pcols = cols ^ 1
-        xp = tl.load(x_row + pcols[None, :], mask=mask, other=0.0).to(tl.float32)
         cs_off = i1[:, None] * N + cols[None, :]
         cos = tl.load(COS + cs_off, mask=mask, other=0.0).to(tl.float32)
         sin = tl.load(SIN + cs_off, mask=mask, other=0.0).to(tl.float32)
@@ -56,11 +53,11 @@ def _qk_rows(
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
         rstd = tl.math.rsqrt(tl.sum(x * x, axis=1) / N + eps)
         x = x * rstd[:, None] * w[None, :]
-        if HAS_ROPE:
-            wp = tl.load(W + pcols, mask=cmask, other=0.0).to(tl.float32)
-            xp = xp * rstd[:, None] * wp[None, :]
     if HAS_ROPE:
-        rotated = tl.where((cols % 2 == 0)[None, :], -xp, xp)
+        # Pairs (2i, 2i+1) become (-x[2i+1], x[2i]) by splitting the tile's last axis in
+        # two: register shuffles within each thread, no second load.
+        x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_N // 2, 2)))
+        rotated = tl.reshape(tl.join(-x_odd, x_even), (BLOCK_M, BLOCK_N))
         x = x * cos + rotated * sin
     o_off = (i0 * so0 + i1 * so1 + i2 * so2)[:, None] + cols[None, :]
     tl.store(OUT + o_off, x.to(OUT.dtype.element_ty), mask=mask)
@@ -114,6 +111,8 @@ def qk_launch(
     q_out: torch.Tensor,
     k_out: torch.Tensor | None,
     seq_dim: int = 2,
+    block_m: int | None = None,
+    num_warps: int | None = None,
 ) -> None:
     """Norm and/or rotate q (and k) into preallocated contiguous outputs."""
     n = q.shape[-1]
@@ -136,7 +135,7 @@ def qk_launch(
     qw = q_weight if has_norm else q2
     kw = k_weight if has_norm else q2
     cs = (cos, sin) if has_rope else (q2, q2)
-    block_m, block_n, warps = row_block(n)
+    block_m, block_n, warps = row_block(n, block_m, num_warps)
     grid = (triton.cdiv(m, block_m), 1 if k is None else 2)
     _qk_kernel[grid](
         q2, qw, q_out, k2, kw, k_out, *cs, *q_args, *k_args, n, eps,

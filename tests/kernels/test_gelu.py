@@ -50,10 +50,17 @@ def test_linear_gelu_tanh(lead, k, n, dtype, device, poisoned, assert_matches):
     assert_matches(out, ref, dtype, scale=2.0)
 
 
-def test_public_ops_and_opcheck(device):
+@pytest.mark.parametrize("fused_epilogue", [False, True], ids=["cublas", "fused"])
+def test_public_linear_gelu_tanh(fused_epilogue, device, assert_matches):
     x = torch.randn(2, 5, 64, dtype=torch.bfloat16, device=device)
     w = torch.randn(48, 64, dtype=torch.bfloat16, device=device) / 8
     bias = torch.randn(48, dtype=torch.bfloat16, device=device)
-    assert linear_gelu_tanh(x, w, bias).shape == (2, 5, 48)
-    torch.library.opcheck(gelu_tanh_bias, (x, bias[:64].repeat(2)[:64]))
-    torch.library.opcheck(linear_gelu_tanh, (x, w, bias))
+    out = linear_gelu_tanh(x, w, bias, fused_epilogue)
+    ref = linear_gelu_tanh_reference(x.float(), w.float(), bias.float())
+    assert_matches(out, ref, torch.bfloat16, scale=2.0)
+    torch.library.opcheck(linear_gelu_tanh, (x, w, bias, fused_epilogue))
+
+
+def test_gelu_opcheck(device):
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16, device=device)
+    torch.library.opcheck(gelu_tanh_bias, (x, torch.randn(64, dtype=torch.bfloat16, device=device)))
