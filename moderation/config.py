@@ -24,8 +24,11 @@ class ModerationSettings(BaseSettings):
     pdq_max_distance: int = 31
     pdq_min_quality: int = 50
 
-    # NSFW detection: the detector score at which exposed nudity counts as `sexual`.
-    nsfw_threshold: float = 0.5
+    # NSFW detection: the detector score at which exposed nudity counts as `sexual`, and
+    # the ONNX model (empty: the one NudeNet ships).
+    nsfw_threshold: float = 0.6
+    nsfw_model_path: str = ""
+    nsfw_threads: int = 1
     # The profanity classifier's probability that counts as a signal.
     profanity_threshold: float = 0.85
 

@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kit.errors import InvalidInput
 from moderation.categories import (
     ACTIONS,
+    ALLOW,
     BLOCK,
+    BLOCKED,
     BLUR,
     CATEGORIES,
     CSAM,
     CUSTOM,
     FLAG,
+    FLAGGED,
     HATE,
+    PASSED,
     PROFANITY,
     SELF_HARM,
     SEXUAL,
@@ -202,3 +206,34 @@ def resolve(
     return EffectivePolicy(actions=actions, nsfw_threshold=threshold,
                            custom_terms=tuple(account.custom_terms), notes=tuple(notes),
                            layers=layers)
+
+
+def outcome(policy: EffectivePolicy, categories: Mapping[str, float], *, stage: str) -> tuple[str, list[str], str]:
+    """(decision, categories acted on, strictest action) for what a check found."""
+    acted: list[str] = []
+    strictest = ALLOW
+    for category in categories:
+        action = policy.action(category)
+        if action == ALLOW:
+            continue
+        if stage == "input" and action == BLUR:
+            action = FLAG  # a prompt cannot be blurred; its output will be
+        acted.append(category)
+        if action_rank(action) > action_rank(strictest):
+            strictest = action
+    if strictest == BLOCK:
+        return BLOCKED, acted, strictest
+    if acted:
+        return FLAGGED, acted, strictest
+    return PASSED, acted, strictest
+
+
+def reason_text(stage: str, decision: str, categories: Sequence[str]) -> str | None:
+    """The customer-facing reason for a decision."""
+    if decision == PASSED:
+        return None
+    what = "input" if stage == "input" else "output"
+    cats = ", ".join(categories) or "policy"
+    if decision == BLOCKED:
+        return f"the {what} violates the content policy ({cats})"
+    return f"the {what} was flagged under the content policy ({cats})"

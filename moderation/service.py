@@ -1,53 +1,295 @@
-"""Moderation entry points used on the request path: `check_input` and `check_output`."""
+"""Moderation entry points for the gateway: `check_input`, `check_output` and account holds.
+
+How the gateway uses them (every function takes the caller's session and only flushes;
+the caller's commit makes the record, holds and evidence rows durable):
+
+On submit (`POST /v1/models/{owner}/{model}/requests`):
+  1. `is_account_suspended(session, account_id)`: if True, refuse the request (403,
+     problem type `account-suspended`); nothing is queued or charged.
+  2. `verdict = check_input(session, account_id=..., model_id=..., input=body["input"],
+     request_id=<the new request id, if already generated>)`.
+     - `verdict.blocked`: create the Request with status `blocked` (or answer 422 without a
+       Request, as the gateway prefers), never queue it, never charge it; the envelope's
+       `moderation` is `moderation_summary(session, request_id)`; show `verdict.reason`.
+     - otherwise queue as usual. `verdict.decision` is `passed` or `flagged` (allowed,
+       recorded). If the request id was not known when checking, call
+       `link_request(session, record_id=verdict.record_id, request_id=...)` once it is.
+  Request options: `enable_safety_checker` and `safety_tolerance` are read from `input`
+  (or from `request_options=` when given). They only tighten the account's policy.
+
+After the run, before any output is stored where the customer can fetch it:
+  3. `verdict = check_output(session, account_id=..., model_id=..., request_id=...,
+     files=[Path, ...])` with the output files still in the worker's scratch space.
+     - `verdict.blocked`: store none of the files, delete them from scratch, set the
+       request `blocked`, do not charge it. (A csam hit has already preserved evidence,
+       held the account and queued a review task; `verdict.escalated` says so.)
+     - otherwise, for each `f in verdict.files`:
+         `f.action == "keep"`: store `f.path` as usual;
+         `f.action == "replace"`: store `f.replace_with` (a blurred PNG of the same
+           dimensions that moderation wrote next to the original) in its place, delete
+           the original; `verdict.replacements` maps original → stand-in for convenience.
+       `flagged` outputs are still delivered (and charged); the flag is for tracking.
+  The envelope's `moderation` is `moderation_summary(session, request_id)`:
+  `{"input": "passed", "output": "flagged", "categories": [...], "reason": ...}`.
+
+Failure: a checker that errors (bad model file, unreadable hash list, corrupt or
+oversized output, unknown file type) yields `blocked` with the reason; nothing passes
+unchecked. Only a database error propagates, which fails the caller's transaction.
+
+Also here: policy setters (`set_account_policy`, `set_model_policy`, from
+`moderation.policy_service`), aggregates for finance and partners (`moderation_stats`),
+and staff actions (`moderation.review`).
+"""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from kit.settings import get_settings
+from moderation import repository as repo
+from moderation.categories import BLOCKED, CSAM, FLAGGED, PASSED, SEXUAL
+from moderation.config import get_moderation_settings
+from moderation.escalation import escalate
+from moderation.models import ModerationRecord
+from moderation.policies import RequestOptions, outcome, reason_text
+from moderation.policy_service import effective_policy, set_account_policy, set_model_policy
+from moderation.review import moderation_stats
+from moderation.verdicts import FileVerdict, Verdict
+
+__all__ = [
+    "FileVerdict", "Verdict", "check_input", "check_output", "is_account_suspended",
+    "link_request", "moderation_summary", "set_account_policy", "set_model_policy",
+    "moderation_stats", "effective_policy",
+]
 
 
-@dataclass
-class Verdict:
-    """The outcome of a check: `passed`, `flagged` (allowed, recorded) or `blocked`."""
+# -- helpers --------------------------------------------------------------------------------
 
-    decision: str
-    categories: list[str] = field(default_factory=list)
-    reason: str | None = None
-
-    @property
-    def blocked(self) -> bool:
-        return self.decision == "blocked"
+_SKIP_KEYS = frozenset({"enable_safety_checker", "safety_tolerance", "seed", "sync_mode",
+                        "output_format", "webhook", "webhook_events"})
 
 
-def _texts(value: Any) -> list[str]:
+def _looks_binary(text: str) -> bool:
+    """Data URIs and base64 blobs: not language, and their letters would only mislead."""
+    if text.startswith("data:"):
+        return True
+    return len(text) > 256 and " " not in text[:256]
+
+
+def input_texts(value: Any, *, _key: str | None = None) -> tuple[list[str], int]:
+    """Every human-language string in a request input, and how many blobs were skipped."""
     if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _texts(v)]
-    if isinstance(value, list):
-        return [t for v in value for t in _texts(v)]
-    return []
+        if _looks_binary(value):
+            return [], 1
+        return [value], 0
+    texts: list[str] = []
+    skipped = 0
+    items: list[tuple[str | None, Any]] = []
+    if isinstance(value, Mapping):
+        items = [(str(k), v) for k, v in value.items() if str(k) not in _SKIP_KEYS]
+    elif isinstance(value, list | tuple):
+        items = [(_key, v) for v in value]
+    for key, item in items:
+        t, s = input_texts(item, _key=key)
+        texts += t
+        skipped += s
+    return texts, skipped
 
 
-def check_input(session: Session, *, account_id: str, model_id: str, input: dict[str, Any]) -> Verdict:
-    """Check every text input of a request before it is queued."""
-    terms = [t.strip().lower() for t in get_settings().blocklist.split(",") if t.strip()]
-    for text in _texts(input):
-        words = set(re.findall(r"\w+", text.lower()))
-        hit = next((t for t in terms if t in words), None)
-        if hit:
-            return Verdict("blocked", ["blocklist"], "the input contains a blocked term")
-    return Verdict("passed")
+_DECISION_RANK = {PASSED: 0, FLAGGED: 1, BLOCKED: 2}
+
+
+def _record(session: Session, **fields: Any) -> ModerationRecord:
+    return repo.add(session, ModerationRecord(**fields))
+
+
+def _hold_verdict(session: Session, *, account_id: str, model_id: str, request_id: str | None,
+                  stage: str, started: float) -> Verdict:
+    record = _record(
+        session, request_id=request_id, account_id=account_id, model_id=model_id, stage=stage,
+        decision=BLOCKED, categories=["account_hold"], policy_version="hold", policy={},
+        reason="the account is suspended pending review",
+        checks=[{"name": "account_hold", "ok": True}],
+        latency_ms=(time.perf_counter() - started) * 1000)
+    return Verdict(BLOCKED, ["account_hold"], record.reason, record_id=record.id, stage=stage,
+                   policy_version="hold", account_suspended=True)
+
+
+# -- the checks -----------------------------------------------------------------------------
+
+def check_input(
+    session: Session,
+    *,
+    account_id: str,
+    model_id: str,
+    input: dict[str, Any],
+    request_id: str | None = None,
+    request_options: Mapping[str, Any] | None = None,
+) -> Verdict:
+    """Check every text input of a request before it is queued (prompts, negative prompts, …)."""
+    from moderation.text.check import analyze_text
+
+    started = time.perf_counter()
+    settings = get_moderation_settings()
+    if repo.has_active_hold(session, account_id):
+        return _hold_verdict(session, account_id=account_id, model_id=model_id,
+                             request_id=request_id, stage="input", started=started)
+    options = RequestOptions.from_input(request_options if request_options is not None else input)
+    policy = effective_policy(session, account_id=account_id, model_id=model_id,
+                              request_options=options)
+    option_fields = {"enable_safety_checker": options.enable_safety_checker,
+                     "safety_tolerance": options.safety_tolerance}
+    checks: list[dict[str, Any]] = []
+    scores: dict[str, Any] = {}
+    error: str | None = None
+    findings = None
+    try:
+        texts, skipped = input_texts(input)
+        chars = sum(len(t) for t in texts)
+        if chars > settings.max_text_chars:
+            raise ValueError(f"{chars} characters of text is over the checkable {settings.max_text_chars}")
+        t0 = time.perf_counter()
+        findings = analyze_text(texts, custom_terms=policy.custom_terms,
+                                profanity_threshold=settings.profanity_threshold)
+        checks.append({"name": "text", "ok": True, "ms": round((time.perf_counter() - t0) * 1000, 3),
+                       "texts": len(texts), "chars": chars, "binary_skipped": skipped})
+        scores = findings.to_dict()
+        decision, categories, _ = outcome(policy, findings.categories, stage="input")
+        reason = reason_text("input", decision, categories)
+    except Exception as exc:  # fail closed: an input that could not be checked does not run
+        error = f"{type(exc).__name__}: {exc}"
+        checks.append({"name": "text", "ok": False, "error": error})
+        decision, categories = BLOCKED, ["check_error"]
+        reason = "the input could not be checked, so it was blocked"
+
+    record = _record(
+        session, request_id=request_id, account_id=account_id, model_id=model_id, stage="input",
+        decision=decision, categories=categories, reason=reason, scores=scores, checks=checks,
+        policy_version=policy.fingerprint, policy=policy.to_dict(), request_options=option_fields,
+        minor_signal=bool(findings and findings.minor), error=error,
+        latency_ms=(time.perf_counter() - started) * 1000)
+    verdict = Verdict(decision, categories, reason, record_id=record.id, stage="input",
+                      scores=dict(findings.categories) if findings else {},
+                      policy_version=policy.fingerprint, notes=list(policy.notes))
+    if findings is not None and CSAM in findings.categories:
+        strength = findings.csam_strength or "strong"
+        esc = escalate(session, record=record, strength=strength, details={
+            "terms": sorted({t for s in ("csam", "minor", "sexual", "suggestive")
+                             for t in findings.matches.get(s, [])}),
+            "rule": "direct term or minor indicator with sexual terms",
+            "text_sha256": _texts_digest(input_texts(input)[0]),
+        })
+        verdict.escalated = True
+        verdict.account_suspended = esc.hold_id is not None
+    return verdict
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
 
 
 def check_output(
-    session: Session, *, account_id: str, model_id: str, request_id: str, files: list[Path]
+    session: Session,
+    *,
+    account_id: str,
+    model_id: str,
+    request_id: str,
+    files: list[Path],
+    request_options: Mapping[str, Any] | None = None,
 ) -> Verdict:
     """Check a request's output files before the customer can fetch them."""
-    return Verdict("passed")
+    from moderation.output import check_files
+
+    started = time.perf_counter()
+    input_record = repo.latest_input_record(session, request_id)
+    if request_options is not None:
+        options = RequestOptions.from_input(request_options)
+    elif input_record is not None:
+        options = RequestOptions.from_input(input_record.request_options)
+    else:
+        options = RequestOptions()
+    policy = effective_policy(session, account_id=account_id, model_id=model_id,
+                              request_options=options)
+    minor = bool(input_record and input_record.minor_signal)
+    result = check_files([Path(f) for f in files], policy=policy, minor_signal=minor)
+
+    decision = PASSED
+    categories: list[str] = []
+    for fv in result.files:
+        for c in fv.categories:
+            if c not in categories:
+                categories.append(c)
+        if _DECISION_RANK[fv.decision] > _DECISION_RANK[decision]:
+            decision = fv.decision
+    if decision == BLOCKED:
+        # Nothing of a blocked output is kept, the stand-ins included.
+        for fv in result.files:
+            if fv.replace_with is not None:
+                fv.replace_with.unlink(missing_ok=True)
+                fv.replace_with = None
+            fv.action = "drop"
+    reason = result.error_reason if result.error_reason and decision == BLOCKED else \
+        reason_text("output", decision, categories)
+    record = _record(
+        session, request_id=request_id, account_id=account_id, model_id=model_id, stage="output",
+        decision=decision, categories=categories, reason=reason,
+        scores={"files": [f.to_dict() for f in result.findings]}, checks=result.checks,
+        policy_version=policy.fingerprint, policy=policy.to_dict(),
+        request_options={"enable_safety_checker": options.enable_safety_checker,
+                         "safety_tolerance": options.safety_tolerance},
+        minor_signal=minor, nsfw=result.nsfw, files_checked=len(files), error=result.error,
+        latency_ms=(time.perf_counter() - started) * 1000)
+    verdict = Verdict(decision, categories, reason, record_id=record.id, stage="output",
+                      scores=result.scores, policy_version=policy.fingerprint, files=result.files,
+                      notes=list(policy.notes))
+    if result.csam_strength:
+        esc = escalate(session, record=record, strength=result.csam_strength, details={
+            "files": [f.to_dict() for f in result.findings if CSAM in f.categories],
+            "rule": result.csam_rule,
+        })
+        verdict.escalated = True
+        verdict.account_suspended = esc.hold_id is not None
+    return verdict
+
+
+# -- for the gateway ------------------------------------------------------------------------
+
+def is_account_suspended(session: Session, account_id: str) -> bool:
+    """True while the account has an active hold; the gateway refuses its submits."""
+    return repo.has_active_hold(session, account_id)
+
+
+def link_request(session: Session, *, record_id: str, request_id: str) -> None:
+    """Attach an input record to its request, when the request id was made after the check."""
+    record = repo.record(session, record_id)
+    if record is not None and record.request_id is None:
+        record.request_id = request_id
+        session.flush()
+
+
+def moderation_summary(session: Session, request_id: str) -> dict[str, Any]:
+    """The envelope's `moderation` object: each stage's decision, categories and reason."""
+    summary: dict[str, Any] = {"input": None, "output": None, "categories": [], "reason": None}
+    for record in repo.records_for_request(session, request_id):
+        summary[record.stage] = record.decision
+        for c in record.categories or []:
+            if c not in summary["categories"]:
+                summary["categories"].append(c)
+        if record.decision != PASSED:
+            summary["reason"] = record.reason
+    return summary
+
+
+def nsfw_output(verdict: Verdict) -> bool:
+    """True when any output file scored as sexual nudity (allowed or not)."""
+    return SEXUAL in verdict.scores

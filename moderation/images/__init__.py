@@ -1,0 +1,1 @@
+"""Output checks on images and sampled video frames: NSFW detection and hash matching."""
