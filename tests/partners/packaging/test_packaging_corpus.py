@@ -27,9 +27,14 @@ def test_corpus_is_big_enough():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_archive_is_rejected(case: Case, tmp_path: Path):
+def test_hostile_archive_is_rejected(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     archive = case.build(tmp_path / "package.tar")
-    before = _snapshot(tmp_path, Path(tempfile.gettempdir()))
+    # Any temporary file the reader made would land here (the shared /tmp is busy).
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    before = _snapshot(tmp_path)
     with pytest.raises(PackageRejected) as caught:
         validate_archive(archive, case.limits)
     err = caught.value
@@ -39,7 +44,8 @@ def test_hostile_archive_is_rejected(case: Case, tmp_path: Path):
     problem = err.problem()
     assert problem["type"].endswith(f"/package-{case.reason}")
     assert problem["entry"] == err.entry
-    assert _snapshot(tmp_path, Path(tempfile.gettempdir())) == before
+    assert _snapshot(tmp_path) == before
+    assert list(private_tmp.iterdir()) == []
 
 
 class RecordingSink:
