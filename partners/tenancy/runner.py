@@ -138,6 +138,7 @@ class Replica:
                 pass
             self.process.wait(timeout=10)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
 
 class ModelFailed(RuntimeError):
@@ -157,7 +158,8 @@ def start_replica(spec: DeploymentSpec, *, root: Path, python: str | None = None
     spec.package_dir(package)
     manifest_file = workdir / "manifest.json"
     manifest_file.write_text(json.dumps(spec.manifest))
-    socket_path = workdir / "runner.sock"
+    # Unix socket paths are limited to ~107 bytes, so sockets live in a short private dir.
+    socket_path = Path(tempfile.mkdtemp(prefix="mg-")) / "runner.sock"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(PROJECT_ROOT),

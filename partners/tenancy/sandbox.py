@@ -67,7 +67,7 @@ from typing import Any, BinaryIO
 from engine.runner.protocol import ProtocolError, recv_frame, send_frame
 from partners.tenancy import cgroups, seccomp
 
-BWRAP = "/usr/bin/bwrap"
+BWRAP = os.environ.get("MEDIAGATE_BWRAP", "/usr/bin/bwrap")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 INIT_SCRIPT = Path(__file__).resolve().with_name("sandbox_init.py")
 
@@ -153,11 +153,53 @@ class SandboxSpec:
     gpu: bool = False
     gpu_devices: Sequence[str] | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    # The host uid the sandbox runs as when the supervisor is root. None picks one from
+    # AUTO_UID_BASE by itself when the runtime is readable by any user (else it stays root,
+    # mapped to an unprivileged uid inside with no capabilities).
     host_uid: int | None = None
     host_gid: int | None = None
+    auto_host_uid: bool = True
     hostname: str = "mediagate"
     log_lines: int = 2000
     use_cgroup: bool = True
+
+
+AUTO_UID_BASE = 600_000
+AUTO_UID_COUNT = 50_000
+
+
+def _world_readable(path: str) -> bool:
+    """True when any user can reach `path` (every ancestor searchable, itself readable)."""
+    parts = Path(path).resolve().parts
+    for depth in range(1, len(parts) + 1):
+        current = Path(*parts[:depth])
+        try:
+            mode = current.stat().st_mode
+        except OSError:
+            return False
+        last = depth == len(parts)
+        needed = (stat.S_IROTH | stat.S_IXOTH) if stat.S_ISDIR(mode) else stat.S_IROTH
+        if last and not mode & needed or not last and not mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def _run_base() -> str:
+    return os.environ.get("MEDIAGATE_SANDBOX_RUN_DIR", tempfile.gettempdir())
+
+
+def _auto_host_uid(spec: SandboxSpec) -> int | None:
+    if os.geteuid() != 0 or not spec.auto_host_uid:
+        return None
+    runtime = spec.runtime
+    paths = [runtime.python, *runtime.ro_paths, *runtime.app_paths.values()]
+    for d in (spec.scratch_dir, spec.output_dir, spec.socket_dir):
+        paths.append(str(d.parent) if d is not None else _run_base())
+    if not all(_world_readable(p) for p in paths):
+        return None
+    # A uid of its own per sandbox: even past its namespaces it could not signal or read
+    # another sandbox's processes.
+    return AUTO_UID_BASE + (os.getpid() * 1000 + next(_serial)) % AUTO_UID_COUNT
 
 
 def gpu_device_nodes() -> list[str]:
@@ -207,6 +249,7 @@ class Sandbox:
         self.socket_dir = spec.socket_dir
         self.output_dir = spec.output_dir
         self.cgroup: cgroups.SandboxCgroup | None = None
+        self.host_uid = spec.host_uid if spec.host_uid is not None else _auto_host_uid(spec)
         self._stopped = False
 
     # -- properties ------------------------------------------------------------------------
@@ -235,7 +278,7 @@ class Sandbox:
         """What holds the process count: `cgroup`, `rlimit`, or `none` (root without either)."""
         if self.cgroup is not None:
             return "cgroup"
-        if os.geteuid() == 0 and self.spec.host_uid is None:
+        if os.geteuid() == 0 and self.host_uid is None:
             return "none"  # the kernel does not apply RLIMIT_NPROC to host uid 0
         return "rlimit"
 
@@ -295,7 +338,7 @@ class Sandbox:
             "--die-with-parent", "--new-session", "--clearenv",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", spec.hostname,
         ]
-        if os.geteuid() == 0 and spec.host_uid is None:
+        if os.geteuid() == 0 and self.host_uid is None:
             args += ["--cap-drop", "ALL"]
         args += self._system_args()
         args += ["--proc", "/proc", "--dev", "/dev",
@@ -340,7 +383,7 @@ class Sandbox:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _prepare_dirs(self) -> None:
-        base = Path(os.environ.get("MEDIAGATE_SANDBOX_RUN_DIR", tempfile.gettempdir()))
+        base = Path(_run_base())
         if self.socket_dir is None:
             # Kept short: a Unix socket path must fit in 108 bytes.
             self.socket_dir = Path(tempfile.mkdtemp(prefix="mgsb-", dir=base))
@@ -354,14 +397,14 @@ class Sandbox:
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
-            if self.spec.host_uid is not None:
-                os.chown(d, self.spec.host_uid, self._host_gid())
+            if self.host_uid is not None:
+                os.chown(d, self.host_uid, self._host_gid())
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
 
     def _host_gid(self) -> int:
         spec = self.spec
-        return spec.host_gid if spec.host_gid is not None else (spec.host_uid or 0)
+        return spec.host_gid if spec.host_gid is not None else (self.host_uid or 0)
 
     def start(self) -> Sandbox:
         """Launch the sandbox and begin streaming the package in; returns at once."""
@@ -391,12 +434,12 @@ class Sandbox:
             # Room for bubblewrap's two processes and the launching shell besides the model's.
             self.cgroup = cgroups.create(
                 f"sb-{os.getpid()}-{next(_serial)}", max_pids=spec.max_processes + 4,
-                memory_bytes=spec.memory_bytes, owner=spec.host_uid)
+                memory_bytes=spec.memory_bytes, owner=self.host_uid)
             if self.cgroup is not None:
                 argv = self.cgroup.launch_prefix() + argv
         kwargs: dict[str, Any] = {}
-        if spec.host_uid is not None:
-            kwargs.update(user=spec.host_uid, group=self._host_gid(), extra_groups=[])
+        if self.host_uid is not None:
+            kwargs.update(user=self.host_uid, group=self._host_gid(), extra_groups=[])
         self.started_at = time.perf_counter()
         try:
             self.process = _spawner.submit(

@@ -360,16 +360,36 @@ def test_logs_are_captured_with_a_callback() -> None:
     assert box.returncode is not None and not box.alive
 
 
+def _host_uid_of(pid: int | None) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+    assert len(set(uids)) == 1
+    return int(uids[0])
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="running as a dedicated host uid needs root")
 def test_runs_as_a_dedicated_host_uid_when_root() -> None:
     with start(runtime=Runtime.system(), host_uid=61_000) as box:
         out = ask(box, "echo", "x")
         assert out["uid"] == 1000
-        with open(f"/proc/{box.sandbox_pid}/status") as f:
-            uid_line = next(line for line in f if line.startswith("Uid:"))
-        assert uid_line.split()[1:] == ["61000"] * 4
+        assert _host_uid_of(box.sandbox_pid) == 61_000
+        assert box.process_cap in ("cgroup", "rlimit")
         syscalls = ask(box, "syscalls")
         assert syscalls["ptrace_attach_init"] == "EPERM" and syscalls["mount_tmpfs"] == "EPERM"
+    # With a world-readable runtime, a root supervisor picks a uid of its own per sandbox.
+    with start(runtime=Runtime.system()) as one, start(runtime=Runtime.system()) as two:
+        uids = {_host_uid_of(one.sandbox_pid), _host_uid_of(two.sandbox_pid)}
+        assert len(uids) == 2 and all(uid >= 600_000 for uid in uids)
+        assert ask(one, "echo", "a")["echo"] == "a"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_fork_bomb_is_contained_by_rlimit_as_a_dedicated_uid() -> None:
+    with start(runtime=Runtime.system(), host_uid=61_001, use_cgroup=False,
+               max_processes=32) as box:
+        assert box.process_cap == "rlimit"
+        out = ask(box, "fork_bomb", timeout=60)
+    assert out["error"] == "EAGAIN" and out["forked"] < 32
 
 
 def test_cold_start_is_fast() -> None:
