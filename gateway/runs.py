@@ -8,6 +8,7 @@ alone and usage is recorded once per request.
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 import threading
 import time
@@ -33,6 +34,7 @@ from partners.service import artifact_key
 from partners.tenancy.runner import DeploymentSpec, ModelFailed, ReplicaError, ReplicaPool
 
 CANCEL_POLL_S = 0.5
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -111,6 +113,9 @@ def execute(request_id: str) -> None:
     try:
         replica = pool.acquire(claimed.spec, timeout=settings.runner_setup_timeout_s)
     except ReplicaError as exc:
+        # The partner's own traceback goes to the partner's logs, never to the customer.
+        log.warning("deployment %s could not start a replica: %s\n%s", claimed.spec.deployment_id,
+                    exc, exc.partner_detail or "")
         _fail(request_id, f"the model could not start: {exc}")
         return
     output_dir = replica.workdir / "outputs" / request_id
