@@ -35,3 +35,4 @@ bench-gateway: setup services
 # Write a new migration from the models: make migration m="what changed"
 migration: setup
 	$(BIN)/alembic -c alembic.ini revision --autogenerate -m "$(m)"
+	$(BIN)/ruff check --fix -q migrations
