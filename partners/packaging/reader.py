@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from partners.packaging import layout as oci
+from partners.packaging.extract import open_layer
 from partners.packaging.rules import PackageLimits, PackageRejected
 from partners.packaging.tarsafe import CHUNK, Counting, Inflater, TarStream, normalize
 from partners.packaging.validate import (
     BlobOpener,
     ValidatedPackage,
-    open_layer,
     validate_archive,
     validate_stream,
 )

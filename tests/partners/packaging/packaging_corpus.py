@@ -44,7 +44,7 @@ class E:
     size: int | None = None     # a header size that differs from the data
 
     def info(self) -> tarfile.TarInfo:
-        types = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+        types = {"door": b"D", "file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
                  "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
                  "fifo": tarfile.FIFOTYPE, "sparse": tarfile.GNUTYPE_SPARSE}
         info = tarfile.TarInfo(self.name)
@@ -262,6 +262,7 @@ CASES: list[Case] = [
     Case("char-device", "device-file", "src/null", _oci([*good_entries(), E("src/null", "char")])),
     Case("block-device", "device-file", "src/sda", _oci([*good_entries(), E("src/sda", "block")])),
     Case("fifo", "fifo", "src/pipe", _oci([*good_entries(), E("src/pipe", "fifo")])),
+    Case("unknown-entry-type", "special-file", "src/door", _oci([*good_entries(), E("src/door", "door")])),
     Case("sparse-file", "special-file", "src/sparse", _oci([*good_entries(), E("src/sparse", "sparse")])),
     Case("setuid", "setuid", "src/run.sh",
          _oci([*good_entries(), E("src/run.sh", data=b"#!/bin/sh", mode=0o4755)])),
@@ -272,6 +273,8 @@ CASES: list[Case] = [
          _oci([*good_entries(), E("src/predict.py", data=b"import os")])),
     Case("gzip-bomb", "compression-bomb", "blobs/sha256/*",
          lambda p: write_oci(p, [gzip_bomb_layer()])),
+    Case("archive-gzip-bomb", "compression-bomb", "(archive)",
+         lambda p: thin_tgz(p, [*good_entries("m"), E("m/zeros.bin", data=bytes(64 * MiB))])),
     Case("size-bomb", "size-limit", "src/b.bin",
          _oci([*good_entries(), E("src/a.bin", data=bytes(600_000)), E("src/b.bin", data=bytes(600_000))]),
          PackageLimits(max_total_bytes=1 * MiB)),

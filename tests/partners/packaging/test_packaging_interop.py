@@ -83,6 +83,30 @@ def test_our_archive_unpacks_with_umoci(tmp_path: Path):
     assert config["process"]["cwd"] == "/src"
 
 
+@needs_tools
+def test_docker_archive_written_by_skopeo(tmp_path: Path):
+    from tests.partners.packaging.test_packaging_build import make_model
+
+    result = build_package(make_model(tmp_path / "m"), tmp_path / "m.oci.tar")
+    archive = tmp_path / "docker.tar"
+    run("skopeo", "copy", f"oci-archive:{result.path}", f"docker-archive:{archive}:acme/tiny:latest")
+    package = validate_archive(archive)
+    assert package.format == "docker" and package.root == "src"
+    assert package.manifest.entrypoint == "predict:TinyFlux"
+    assert [x.diff_id for x in package.layers] == [x.diff_id for x in result.layers]
+    dest = package.extract_to(tmp_path / "out")
+    assert (dest / "model.safetensors").read_bytes() == (tmp_path / "m" / "model.safetensors").read_bytes()
+
+
+def test_model_directory_named_through_a_symlink(tmp_path: Path):
+    entries = [E("app", "dir"), *(E("app/" + e.name, e.kind, e.data) for e in good_entries("")),
+               E("src", "symlink", link="app")]
+    package = validate_archive(write_oci(tmp_path / "p.tar", [layer(entries)],
+                                        labels={"dev.mediagate.root": "/src"}))
+    assert package.root == "app"
+    assert sorted(package.model_files()) == ["mediagate.toml", "predict.py"]
+
+
 def test_gzip_layers_whiteouts_and_opaque_directories(tmp_path: Path):
     base = [*good_entries(), E("src/cache", "dir"), E("src/cache/a.bin", data=b"a"),
             E("src/cache/b.bin", data=b"b"), E("src/old.py", data=b"x = 1"), E("src/keep.txt", data=b"k")]
