@@ -59,6 +59,7 @@ class BlobRecord:
     entries: list[Any] | None = None  # the layer's checked entries when it is a tar
     diff_id: str | None = None        # sha256 of the uncompressed tar
     doc: bytes | None = None          # the bytes of a small JSON document
+    error: PackageRejected | None = None  # why its entries were refused, if they were
 
 
 @dataclass
@@ -174,6 +175,8 @@ class _Resolver:
         return blob, doc
 
     def layer_kind(self, blob: BlobRecord, media: str) -> None:
+        if blob.error is not None:
+            raise blob.error
         if media in ZSTD_TYPES:
             raise _bad("zstd layers are not supported; use gzip or uncompressed layers", blob.path,
                        "unsupported-media-type")
@@ -245,6 +248,8 @@ def resolve(blobs: dict[str, BlobRecord], aliases: dict[str, str], limits: Packa
             blob = r.blob(path)
             if blob is None:
                 raise _bad(f"layer {path} is not in the archive", path, "missing-blob")
+            if blob.error is not None:
+                raise blob.error
             if blob.kind not in ("tar", "tar+gzip"):
                 raise _bad(f"layer {path} is not a tar archive ({blob.kind})", path,
                            "unsupported-media-type")

@@ -14,7 +14,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from partners.packaging.rules import PackageLimits, PackageRejected
 
@@ -437,15 +437,3 @@ def digest_of(hasher: Any) -> str:
 def new_hasher(algorithm: str = "sha256") -> Any:
     """A hashlib object for an OCI digest algorithm."""
     return hashlib.new(algorithm)
-
-
-def copy_stream(src: Reader, sinks: list[BinaryIO | Any]) -> int:
-    """Copy `src` to every sink in chunks; returns the byte count."""
-    total = 0
-    while True:
-        data = src.read(CHUNK)
-        if not data:
-            return total
-        total += len(data)
-        for sink in sinks:
-            sink.write(data)

@@ -72,6 +72,9 @@ __all__ = [
 ]
 
 _MAX_KEPT_SOURCE = 1 << 20
+_MAX_REJECTED_BLOBS = 16
+_BUDGET_REASONS = {"too-many-files", "size-limit", "file-too-large", "compression-bomb",
+                   "header-too-large"}
 _ROOT_JSON = ("index.json", "oci-layout", "manifest.json", "repositories")
 
 
@@ -230,6 +233,7 @@ class _Walker:
         # saves one of three hashing passes.
         self.layout_hint: str | None = None
         self.raw: Counting | None = None
+        self.rejected_blobs = 0
 
     # -- budgets ---------------------------------------------------------------------------
 
@@ -351,28 +355,39 @@ class _Walker:
                             tee=writer.write if writer is not None else None)
         record = oci.BlobRecord(path=path, digest="", size=entry.size, kind=sniff(head),
                                 offset=entry.offset)
-        if record.kind == "gzip":
-            inflater = Inflater(counting, self.limits, entry=path, layer=path)
-            inner_head = _read_exact(inflater, HEAD)
-            if is_tar_head(inner_head):
-                record.kind = "tar+gzip"
-                diff = hashlib.sha256()
-                stream = Counting(Prefixed(inner_head, inflater), hashers=[diff])
-                record.entries = self.scan_tar(stream, key=path, label=path, outer=False)
-                stream.drain()
-                record.diff_id = digest_of(diff)
-        elif record.kind == "tar":
-            record.entries = self.scan_tar(counting, key=path, label=path, outer=False)
-        elif record.kind == "json" and entry.size <= self.limits.max_json_bytes and \
-                self.json_bytes + entry.size <= self.limits.max_json_total_bytes:
-            self.json_bytes += entry.size
-            parts = []
-            while data := counting.read(CHUNK):
-                parts.append(data)
-            record.doc = b"".join(parts)
+        try:
+            if record.kind == "gzip":
+                inflater = Inflater(counting, self.limits, entry=path, layer=path)
+                inner_head = _read_exact(inflater, HEAD)
+                if is_tar_head(inner_head):
+                    record.kind = "tar+gzip"
+                    diff = hashlib.sha256()
+                    stream = Counting(Prefixed(inner_head, inflater), hashers=[diff])
+                    record.entries = self.scan_tar(stream, key=path, label=path, outer=False)
+                    stream.drain()
+                    record.diff_id = digest_of(diff)
+            elif record.kind == "tar":
+                record.entries = self.scan_tar(counting, key=path, label=path, outer=False)
+            elif record.kind == "json" and entry.size <= self.limits.max_json_bytes and \
+                    self.json_bytes + entry.size <= self.limits.max_json_total_bytes:
+                self.json_bytes += entry.size
+                parts = []
+                while data := counting.read(CHUNK):
+                    parts.append(data)
+                record.doc = b"".join(parts)
+        except PackageRejected as exc:
+            # Raised only if the image uses this blob as a layer: a blob nothing refers to
+            # (or a partner's own data.tar in a directory archive) is not unpacked anyway.
+            # Limits on the whole archive still stop it at once.
+            if exc.reason in _BUDGET_REASONS:
+                raise
+            record.error, record.entries, record.diff_id = exc, None, None
+            self.rejected_blobs += 1
+            if self.rejected_blobs > _MAX_REJECTED_BLOBS:
+                raise
         counting.drain()
         record.digest = digest_of(hasher)
-        if record.kind == "tar":
+        if record.kind == "tar" and record.error is None:
             record.diff_id = digest_of(plain)
         if named is not None and record.digest != named:
             raise PackageRejected(f"blob content hashes to {record.digest}", entry=path,

@@ -179,3 +179,22 @@ def test_layers_as_tar_files_read_back_by_tarfile(tmp_path: Path):
     with tarfile.open(archive) as outer:
         names = outer.getnames()
     assert {b.path for b in package.blobs} <= set(names)
+
+
+def test_blobs_the_image_does_not_use_are_not_unpacked(tmp_path: Path):
+    evil = tar_bytes([E("/etc/passwd", data=b"root::0:0")])
+
+    def add_stray_blob(members: dict[str, bytes]) -> None:
+        members["blobs/sha256/" + sha(evil).split(":")[1]] = evil
+
+    package = validate_archive(write_oci(tmp_path / "p.tar", [layer(good_entries())],
+                                         members_patch=add_stray_blob))
+    assert len(package.layers) == 1 and sha(evil) not in {b.digest for b in package.blobs}
+
+
+def test_directory_archive_holding_a_tarball_of_its_own(tmp_path: Path):
+    data = tar_bytes([E("/abs/path.txt", data=b"dataset")])
+    archive = thin_tgz(tmp_path / "m.tgz", [*good_entries(""), E("./data.tar", data=data)])
+    package = validate_archive(archive)
+    assert package.root == "" and package.files["data.tar"].digest == sha(data)
+    assert (package.extract_to(tmp_path / "out") / "data.tar").read_bytes() == data
