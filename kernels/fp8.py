@@ -38,9 +38,9 @@ def _round_to_e4m3(v):
     normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)
     a = tl.abs(v)
     # Below 2**-6 e4m3 is subnormal with a fixed step of 2**-9: the fp32 spacing at 2**14.
-    sub = (a + 16384.0) - 16384.0
-    sub = tl.where(v < 0, -sub, sub)
-    return tl.where(a < 0.015625, sub, normal)
+    # The sign goes back on as a bit, so values that round to zero keep it (-0.0).
+    sub = ((a + 16384.0) - 16384.0).to(tl.int32, bitcast=True) | (bits & -0x80000000)
+    return tl.where(a < 0.015625, sub.to(tl.float32, bitcast=True), normal)
 
 
 @triton.jit

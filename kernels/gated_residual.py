@@ -89,7 +89,7 @@ def gated_residual_launch(
     g, g_b, g_r, per_sample = modulation_layout(gate, x2)
     block_n = block_n or min(triton.next_power_of_2(n), 1024)
     block_m = block_m or max(1, 4096 // block_n)
-    num_warps = num_warps or 4
+    num_warps = num_warps or 8
     grid = (triton.cdiv(r, block_m), triton.cdiv(n, block_n), b)
     _gated_residual_kernel[grid](
         x2, g, y2, out, r, n, g_b, g_r,
