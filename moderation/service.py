@@ -36,6 +36,8 @@ Failure: a checker that errors (bad model file, unreadable hash list, corrupt or
 oversized output, unknown file type) yields `blocked` with the reason; nothing passes
 unchecked. Only a database error propagates, which fails the caller's transaction.
 
+Worker start: `warm_up()` loads the models and hash lists once per process.
+
 Also here: policy setters (`set_account_policy`, `set_model_policy`, from
 `moderation.policy_service`), aggregates for finance and partners (`moderation_stats`),
 and staff actions (`moderation.review`).
@@ -63,7 +65,7 @@ from moderation.verdicts import FileVerdict, Verdict
 __all__ = [
     "FileVerdict", "Verdict", "check_input", "check_output", "is_account_suspended",
     "link_request", "moderation_summary", "set_account_policy", "set_model_policy",
-    "moderation_stats", "effective_policy",
+    "moderation_stats", "effective_policy", "warm_up",
 ]
 
 
@@ -180,7 +182,8 @@ def check_input(
         esc = escalate(session, record=record, strength=strength, details={
             "terms": sorted({t for s in ("csam", "minor", "sexual", "suggestive")
                              for t in findings.matches.get(s, [])}),
-            "rule": "direct term or minor indicator with sexual terms",
+            "rule": ("direct term, or minor indicator with explicit sexual terms" if strength == "strong"
+                     else "minor indicator with suggestive terms"),
             "text_sha256": _texts_digest(input_texts(input)[0]),
         })
         verdict.escalated = True
@@ -263,6 +266,21 @@ def check_output(
 
 
 # -- for the gateway ------------------------------------------------------------------------
+
+def warm_up() -> None:
+    """Load the term lists, classifier, NSFW model and hash lists now (call at worker start),
+    so the first request does not pay for it. Errors surface here rather than later."""
+    from moderation.images.hashing import get_registry
+    from moderation.images.nsfw import get_detector
+    from moderation.text.classifier import load
+    from moderation.text.terms import builtin_index
+
+    settings = get_moderation_settings()
+    builtin_index()
+    load()
+    get_detector(settings.nsfw_model_path, settings.nsfw_threads)
+    get_registry(settings.hash_list_dir, settings.hash_lists)
+
 
 def is_account_suspended(session: Session, account_id: str) -> bool:
     """True while the account has an active hold; the gateway refuses its submits."""

@@ -25,6 +25,7 @@ from moderation.service import (
     is_account_suspended,
     link_request,
     moderation_summary,
+    warm_up,
 )
 from tests.moderation.imagegen import jpeg_resized, nsfw_figure, save, scene, solid
 
@@ -342,3 +343,8 @@ def test_every_checked_file_has_its_hashes_recorded(db: Session, tmp_path: Path)
     (entry,) = repo.record(db, verdict.record_id).scores["files"]
     assert len(entry["pdq"][0]) == 64 and entry["pdq_quality"][0] >= 50
     assert np.isclose(sum(entry["timings_ms"].values()), sum(entry["timings_ms"].values()))
+
+
+def test_warm_up_loads_everything(hash_lists) -> None:
+    hash_lists({"csam": ["ab" * 32]})
+    warm_up()
