@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import queue
 import stat
 import struct
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -106,6 +108,8 @@ class Counting:
         if not data:
             self.eof = True
             return b""
+        if not isinstance(data, bytes):  # hashed later, maybe on another thread
+            data = bytes(data)
         self.count += len(data)
         if self._limit is not None and self.count > self._limit:
             assert self._on_limit is not None
@@ -432,6 +436,39 @@ def classify(member: tarfile.TarInfo, path: str, limits: PackageLimits, *,
 def digest_of(hasher: Any) -> str:
     """An OCI digest string for a hashlib object."""
     return f"{hasher.name}:{hasher.hexdigest()}"
+
+
+class ThreadedHash:
+    """A hash fed on a worker thread, so that a blob's digest and its files' digests are
+    computed on two cores (hashlib releases the GIL); at most a few chunks are queued."""
+
+    def __init__(self, algorithm: str = "sha256") -> None:
+        self._h = hashlib.new(algorithm)
+        self.name = self._h.name
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._t = threading.Thread(target=self._run, name="package-hash", daemon=True)
+        self._t.start()
+        self._open = True
+
+    def _run(self) -> None:
+        while (data := self._q.get()) is not None:
+            self._h.update(data)
+
+    def update(self, data: bytes) -> None:
+        """Queue `data` (immutable bytes) for hashing."""
+        self._q.put(data)
+
+    def close(self) -> None:
+        """Stop the worker once the queue is hashed."""
+        if self._open:
+            self._open = False
+            self._q.put(None)
+            self._t.join()
+
+    def hexdigest(self) -> str:
+        """The digest of everything queued."""
+        self.close()
+        return self._h.hexdigest()
 
 
 def new_hasher(algorithm: str = "sha256") -> Any:

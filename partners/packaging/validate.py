@@ -48,6 +48,7 @@ from partners.packaging.tarsafe import (
     Prefixed,
     Reader,
     TarStream,
+    ThreadedHash,
     classify,
     digest_of,
     is_tar_head,
@@ -73,6 +74,7 @@ __all__ = [
 
 _MAX_KEPT_SOURCE = 1 << 20
 _MAX_REJECTED_BLOBS = 16
+_THREADED_HASH_BYTES = 32 << 20
 _BUDGET_REASONS = {"too-many-files", "size-limit", "file-too-large", "compression-bomb",
                    "header-too-large"}
 _ROOT_JSON = ("index.json", "oci-layout", "manifest.json", "repositories")
@@ -345,8 +347,18 @@ class _Walker:
         path = entry.path
         named = oci.blob_path_digest(path)
         algorithm = named.partition(":")[0] if named else "sha256"
-        hasher = new_hasher(algorithm)
+        big = entry.size >= _THREADED_HASH_BYTES
+        hasher = ThreadedHash(algorithm) if big else new_hasher(algorithm)
         plain = hasher if algorithm == "sha256" else hashlib.sha256()
+        try:
+            return self._consume_blob(reader, entry, named, hasher, plain)
+        finally:
+            if big:
+                hasher.close()
+
+    def _consume_blob(self, reader: Reader, entry: Entry, named: str | None, hasher: Any,
+                      plain: Any) -> str:
+        path = entry.path
         writer = self.sink.open_blob(path) if self.sink is not None else None
         if writer is not None:
             self.writers[path] = writer
