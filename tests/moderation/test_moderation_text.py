@@ -21,9 +21,9 @@ MIN_RECALL = {"csam": 1.0, "sexual": 0.95, "violence": 0.95, "self_harm": 0.95, 
 MIN_PRECISION = {"csam": 0.97, "sexual": 0.95, "violence": 0.95, "self_harm": 0.95, "hate": 0.95}
 
 
-def load_corpus() -> list[tuple[set[str], str, str]]:
+def load_corpus(names: tuple[str, ...] = ("prompts.tsv", "prompts_evasions.tsv")) -> list[tuple[set[str], str, str]]:
     rows = []
-    for name in ("prompts.tsv", "prompts_evasions.tsv"):
+    for name in names:
         for line in (DATA / name).read_text(encoding="utf-8").splitlines():
             if not line or line.startswith("#"):
                 continue
@@ -72,6 +72,20 @@ def test_corpus_precision_and_recall_per_category() -> None:
         assert m["recall"] >= MIN_RECALL[c], (c, m)
         assert m["precision"] >= MIN_PRECISION[c], (c, m)
     assert metrics["csam"]["recall"] == 1.0
+
+
+def test_held_out_prompts() -> None:
+    """Prompts written after the lists were frozen: a less flattering, more honest estimate."""
+    rows = load_corpus(("prompts_holdout.tsv",))
+    metrics, misses = evaluate(rows)
+    print(f"\nheld out: {len(rows)} prompts")
+    for c, m in metrics.items():
+        print(f"{c:<10} {m['support']:>7} {m['precision']:>9.3f} {m['recall']:>7.3f}")
+    for line in misses:
+        print(line)
+    assert metrics["csam"]["recall"] == 1.0
+    for m in metrics.values():
+        assert m["recall"] >= 0.9 and m["precision"] >= 0.9
 
 
 def test_innocent_prompts_pass_clean() -> None:
