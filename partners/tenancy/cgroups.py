@@ -94,6 +94,11 @@ def create(name: str, *, max_pids: int, memory_bytes: int | None, owner: int | N
         return None
     parent, version = found
     path = parent / name
+    if version == 2:
+        # A delegated v2 parent may not have handed the controllers down yet.
+        for controller in ("+pids", "+memory"):
+            with contextlib.suppress(OSError):
+                (parent / "cgroup.subtree_control").write_text(controller)
     try:
         path.mkdir()
         (path / "pids.max").write_text(str(max_pids))

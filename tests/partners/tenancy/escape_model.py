@@ -222,6 +222,8 @@ class Probe(Model):
         out = f"/out/{arg['request_id']}"
         os.makedirs(out, exist_ok=True)
         os.symlink(arg["file_target"], f"{out}/stolen.txt")
+        with open(f"{out}/fine.txt", "w") as f:
+            f.write("a real output")
         return {"done": True}
 
     def do_devices(self, arg):

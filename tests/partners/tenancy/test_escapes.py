@@ -266,6 +266,10 @@ def test_supervisor_ignores_planted_links(sandbox: Sandbox, tmp_path: Path) -> N
             sandbox.connect(timeout=1)
         with pytest.raises(OSError):
             sandbox.open_output(request_id, "stolen.txt")
+        with sandbox.open_output(request_id, "fine.txt") as f:
+            assert f.read() == b"a real output"
+        with pytest.raises(ValueError):
+            sandbox.open_output(request_id, "../../etc/passwd")
         host_socket.settimeout(0.2)
         with pytest.raises(TimeoutError):
             host_socket.accept()
