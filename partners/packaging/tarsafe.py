@@ -274,10 +274,20 @@ class _ForwardSeeker:
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = CHUNK
+        # tarfile takes a short read of a header for the end of the archive, so keep
+        # reading: upload bodies and pipes hand out whatever pieces they have.
+        parts, have = [], 0
         if self._replay:
-            data, self._replay = self._replay[:n], self._replay[n:]
-        else:
-            data = self._src.read(n)
+            parts.append(self._replay[:n])
+            self._replay = self._replay[n:]
+            have = len(parts[0])
+        while have < n:
+            piece = self._src.read(n - have)
+            if not piece:
+                break
+            parts.append(piece)
+            have += len(piece)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._pos += len(data)
         self._hist = (self._hist + data[-HEAD:])[-HEAD:]
         return data

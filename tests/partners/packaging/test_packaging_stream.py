@@ -36,7 +36,7 @@ class OneWay(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        n = min(len(b), 7919, len(self._data) - self._pos)
+        n = min(len(b), 301, len(self._data) - self._pos)
         b[:n] = self._data[self._pos:self._pos + n]
         self._pos += n
         return n
