@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,6 +224,11 @@ def _signature_schema(fn: ast.FunctionDef | ast.AsyncFunctionDef, class_name: st
         elif default is not None:
             default_value = _literal(default, where)
             has_default = True
+        if "pattern" in schema:
+            try:
+                re.compile(schema["pattern"])
+            except (re.error, TypeError, RecursionError) as exc:
+                raise SchemaError(f"{where}: regex {schema['pattern']!r} does not compile") from exc
         if has_default and default_value is None:
             # Cog's rule: an explicit None default makes the input optional.
             nullable = True

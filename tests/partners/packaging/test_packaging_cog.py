@@ -6,6 +6,7 @@ import io
 import tarfile
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from engine.manifest import ManifestError, manifest_from_json, parse_cog_yaml
@@ -118,6 +119,12 @@ def test_predictor_schema(tmp_path: Path):
                                 "x-cog-array-type": "iterator", "title": "Output"}
     files = package.model_files()
     assert {"cog.yaml", "predict.py", "weights/model.bin"} <= set(files)
+    jsonschema.Draft202012Validator.check_schema(m.inputs_schema)
+    jsonschema.Draft202012Validator.check_schema(m.outputs_schema)
+    validator = jsonschema.Draft202012Validator(m.inputs_schema)
+    good = {"image": "https://x/y.png", "references": [], "api_key": "k", "scale": 2.0, "prompt": None}
+    assert list(validator.iter_errors(good)) == []
+    assert list(validator.iter_errors({**good, "scale": 11})) and list(validator.iter_errors({**good, "mode": "x"}))
 
 
 def test_runner_schema(tmp_path: Path):
@@ -182,6 +189,8 @@ def test_schema_functions_keep_their_contract():
         inputs_schema("class P:\n    def predict(self, x: int = Input(default=f())) -> None:\n        pass\n", "P")
     with pytest.raises(SchemaError):
         inputs_schema("(" * 500, "P")
+    with pytest.raises(SchemaError, match="does not compile"):
+        inputs_schema("class P:\n    def predict(self, x: str = Input(regex='(')) -> None:\n        pass\n", "P")
 
 
 def test_cog_yaml_errors():
