@@ -25,9 +25,12 @@ The isolation
   `/dev/shm` and (by default) `/scratch`; a per-replica output dir at `/out` and the socket dir
   at `/run/mediagate` bound writable; `/` and `/dev` remounted read-only. GPU device nodes are
   bound only when the spec asks for a GPU. Every mount is nosuid and no-new-privs is set.
-- Privileges: an unprivileged uid inside (1000) with every capability dropped. When the
-  supervisor runs as root it can also run the sandbox as a dedicated host uid (`host_uid`), so
-  that even a kernel-level escape lands as nobody in particular.
+- Privileges: an unprivileged uid inside (1000) with every capability dropped. A root
+  supervisor runs each sandbox as a host uid of its own (`host_uid`, picked automatically when
+  the runtime is world-readable), so even a kernel-level escape lands as nobody in particular;
+  otherwise the sandbox maps to host root without capabilities, and only a `pids` cgroup
+  (`partners.tenancy.cgroups`) caps its process count, since the kernel exempts uid 0 from
+  RLIMIT_NPROC. `Sandbox.process_cap` says which holds.
 - seccomp: `partners.tenancy.seccomp` (ptrace, mount, unshare/setns, keyctl, bpf, perf, module
   loading, kexec, io_uring, device nodes, ... get EPERM).
 - Resource limits, set by the in-sandbox loader before it execs the runner: RLIMIT_NPROC
