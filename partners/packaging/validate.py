@@ -543,7 +543,7 @@ def _read_exact(src: Reader, n: int) -> bytes:
     return b"".join(parts)
 
 
-def validate_stream(source: BinaryIO | Iterable[bytes], limits: PackageLimits | None = None, *,
+def validate_stream(source: BinaryIO | Iterable[bytes] | bytes, limits: PackageLimits | None = None, *,
                     sink: BlobSink | None = None) -> ValidatedPackage:
     """Validate a package read once from a binary file object or an iterator of chunks.
 
@@ -557,6 +557,8 @@ def validate_stream(source: BinaryIO | Iterable[bytes], limits: PackageLimits | 
     limits = limits or PackageLimits()
     reader: Reader
     start, seekable = 0, False
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(bytes(source))
     if hasattr(source, "read"):
         reader = source  # type: ignore[assignment]
         with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):

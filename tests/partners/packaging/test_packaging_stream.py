@@ -48,7 +48,7 @@ def test_chunks_and_one_way_streams_give_the_same_package(tmp_path: Path):
     reference = validate_archive(result.path)
     from_chunks = validate_stream(data[i:i + 4099] for i in range(0, len(data), 4099))
     from_pipe = validate_stream(OneWay(data))
-    for package in (from_chunks, from_pipe):
+    for package in (from_chunks, from_pipe, validate_stream(data)):
         assert package.manifest == reference.manifest
         assert package.files == reference.files
         assert package.layers == reference.layers
