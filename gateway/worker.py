@@ -7,6 +7,7 @@ from celery import signals
 from gateway import tasks  # noqa: F401  - registers the tasks
 from kit.db import assert_migrated
 from kit.tasks import get_celery
+from moderation import service as moderation
 from kit.telemetry import setup_tracing
 
 app = get_celery()
@@ -16,6 +17,7 @@ app = get_celery()
 def _check_schema(**_: object) -> None:
     setup_tracing("mediagate-worker")
     assert_migrated()
+    moderation.warm_up()
 
 
 @signals.worker_shutdown.connect

@@ -34,9 +34,6 @@ class Settings(BaseSettings):
     # Platform operators' key for the admin API (onboarding partners and customer accounts).
     admin_key: str = DEV_ADMIN_KEY
 
-    # Moderation: prompt terms that block a request on their own (comma separated).
-    blocklist: str = ""
-
     # Runner processes: how long a model may take to set up and to answer one request.
     runner_setup_timeout_s: float = 600.0
     runner_predict_timeout_s: float = 600.0

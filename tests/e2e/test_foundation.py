@@ -136,11 +136,12 @@ def test_another_account_cannot_see_a_request(api, worker, flaky_world) -> None:
     assert _wait(api, w, req["id"])["status"] == "succeeded"
 
 
-def test_blocked_input_is_not_run_or_charged(api, worker, art_world, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from kit.settings import get_settings
+def test_blocked_input_is_not_run_or_charged(api, worker, art_world) -> None:  # type: ignore[no-untyped-def]
+    from moderation.service import set_account_policy
 
-    monkeypatch.setattr(get_settings(), "blocklist", "forbiddenword")
     w = art_world
+    with session_scope() as s:
+        set_account_policy(s, account_id=w.account_id, changed_by="test", custom_terms=["forbiddenword"])
     r = api.post(f"/v1/models/{w.model}/requests", headers={**w.customer, "Prefer": "wait=5"},
                  json={"input": {"prompt": "a forbiddenword landscape"}})
     body = r.json()
