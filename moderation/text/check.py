@@ -30,11 +30,11 @@ CLASSIFIER_BONUS = 0.4
 HATE_WINDOW = 4
 
 # Written ages under 18 ("12yo", "12 year old", "aged 12"); "3 years ago" is not an age.
-_AGE = re.compile(
-    r"(?<!\d)(\d{1,2})\s*-?\s*(?:years?|yrs?|yr)\s*-?\s*olds?\b"
-    r"|(?<!\d)(\d{1,2})\s*(?:yo|y/o|y\.o\.?)(?![a-z])"
-    r"|\bage[ds]?\s*:?\s*(\d{1,2})(?!\d)"
-)
+_AGE_NUMBER = re.compile(
+    r"(?<!\d)(\d{1,2})(?!\d)\s*-?\s*"
+    r"(?:(?:years?|yrs?|yr)\s*-?\s*olds?\b|(?:yo|y/o|y\.o\.?)(?![a-z]))")
+_AGE_WORD = re.compile(r"\bage[ds]?\s*:?\s*(\d{1,2})(?!\d)")
+_DIGIT = re.compile(r"\d")
 
 
 @dataclass
@@ -58,12 +58,12 @@ class TextFindings:
 
 
 def _minor_ages(folded: str) -> list[str]:
-    out = []
-    for m in _AGE.finditer(folded):
-        age = next(g for g in m.groups() if g is not None)
-        if int(age) < 18:
-            out.append(m.group(0).strip())
-    return out
+    if not _DIGIT.search(folded):
+        return []
+    matches = list(_AGE_NUMBER.finditer(folded))
+    if "age" in folded:
+        matches += _AGE_WORD.finditer(folded)
+    return [m.group(0).strip() for m in matches if int(m.group(1)) < 18]
 
 
 def _near(a: Sequence[Hit], b: Sequence[Hit], window: int) -> bool:

@@ -101,6 +101,7 @@ class TermIndex:
         self._segment_vocab = self.words | COMMON_WORDS
         self._segment_max = max((len(w) for w in self._segment_vocab), default=1)
         self._segment_cache: dict[tuple[str, bool], list[str] | None] = {}
+        self._token_cache: dict[str, tuple[str, ...]] = {}
         # Stretched words ("disguuusting") looked up by their squeezed form.
         self._squeezed = {squeeze(w): w for w in sorted(self.words, key=len)}
         self._substrings: dict[str, Term] = {}
@@ -179,30 +180,40 @@ class TermIndex:
         cache[key] = parts
         return parts
 
+    def _rewrite(self, tok: str) -> tuple[str, ...]:
+        """What an unlisted token stands for: its split into words, the word it stretches,
+        or itself."""
+        if 7 <= len(tok) <= 60 and tok.isalpha() and tok not in KEEP_WORDS:
+            parts = self._segment_cached(tok, False)
+            if parts:
+                return tuple(parts)
+        if _RUN3.search(tok):
+            return (self._squeezed.get(squeeze(tok), tok),)
+        for v in variants(tok)[1:]:
+            if v in self.words:
+                return (v,)
+        return (tok,)
+
     def _canonical(self, tokens: Sequence[str], joined: frozenset[str]) -> list[str]:
         """Stretched tokens replaced by the word they stretch; joined runs split into words."""
         out: list[str] = []
-        words = self.words
+        words, cache = self.words, self._token_cache
         for tok in tokens:
-            if tok not in words:
-                if tok in joined:
-                    parts = self._segment_cached(tok, True)
-                    if parts:
-                        out.extend(parts)
-                        continue
-                elif 7 <= len(tok) <= 60 and tok.isalpha() and tok not in KEEP_WORDS:
-                    parts = self._segment_cached(tok, False)
-                    if parts:
-                        out.extend(parts)
-                        continue
-                if _RUN3.search(tok):
-                    tok = self._squeezed.get(squeeze(tok), tok)
-                else:
-                    for v in variants(tok)[1:]:
-                        if v in words:
-                            tok = v
-                            break
-            out.append(tok)
+            if tok in words:
+                out.append(tok)
+                continue
+            if tok in joined:
+                parts = self._segment_cached(tok, True)
+                if parts:
+                    out.extend(parts)
+                    continue
+            rewritten = cache.get(tok)
+            if rewritten is None:
+                rewritten = self._rewrite(tok)
+                if len(cache) > 100_000:
+                    cache.clear()
+                cache[tok] = rewritten
+            out.extend(rewritten)
         return out
 
     def match(self, tokens: Sequence[str], joined: frozenset[str] = frozenset()) -> list[Hit]:
