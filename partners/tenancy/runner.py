@@ -1,33 +1,26 @@
-"""Replicas of deployed models: runner processes, a client for their socket, and a warm pool.
+"""Replicas of deployed models: one sandboxed runner each, and a warm pool per worker.
 
-A worker process holds one `ReplicaPool`. Each replica is a separate runner process (later
-inside its sandbox) that loaded the partner's model once; requests reuse warm replicas and
-cold-start new ones up to the deployment's `max_replicas`.
+A worker process holds one `ReplicaPool`. Each replica is a `Sandbox` whose runner loaded the
+partner's model once; requests reuse warm replicas and cold-start new ones, up to the
+deployment's `max_replicas`, each serving up to `concurrency` requests at once.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.runner.protocol import ProtocolError, recv_frame, send_frame
+from partners.tenancy.sandbox import Sandbox, SandboxError, SandboxSetupFailed
+from partners.tenancy.sandbox_spec import LayerSource, SandboxSpec
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-_counter = itertools.count(1)
+GiB = 1 << 30
+MiB = 1 << 20
 
 
 class ReplicaError(RuntimeError):
@@ -38,109 +31,6 @@ class ReplicaError(RuntimeError):
         self.partner_detail = partner_detail
 
 
-@dataclass(frozen=True)
-class DeploymentSpec:
-    """What the pool needs to run replicas of one deployment."""
-
-    deployment_id: str
-    package_dir: Callable[[Path], None]  # materialises the package's files into a directory
-    manifest: dict[str, Any]
-    max_replicas: int = 1
-    concurrency: int = 1
-    keep_alive_s: float = 300.0
-
-
-@dataclass
-class Replica:
-    """One runner process serving one deployment."""
-
-    deployment_id: str
-    workdir: Path
-    process: subprocess.Popen[bytes]
-    socket_path: Path
-    concurrency: int
-    in_flight: int = 0
-    last_used: float = field(default_factory=time.monotonic)
-    logs: deque[str] = field(default_factory=lambda: deque(maxlen=500))
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def connect(self, timeout: float | None) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(str(self.socket_path))
-        return sock
-
-    def status(self, timeout: float = 5.0) -> dict[str, Any]:
-        with self.connect(timeout) as sock:
-            send_frame(sock, {"type": "health"})
-            return recv_frame(sock)
-
-    def wait_ready(self, timeout: float) -> None:
-        """Block until setup finished; raise with the model's traceback if it failed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise ReplicaError("the model's process exited during start-up",
-                                   partner_detail="\n".join(self.logs))
-            if self.socket_path.exists():
-                try:
-                    state = self.status()
-                except (OSError, ProtocolError):
-                    state = {"state": "starting"}
-                if state.get("state") == "ready":
-                    return
-                if state.get("state") == "setup_failed":
-                    raise ReplicaError("the model failed to set up", partner_detail=state.get("error"))
-            time.sleep(0.02)
-        raise ReplicaError(f"the model did not become ready within {timeout:.0f} s")
-
-    def predict(
-        self, request_id: str, inputs: dict[str, Any], output_dir: Path, *, timeout: float,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
-        """Run one request; returns the `result` frame or raises ReplicaError / ModelFailed."""
-        try:
-            with self.connect(timeout) as sock:
-                send_frame(sock, {"type": "predict", "id": request_id, "input": inputs,
-                                  "output_dir": str(output_dir)})
-                while True:
-                    frame = recv_frame(sock)
-                    kind = frame["type"]
-                    if kind == "result":
-                        return frame
-                    if kind == "error":
-                        raise ModelFailed(frame.get("message") or "the model failed",
-                                          traceback=frame.get("traceback"))
-                    if on_event is not None:
-                        on_event(frame)
-        except TimeoutError as exc:
-            raise ReplicaError(f"the model did not finish within {timeout:.0f} s") from exc
-        except (ProtocolError, OSError) as exc:
-            code = self.process.poll()
-            raise ReplicaError(f"the model's process stopped mid-request (exit code {code})") from exc
-
-    def cancel(self, request_id: str) -> None:
-        try:
-            with self.connect(5.0) as sock:
-                send_frame(sock, {"type": "cancel", "id": request_id})
-                recv_frame(sock)
-        except (OSError, ProtocolError):
-            pass
-
-    def stop(self) -> None:
-        if self.alive:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait(timeout=10)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        shutil.rmtree(self.socket_path.parent, ignore_errors=True)
-
-
 class ModelFailed(RuntimeError):
     """The model raised; the request fails with this message, the replica stays."""
 
@@ -149,51 +39,133 @@ class ModelFailed(RuntimeError):
         self.traceback = traceback
 
 
-def start_replica(spec: DeploymentSpec, *, root: Path, python: str | None = None) -> Replica:
-    """Materialise the package into a private directory and start a runner process on it."""
-    root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{spec.deployment_id}-{next(_counter)}-", dir=root))
-    package = workdir / "package"
-    package.mkdir()
-    spec.package_dir(package)
-    manifest_file = workdir / "manifest.json"
-    manifest_file.write_text(json.dumps(spec.manifest))
-    # Unix socket paths are limited to ~107 bytes, so sockets live in a short private dir.
-    socket_path = Path(tempfile.mkdtemp(prefix="mg-")) / "runner.sock"
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "PYTHONUNBUFFERED": "1",
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir),
-    }
-    process = subprocess.Popen(
-        [python or sys.executable, "-m", "engine.runner", "--package", str(package),
-         "--manifest", str(manifest_file), "--socket", str(socket_path)],
-        cwd=package, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    replica = Replica(spec.deployment_id, workdir, process, socket_path, spec.concurrency)
-    threading.Thread(target=_pump_logs, args=(replica,), daemon=True).start()
-    return replica
+@dataclass(frozen=True)
+class PackageLayers:
+    """A package opened for one replica start: its layer streams and where the model sits."""
+
+    layers: Sequence[LayerSource]
+    package_subdir: str
+    size: int
 
 
-def _pump_logs(replica: Replica) -> None:
-    assert replica.process.stdout is not None
-    for line in replica.process.stdout:
-        replica.logs.append(line.decode(errors="replace").rstrip())
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What the pool needs to run replicas of one deployment."""
+
+    deployment_id: str
+    open_package: Callable[[], PackageLayers]  # decrypts (and audits) once per replica start
+    manifest: dict[str, Any]
+    max_replicas: int = 1
+    concurrency: int = 1
+    keep_alive_s: float = 300.0
+
+    def sandbox_spec(self, package: PackageLayers) -> SandboxSpec:
+        hardware = self.manifest.get("hardware") or {}
+        memory_gb = int(hardware.get("memory_gb") or 0)
+        return SandboxSpec(
+            layers=package.layers, manifest=self.manifest, package_subdir=package.package_subdir,
+            gpu=int(hardware.get("gpu_count") or 0) > 0,
+            memory_bytes=max(memory_gb, 2) * GiB,
+            package_tmpfs_bytes=package.size + 64 * MiB,
+        )
+
+
+def _file_names(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        if "$file" in value:
+            yield str(value["$file"])
+        else:
+            for v in value.values():
+                yield from _file_names(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _file_names(v)
+
+
+@dataclass
+class Replica:
+    """One sandboxed runner serving one deployment."""
+
+    deployment_id: str
+    sandbox: Sandbox
+    concurrency: int
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def alive(self) -> bool:
+        return self.sandbox.alive
+
+    @property
+    def logs(self) -> list[str]:
+        return [line for _, line in self.sandbox.logs]
+
+    def predict(
+        self, request_id: str, inputs: dict[str, Any], dest: Path, *, timeout: float,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run one request; its output files are copied into `dest` (never followed links)."""
+        try:
+            frame = self.sandbox.predict(request_id, inputs, timeout=timeout, on_event=on_event)
+        except TimeoutError as exc:
+            raise ReplicaError(f"the model did not finish within {timeout:.0f} s") from exc
+        except (ProtocolError, OSError, SandboxError) as exc:
+            raise ReplicaError(
+                f"the model's process stopped mid-request (exit status {self.sandbox.returncode})"
+            ) from exc
+        try:
+            if frame["type"] == "error":
+                raise ModelFailed(frame.get("message") or "the model failed",
+                                  traceback=frame.get("traceback"))
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in _file_names(frame.get("output")):
+                try:
+                    with self.sandbox.open_output(request_id, name) as src, open(dest / name, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                except (OSError, SandboxError, ValueError) as exc:
+                    raise ModelFailed(f"the model's output file {name!r} could not be read: {exc}") from exc
+            return frame
+        finally:
+            assert self.sandbox.output_dir is not None
+            shutil.rmtree(self.sandbox.output_dir / request_id, ignore_errors=True)
+
+    def cancel(self, request_id: str) -> None:
+        """Ask the runner to stop a running request (the model checks `self.canceled`)."""
+        try:
+            with self.sandbox.connect(5.0) as sock:
+                send_frame(sock, {"type": "cancel", "id": request_id})
+                recv_frame(sock)
+        except (TimeoutError, OSError, ProtocolError, SandboxError):
+            pass
+
+    def stop(self) -> None:
+        self.sandbox.stop()
+
+
+def start_replica(spec: DeploymentSpec, *, setup_timeout: float) -> Replica:
+    """Open the package, start a sandbox on it and wait until the model has set up."""
+    package = spec.open_package()
+    sandbox = Sandbox(spec.sandbox_spec(package))
+    try:
+        sandbox.start()
+        sandbox.wait_ready(setup_timeout)
+    except SandboxSetupFailed as exc:
+        sandbox.stop()
+        raise ReplicaError("the model failed to set up", partner_detail=exc.traceback) from exc
+    except SandboxError as exc:
+        sandbox.stop()
+        raise ReplicaError(str(exc), partner_detail=exc.logs) from exc
+    return Replica(spec.deployment_id, sandbox, spec.concurrency)
 
 
 class ReplicaPool:
     """Warm replicas per deployment, shared by the worker's threads."""
 
-    def __init__(self, root: Path, *, setup_timeout: float = 600.0, python: str | None = None) -> None:
-        self.root = root
+    def __init__(self, *, setup_timeout: float = 600.0) -> None:
         self.setup_timeout = setup_timeout
-        self.python = python
         self._replicas: dict[str, list[Replica]] = {}
-        self._cond = threading.Condition()
         self._starting: dict[str, int] = {}
+        self._cond = threading.Condition()
 
     def acquire(self, spec: DeploymentSpec, *, timeout: float) -> Replica:
         """A replica with a free slot: warm if possible, else a cold start, else wait."""
@@ -216,12 +188,7 @@ class ReplicaPool:
                     raise ReplicaError("no replica became free in time")
                 self._cond.wait(min(remaining, 1.0))
         try:
-            replica = start_replica(spec, root=self.root, python=self.python)
-            try:
-                replica.wait_ready(self.setup_timeout)
-            except ReplicaError:
-                replica.stop()
-                raise
+            replica = start_replica(spec, setup_timeout=self.setup_timeout)
         finally:
             with self._cond:
                 self._starting[spec.deployment_id] -= 1
@@ -233,15 +200,15 @@ class ReplicaPool:
 
     def release(self, replica: Replica, *, broken: bool = False) -> None:
         """Give a slot back; a broken replica is stopped and replaced on next demand."""
+        drop = broken or not replica.alive
         with self._cond:
             replica.in_flight -= 1
             replica.last_used = time.monotonic()
-            if broken or not replica.alive:
-                replicas = self._replicas.get(replica.deployment_id, [])
-                if replica in replicas:
-                    replicas.remove(replica)
+            replicas = self._replicas.get(replica.deployment_id, [])
+            if drop and replica in replicas:
+                replicas.remove(replica)
             self._cond.notify_all()
-        if broken or not replica.alive:
+        if drop:
             replica.stop()
 
     def find(self, deployment_id: str) -> list[Replica]:
@@ -251,7 +218,7 @@ class ReplicaPool:
     def reap_idle(self, keep_alive: dict[str, float]) -> int:
         """Stop replicas idle longer than their deployment's keep-alive."""
         now = time.monotonic()
-        stopped = []
+        stopped: list[Replica] = []
         with self._cond:
             for dep, replicas in self._replicas.items():
                 for r in list(replicas):
