@@ -229,7 +229,8 @@ def main() -> None:
     args = parser.parse_args()
     quick = args.quick
     machine = f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
-    print(f"moderation benchmark on {machine}", flush=True)
+    load_before = os.getloadavg()
+    print(f"moderation benchmark on {machine}, load average {load_before[0]:.2f}", flush=True)
 
     print("prompt check", flush=True)
     prompt = bench_prompts(rounds=2 if quick else 20)
@@ -245,7 +246,7 @@ def main() -> None:
     image = bench_images(runs=8 if quick else 60, list_size=100_000 if quick else 1_000_000)
 
     payload = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "quick": quick, "prompt": prompt, "hash_index": index, "image": image}
+               "quick": quick, "load_before": load_before, "load_after": os.getloadavg(), "prompt": prompt, "hash_index": index, "image": image}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "moderation.json").write_text(json.dumps(payload, indent=2))
     drew = chart(payload, RESULTS / "moderation.png")
@@ -266,7 +267,9 @@ def main() -> None:
     s, d = million["single"], million["dihedral8"]
     print(f"{'hash match, 1 hash vs ' + format(million['size'], ',') + ' hashes':<52} {s['median_ms']:>8.3f}ms {s['p99_ms']:>8.3f}ms {'5 ms':>10}")
     print(f"{'hash match, 8 dihedral hashes vs ' + format(million['size'], ','):<52} {d['median_ms']:>8.3f}ms {d['p99_ms']:>8.3f}ms {'':>10}")
-    print(f"\nwrote {RESULTS / 'moderation.json'}" + (f" and {RESULTS / 'moderation.png'}" if drew else ""))
+    after = payload["load_after"]
+    print(f"\nload average before {load_before[0]:.2f}, after {after[0]:.2f} (2 cores, shared)")
+    print(f"wrote {RESULTS / 'moderation.json'}" + (f" and {RESULTS / 'moderation.png'}" if drew else ""))
 
 
 if __name__ == "__main__":
