@@ -75,20 +75,15 @@ def seed() -> str:
 
 
 def direct_runner(n: int) -> list[float]:
-    """The floor: the same model's runner called over its socket with no gateway in between."""
-    from partners.packaging import PackageLimits, validate_stream
-    from partners.tenancy.runner import DeploymentSpec, ReplicaPool
+    """The floor: the same model in its sandbox, called over its socket with no gateway between."""
+    from partners.packaging import validate_archive
+    from partners.tenancy.runner import DeploymentSpec, PackageLayers, ReplicaPool
+    from partners.tenancy.sandbox_spec import directory_layer
 
-    archive = DATA / "noop.oci.tar"
-
-    def materialise(target: Path) -> None:
-        with open(archive, "rb") as f:
-            validate_stream(f, PackageLimits()).extract_to(target)
-
-    with open(archive, "rb") as f:
-        manifest = validate_stream(f, PackageLimits()).manifest.to_dict()
-    pool = ReplicaPool(DATA / "direct")
-    spec = DeploymentSpec("dep_direct", materialise, manifest)
+    manifest = validate_archive(DATA / "noop.oci.tar").manifest.to_dict()
+    spec = DeploymentSpec("dep_direct", lambda: PackageLayers([directory_layer(NOOP)], "", 1 << 20), manifest,
+                          concurrency=4)
+    pool = ReplicaPool()
     replica = pool.acquire(spec, timeout=60)
     times = []
     try:
