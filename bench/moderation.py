@@ -101,8 +101,7 @@ def bench_hash_index(sizes: list[int], queries: int) -> list[dict[str, object]]:
         started = time.perf_counter()
         index = HashIndex(hashes)
         build_s = time.perf_counter() - started
-        memory = (index.hashes.nbytes + index._words.nbytes + index._order.nbytes
-                  + index._offsets.nbytes)
+        memory = index.hashes.nbytes + index._order.nbytes + index._offsets.nbytes
         single, dihedral, found = [], [], 0
         for _ in range(queries):
             target = int(rng.integers(0, n))

@@ -75,7 +75,8 @@ class HashIndex:
         hashes = np.ascontiguousarray(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES)
         self.hashes = hashes
         self.size = n = len(hashes)
-        self._words = hashes.view(">u8").astype(np.uint64)  # (N, 4) for popcounts
+        # Popcount of XOR does not care about byte order, so a view of the bytes will do.
+        self._words = hashes.view(np.uint64)  # (N, 4)
         chunks = hashes.view(">u2").astype(np.uint16)  # (N, 16)
         self._order = np.empty(CHUNKS * n, dtype=np.int32)
         self._offsets = np.empty((CHUNKS, 65537), dtype=np.int64)
@@ -95,7 +96,7 @@ class HashIndex:
 
     def query(self, query: np.ndarray, max_distance: int = 31) -> tuple[np.ndarray, np.ndarray]:
         """Entries within `max_distance` of any query row: (indices, distances), closest first."""
-        queries = np.asarray(query, dtype=np.uint8).reshape(-1, HASH_BYTES)
+        queries = np.ascontiguousarray(np.asarray(query, dtype=np.uint8).reshape(-1, HASH_BYTES))
         if self.size == 0 or len(queries) == 0:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         radius = max_distance // CHUNKS
@@ -115,7 +116,7 @@ class HashIndex:
         shifts = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         candidates = self._order[np.arange(total) + shifts]
         per_query = lengths.reshape(nq, -1).sum(axis=1)
-        qwords = queries.view(">u8").astype(np.uint64)  # (Q, 4)
+        qwords = queries.view(np.uint64)  # (Q, 4)
         xor = self._words[candidates] ^ np.repeat(qwords, per_query, axis=0)
         distances = np.bitwise_count(xor).sum(axis=1, dtype=np.int64)
         keep = distances <= max_distance
@@ -130,7 +131,7 @@ class HashIndex:
         return found[order], dist[order]
 
     def _scan(self, queries: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-        qwords = queries.view(">u8").astype(np.uint64)
+        qwords = queries.view(np.uint64)
         best = np.full(self.size, 257, dtype=np.int64)
         for q in qwords:
             best = np.minimum(best, np.bitwise_count(self._words ^ q).sum(axis=1, dtype=np.int64))
