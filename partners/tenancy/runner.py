@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from engine.runner.protocol import ProtocolError, recv_frame, send_frame
 from partners.tenancy.sandbox import Sandbox, SandboxError, SandboxSetupFailed
 from partners.tenancy.sandbox_spec import LayerSource, SandboxSpec
 
+tracer = trace.get_tracer("mediagate.replicas")
 GiB = 1 << 30
 MiB = 1 << 20
 
@@ -106,7 +109,9 @@ class Replica:
     ) -> dict[str, Any]:
         """Run one request; its output files are copied into `dest` (never followed links)."""
         try:
-            frame = self.sandbox.predict(request_id, inputs, timeout=timeout, on_event=on_event)
+            with tracer.start_as_current_span("sandbox.predict", attributes={
+                    "mediagate.request_id": request_id, "mediagate.deployment_id": self.deployment_id}):
+                frame = self.sandbox.predict(request_id, inputs, timeout=timeout, on_event=on_event)
         except TimeoutError as exc:
             raise ReplicaError(f"the model did not finish within {timeout:.0f} s") from exc
         except (ProtocolError, OSError, SandboxError) as exc:
@@ -147,8 +152,10 @@ def start_replica(spec: DeploymentSpec, *, setup_timeout: float) -> Replica:
     package = spec.open_package()
     sandbox = Sandbox(spec.sandbox_spec(package))
     try:
-        sandbox.start()
-        sandbox.wait_ready(setup_timeout)
+        with tracer.start_as_current_span("sandbox.start", attributes={
+                "mediagate.deployment_id": spec.deployment_id}):
+            sandbox.start()
+            sandbox.wait_ready(setup_timeout)
     except SandboxSetupFailed as exc:
         sandbox.stop()
         raise ReplicaError("the model failed to set up", partner_detail=exc.traceback) from exc

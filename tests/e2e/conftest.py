@@ -20,7 +20,7 @@ def worker(engine: Engine) -> Iterator[WorkerProcess]:
     import redis
 
     redis.Redis.from_url(get_settings().redis_url).flushdb()
-    proc = WorkerProcess(pools="shared,fast", concurrency=3)
+    proc = WorkerProcess(pools="shared,fast", concurrency=3, env={"MEDIAGATE_TELEMETRY_EXPORTER": "console"})
     yield proc
     proc.stop()
 

@@ -1,0 +1,38 @@
+"""One trace from the API through Celery into the worker's sandbox calls."""
+
+from __future__ import annotations
+
+import time
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+
+def test_submit_and_run_share_one_trace(api, worker, flaky_world) -> None:  # type: ignore[no-untyped-def]
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # only the first call in a process takes effect
+    if trace.get_tracer_provider() is not provider:
+        import pytest
+
+        pytest.skip("a tracer provider was installed earlier in this process")
+    w = flaky_world
+    body = api.post(f"/v1/models/{w.model}/requests", headers={**w.customer, "Prefer": "wait=30"},
+                    json={"input": {}}).json()
+    assert body["status"] == "succeeded"
+    spans = [s for s in exporter.get_finished_spans() if s.name.startswith("POST /v1/models")]
+    http_span = spans[0]
+    assert {s.context.trace_id for s in spans} == {http_span.context.trace_id}, [s.name for s in spans]
+    trace_id = format(http_span.context.trace_id, "032x")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        log = worker.output()
+        if f'"trace_id": "0x{trace_id}"' in log and '"name": "sandbox.predict"' in log:
+            break
+        time.sleep(0.2)
+    log = worker.output()
+    assert f'"trace_id": "0x{trace_id}"' in log, "the worker's spans are not in the API's trace"
+    assert '"name": "gateway.run_request"' in log and '"name": "sandbox.predict"' in log
