@@ -81,6 +81,21 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _decode_reduced(path: Path, width: int, height: int) -> np.ndarray:
+    """Decode with OpenCV, which shrinks while decoding (a third faster than Pillow for PNG)."""
+    factor = 1
+    while factor < 8 and max(width, height) // (factor * 2) >= WORK_SIZE:
+        factor *= 2
+    bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), _REDUCED[factor])
+    if bgr is None:
+        raise UncheckableMedia("image cannot be decoded: the data is incomplete or corrupt")
+    return _reduce(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
 def read_image(path: Path, *, max_pixels: int, max_frames: int = 8) -> Frames:
     """Decode an image (animated ones: up to `max_frames` sampled frames), reduced."""
     try:
@@ -91,6 +106,10 @@ def read_image(path: Path, *, max_pixels: int, max_frames: int = 8) -> Frames:
                 if width <= 0 or height <= 0 or width * height > max_pixels:
                     raise UncheckableMedia(f"image of {width}x{height} is over the checkable size")
                 n = int(getattr(image, "n_frames", 1) or 1)
+                if (image.format == "PNG" and n == 1 and image.mode in ("RGB", "L", "P")
+                        and "transparency" not in image.info):
+                    image.verify()  # chunk structure and CRCs: a truncated file stops here
+                    return Frames("image", [_decode_reduced(path, width, height)], width, height, 1)
                 picks = sorted({round(i * (n - 1) / max(1, max_frames - 1)) for i in range(min(n, max_frames))})
                 frames = []
                 for index in picks:

@@ -196,6 +196,22 @@ def test_truncated_corrupt_and_huge_images_are_uncheckable(tmp_path: Path) -> No
         read_image(save(scene(4, 1200), tmp_path / "big.png"), max_pixels=1_000_000)
 
 
+def test_damaged_pixel_data_never_crashes(tmp_path: Path) -> None:
+    data = bytearray(save(scene(9, 600), tmp_path / "ok.png").read_bytes())
+    rng = np.random.default_rng(9)
+    for trial in range(20):
+        damaged = bytearray(data)
+        for pos in rng.integers(100, len(data), 8):
+            damaged[pos] ^= 0xFF
+        path = tmp_path / f"damaged{trial}.png"
+        path.write_bytes(bytes(damaged))
+        try:
+            frames = read_image(path, max_pixels=MAX_PIXELS)
+        except UncheckableMedia:
+            continue
+        assert frames.frames[0].dtype == np.uint8
+
+
 def test_modes_alpha_and_animation(tmp_path: Path) -> None:
     rgba = np.dstack([scene(5, 300), np.full((300, 300), 128, np.uint8)])
     frames = read_image(save(rgba, tmp_path / "alpha.png"), max_pixels=MAX_PIXELS)
