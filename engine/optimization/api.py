@@ -1,0 +1,323 @@
+"""`optimize(pipeline, mode)`: the engine's one call, applied to one pipeline instance.
+
+Everything goes through seams diffusers offers on the instance (attention backends,
+`fuse_qkv_projections`, module replacement, model hooks, regional compile), so two
+pipelines in one process can run different modes and nothing global is patched.
+
+Modes:
+    exact  bf16, fused QKV, fastest exact attention (measured), regional compile,
+           CUDA graphs where they pay (measured), channels-last VAE.
+    fast   exact + fp8 e4m3 linears in the repeated blocks (row-wise weight scales,
+           row-wise dynamic activation scales).
+    turbo  fast + step caching (fixed skip schedule, or first-block cache).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.optimization import attention as attn_mod
+from engine.optimization import compile as compile_mod
+from engine.optimization.cudagraph import apply_cuda_graphs
+from engine.optimization.fp8 import quantize_linears
+from engine.optimization.lora import add_lora_slot, has_lora
+from engine.optimization.turbo import TurboConfig, apply_turbo
+
+MODES = ("exact", "fast", "turbo")
+# Triton kernels of `kernels/` used by default: only those measured faster, inside the
+# compiled model, than inductor's own code for the same op (bench/engine.py, "kernels").
+DEFAULT_KERNELS: tuple[str, ...] = ()
+DENOISERS = ("transformer", "transformer_2", "unet")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+REPORT_ATTR = "_mediagate_optimization"
+
+
+@dataclass
+class OptimizationReport:
+    """What `optimize` did to a pipeline, for logs and the benchmark."""
+
+    mode: str
+    denoisers: list[str] = field(default_factory=list)
+    dtype: str = "bfloat16"
+    attention_backend: str | None = None
+    attention_probe_ms: dict[str, float] = field(default_factory=dict)
+    fused_qkv: bool = False
+    fp8_linears: int = 0
+    fp8_backend: str | None = None
+    compiled: str | None = None
+    compile_options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None
+    cuda_graphs: str | None = None
+    turbo: dict[str, Any] | None = None
+    lora_slot_rank: int | None = None
+    channels_last_vae: bool = False
+    kernels: list[str] = field(default_factory=list)
+    warmup_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+    hooks: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (hook objects left out)."""
+        d = asdict(self)
+        d.pop("hooks", None)
+        graphs = self.hooks.get("cuda_graphs")
+        if graphs:
+            d["cuda_graph_decisions"] = [dec for h in graphs for dec in h.stats.decisions]
+        skip = self.hooks.get("turbo")
+        if skip:
+            d["turbo_steps"] = [
+                {"computed": h.computed, "skipped": h.skipped}
+                for h in skip
+                if hasattr(h, "computed")
+            ]
+        return d
+
+
+def _denoisers(pipeline: Any) -> list[tuple[str, nn.Module]]:
+    if isinstance(pipeline, nn.Module):
+        return [("model", pipeline)]
+    found = [(n, getattr(pipeline, n, None)) for n in DENOISERS]
+    found = [(n, m) for n, m in found if isinstance(m, nn.Module)]
+    if not found:
+        raise ValueError(f"{type(pipeline).__name__} has no transformer or unet to optimize")
+    return found
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _to_dtype(model: nn.Module, dtype: torch.dtype) -> None:
+    from engine.pipelines._build import cast_keeping_fp32
+
+    cast_keeping_fp32(model, dtype)
+
+
+def _block_filter(model: nn.Module):
+    """Quantize linears inside the repeated blocks only (embedders and the final projection
+    stay bf16: they are a rounding error of the FLOPs and the most sensitive layers)."""
+    classes = set(getattr(model, "_repeated_blocks", None) or [])
+    prefixes: list[str] = []
+    for name, module in model.named_modules():
+        if type(module).__name__ in classes or type(module).__name__ in (
+            "BasicTransformerBlock",
+            "Transformer2DModel",
+        ):
+            prefixes.append(name + ".")
+
+    def include(full: str, linear: nn.Linear) -> bool:
+        return any(full.startswith(p) for p in prefixes)
+
+    return include
+
+
+def optimize(
+    pipeline: Any,
+    mode: str = "exact",
+    *,
+    compile: bool = True,
+    compile_mode: str | None = None,
+    compile_options: dict[str, Any] | None = None,
+    compile_backend: str = "inductor",
+    fullgraph: bool | None = None,
+    dynamic: bool | None = None,
+    cuda_graphs: str | bool = "auto",
+    attention: str = "auto",
+    attention_seq_len: int = 4608,
+    fuse_qkv: bool = True,
+    fp8_backend: str | None = None,
+    kernels: tuple[str, ...] | None = None,
+    fp8_fast_accum: bool = True,
+    turbo: TurboConfig | None = None,
+    lora_rank: int | None = None,
+    cache_dir: str | Path | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Any:
+    """Optimize a diffusers pipeline (or a bare denoiser) in place for `mode`; returns it.
+
+    The report of what was applied is at `report_of(pipeline)`. Compilation is lazy: the
+    first call at each resolution compiles (or loads from `cache_dir`); `warmup` runs it.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    report = OptimizationReport(mode=mode, dtype=str(dtype).removeprefix("torch."))
+    quantize = mode in ("fast", "turbo")
+    use_kernels = tuple(DEFAULT_KERNELS if kernels is None else kernels)
+    if fp8_backend is None:
+        fp8_backend = "kernels" if "fp8_linear" in use_kernels else "torch"
+    turbo_cfg = (turbo or TurboConfig()) if mode == "turbo" else None
+
+    if compile:
+        report.cache_dir = str(compile_mod.configure_cache(cache_dir))
+
+    if not isinstance(pipeline, nn.Module):
+        for name in TEXT_ENCODERS:
+            enc = getattr(pipeline, name, None)
+            if isinstance(enc, nn.Module) and _device_of(enc).type == "cuda":
+                p = next(enc.parameters(), None)
+                if p is not None and p.dtype == torch.float32:
+                    enc.to(dtype)
+        vae = getattr(pipeline, "vae", None)
+        if isinstance(vae, nn.Module) and _device_of(vae).type == "cuda":
+            # cuDNN's NHWC convolutions avoid a layout transpose around every conv.
+            vae.to(memory_format=torch.channels_last)
+            report.channels_last_vae = True
+
+    for name, model in _denoisers(pipeline):
+        report.denoisers.append(name)
+        device = _device_of(model)
+        _to_dtype(model, dtype)
+
+        if lora_rank:
+            add_lora_slot(model, lora_rank)
+            report.lora_slot_rank = lora_rank
+
+        if fuse_qkv and hasattr(model, "fuse_qkv_projections"):
+            if has_lora(model):
+                report.notes.append(f"{name}: QKV left unfused (LoRA layers sit on to_q/to_k/to_v)")
+            else:
+                try:
+                    with torch.no_grad():
+                        model.fuse_qkv_projections()
+                    _drop_unfused_projections(model)
+                    model.requires_grad_(False)
+                    report.fused_qkv = True
+                except (ValueError, NotImplementedError, AttributeError) as exc:
+                    report.notes.append(f"{name}: QKV not fused ({exc})")
+
+        backend, probe = attn_mod.choose_attention_backend(
+            model, device=device, seq_len=attention_seq_len, requested=attention
+        )
+        report.attention_probe_ms = probe
+        if backend is not None and hasattr(model, "set_attention_backend"):
+            model.set_attention_backend(backend)
+            report.attention_backend = backend
+
+        if "qk_rmsnorm_rope" in use_kernels and type(model).__name__ == "FluxTransformer2DModel":
+            from engine.optimization.kernel_processors import use_flux_kernel_attention
+
+            use_flux_kernel_attention(model, report.attention_backend)
+            report.kernels.append("qk_rmsnorm_rope")
+
+        if quantize:
+            if fp8_backend == "kernels":
+                import kernels.fp8  # noqa: F401  (fails early if the package is missing)
+            replaced = quantize_linears(
+                model, include=_block_filter(model), backend=fp8_backend, fast_accum=fp8_fast_accum
+            )
+            report.fp8_linears += len(replaced)
+            report.fp8_backend = fp8_backend
+            if fp8_backend == "kernels" and "fp8_linear" not in report.kernels:
+                report.kernels.append("fp8_linear")
+
+        if turbo_cfg is not None and turbo_cfg.method == "fbc":
+            # The first-block cache decides per step on the GPU's numbers: a graph break
+            # between blocks, so no full-graph compile and no whole-forward CUDA graph.
+            fullgraph_eff, graphs = False, False
+        else:
+            fullgraph_eff = True if fullgraph is None else fullgraph
+            graphs = cuda_graphs
+
+        if compile:
+            report.compiled = compile_mod.compile_model(
+                model,
+                mode=compile_mode,
+                fullgraph=fullgraph_eff,
+                dynamic=dynamic,
+                options=compile_options,
+                backend=compile_backend,
+            )
+            report.compile_options = {
+                "mode": compile_mode,
+                "fullgraph": fullgraph_eff,
+                "dynamic": dynamic,
+                "backend": compile_backend,
+                **(compile_options or {}),
+            }
+
+        if graphs and device.type == "cuda":
+            hook = apply_cuda_graphs(
+                model, mode="always" if graphs == "always" or graphs is True else "auto"
+            )
+            report.hooks.setdefault("cuda_graphs", []).append(hook)
+            report.cuda_graphs = "always" if hook.mode == "always" else "auto"
+
+        if turbo_cfg is not None:
+            scheduler = getattr(pipeline, "scheduler", None)
+            hook = apply_turbo(model, turbo_cfg, scheduler)
+            report.hooks.setdefault("turbo", []).append(hook)
+            report.turbo = asdict(turbo_cfg)
+
+    _attach(pipeline, report)
+    return pipeline
+
+
+def _drop_unfused_projections(model: nn.Module) -> None:
+    # After fusion the separate q/k/v weights are dead: free them (a fifth of FLUX's weights).
+    for module in model.modules():
+        if not getattr(module, "fused_projections", False):
+            continue
+        cross = getattr(module, "is_cross_attention", False)
+        names = ("to_k", "to_v") if cross else ("to_q", "to_k", "to_v")
+        if hasattr(module, "to_added_qkv"):
+            names += ("add_q_proj", "add_k_proj", "add_v_proj")
+        if hasattr(module, "to_added_kv"):
+            names += ("add_k_proj", "add_v_proj")
+        for n in names:
+            lin = getattr(module, n, None)
+            if isinstance(lin, nn.Linear):
+                # Keep shapes readable (some code inspects them) but release the storage.
+                lin.weight = nn.Parameter(
+                    torch.empty(0, device=lin.weight.device, dtype=lin.weight.dtype),
+                    requires_grad=False,
+                )
+                if lin.bias is not None:
+                    lin.bias = nn.Parameter(
+                        torch.empty(0, device=lin.bias.device, dtype=lin.bias.dtype),
+                        requires_grad=False,
+                    )
+
+
+def _attach(pipeline: Any, report: OptimizationReport) -> None:
+    try:
+        object.__setattr__(pipeline, REPORT_ATTR, report)
+    except (AttributeError, TypeError):
+        pass
+
+
+def report_of(pipeline: Any) -> OptimizationReport | None:
+    """The report `optimize` left on a pipeline or model, if any."""
+    return getattr(pipeline, REPORT_ATTR, None)
+
+
+def warmup(pipeline: Any, *, save_artifacts: bool = True, **call_kwargs: Any) -> float:
+    """Run the pipeline once (compiling, capturing graphs) and return the seconds it took.
+
+    Call with the resolution and step count you will serve; each other resolution
+    compiles on its first request. The compiled artefacts are written to the cache.
+    """
+    start = time.perf_counter()
+    with torch.inference_mode(False), torch.no_grad():
+        pipeline(**call_kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    report = report_of(pipeline)
+    if report is not None:
+        report.warmup_seconds = seconds
+        if save_artifacts and report.cache_dir:
+            try:
+                compile_mod.save_cache_artifacts(report.cache_dir)
+            except Exception as exc:  # the artefact file is an optimization of restarts only
+                report.notes.append(f"compile artefacts not saved: {exc}")
+    return seconds

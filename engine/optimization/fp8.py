@@ -1,0 +1,128 @@
+"""fp8 (e4m3) linears: row-wise weight scales, row-wise dynamic activation scales.
+
+`FP8Linear` replaces an `nn.Linear` on one model instance. Its forward quantizes the
+activation per row (one amax per token) and runs `torch._scaled_mm` with both scale
+vectors applied in the GEMM epilogue, bias included. Written in plain torch, so that
+inductor fuses the activation quantization into whatever produced the activation (the
+modulated LayerNorm, GELU, attention's output reshape) instead of a separate pass; the
+Triton quantizer of `kernels.fp8` can be chosen instead (`backend="kernels"`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+AMAX_FLOOR = 1e-12
+
+
+def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_fp8, fp32 scale per row shaped (..., 1)) with x ~= x_fp8 * scale."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True).clamp(min=AMAX_FLOOR)
+    q = (xf * (FP8_MAX / amax)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, amax / FP8_MAX
+
+
+class FP8Linear(nn.Module):
+    """Drop-in for `nn.Linear` computing x @ W.T + b on fp8 tensor cores."""
+
+    def __init__(
+        self,
+        weight_fp8: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        out_dtype: torch.dtype,
+        backend: str = "torch",
+        fast_accum: bool = True,
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight_fp8.shape
+        # Buffers, not parameters: nothing trains them, and ModelMixin.dtype keeps
+        # reporting the compute dtype (it looks at parameters first).
+        self.register_buffer("weight", weight_fp8)
+        self.register_buffer("weight_scale", weight_scale.reshape(1, -1).float().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.to(torch.bfloat16))
+        self.out_dtype = out_dtype
+        self.backend = backend
+        self.fast_accum = fast_accum
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, *, backend: str = "torch", fast_accum: bool = True
+    ) -> FP8Linear:
+        """Quantize a linear's weight per output channel and wrap it."""
+        w = linear.weight.detach()
+        w_fp8, w_scale = quantize_rowwise(w)
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls(w_fp8, w_scale, bias, out_dtype=w.dtype, backend=backend, fast_accum=fast_accum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.backend == "kernels":
+            from kernels.fp8 import quantize_fp8_rowwise
+
+            xq, xs = quantize_fp8_rowwise(x2)
+        else:
+            xq, xs = quantize_rowwise(x2)
+        out = torch._scaled_mm(
+            xq,
+            self.weight.t(),
+            scale_a=xs,
+            scale_b=self.weight_scale,
+            bias=self.bias,
+            out_dtype=torch.bfloat16,
+            use_fast_accum=self.fast_accum,
+        )
+        if self.out_dtype != torch.bfloat16:
+            out = out.to(self.out_dtype)
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"
+
+
+def _eligible(linear: nn.Linear) -> bool:
+    # _scaled_mm needs K and N in multiples of 16 on the tensor-core path; an emptied
+    # weight is a projection that QKV fusion made dead.
+    return (
+        linear.in_features % 16 == 0 and linear.out_features % 16 == 0 and linear.weight.numel() > 0
+    )
+
+
+def quantize_linears(
+    model: nn.Module,
+    *,
+    include: Callable[[str, nn.Linear], bool],
+    backend: str = "torch",
+    fast_accum: bool = True,
+) -> list[str]:
+    """Replace the `nn.Linear`s of `model` that `include` accepts with `FP8Linear`s, in place.
+
+    LoRA adapter matrices (peft's `lora_A` / `lora_B`) stay in bf16: they are tiny, and a
+    hot-swap writes new values into them. The base layer under a LoRA wrapper is quantized.
+    """
+    replaced: list[str] = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is not nn.Linear:
+                continue
+            full = f"{name}.{child_name}" if name else child_name
+            parts = full.split(".")
+            if "lora_A" in parts or "lora_B" in parts or "lora_magnitude_vector" in parts:
+                continue
+            if not _eligible(child) or not include(full, child):
+                continue
+            setattr(
+                module,
+                child_name,
+                FP8Linear.from_linear(child, backend=backend, fast_accum=fast_accum),
+            )
+            replaced.append(full)
+    return replaced
