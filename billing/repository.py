@@ -1,16 +1,48 @@
-"""All SQL of the billing domain."""
+"""All SQL of billing's core: pricing look-ups, usage, counters, the ledger and periods."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import case, column, func, insert, literal, or_, select, table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from billing.models import Account, LedgerEntry, License, PriceCard, UsageRecord
+from billing import ledger
+from billing.models import (
+    Account,
+    BillingPeriod,
+    CreditBalance,
+    LedgerEntry,
+    License,
+    Payee,
+    PriceCard,
+    Refund,
+    UsageCounter,
+    UsageRecord,
+)
+from kit.db import utcnow
 from partners.models import Model, Partner
+
+# The gateway's requests table, read by name: billing may not import the gateway's modules.
+requests_table = table(
+    "requests", column("id"), column("account_id"), column("model_id"), column("pool"),
+    column("status"), column("created_at"), column("started_at"), column("completed_at"),
+    column("run_ms"),
+)
+
+
+def _insert(session: Session, model: Any) -> Any:
+    """A dialect insert that knows ON CONFLICT (PostgreSQL and SQLite)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"billing needs PostgreSQL or SQLite, not {dialect}")  # pragma: no cover
 
 
 def account(session: Session, account_id: str) -> Account | None:
@@ -24,34 +56,158 @@ def license_at(session: Session, model_id: str, when: dt.datetime) -> License | 
     )
 
 
-def price_card_at(session: Session, model_id: str, when: dt.datetime) -> PriceCard | None:
+def price_card_at(
+    session: Session, model_id: str, when: dt.datetime, *, version_id: str | None = None,
+    account_id: str | None = None,
+) -> PriceCard | None:
+    """The most specific card in force: account and version first, then the newest."""
     return session.scalar(
-        select(PriceCard).where(PriceCard.model_id == model_id, PriceCard.effective_from <= when)
-        .order_by(PriceCard.effective_from.desc(), PriceCard.id.desc()).limit(1)
+        select(PriceCard).where(
+            PriceCard.model_id == model_id, PriceCard.effective_from <= when,
+            or_(PriceCard.ends_at.is_(None), PriceCard.ends_at > when),
+            or_(PriceCard.version_id.is_(None), PriceCard.version_id == version_id) if version_id
+            else PriceCard.version_id.is_(None),
+            or_(PriceCard.account_id.is_(None), PriceCard.account_id == account_id) if account_id
+            else PriceCard.account_id.is_(None),
+        ).order_by(
+            case((PriceCard.account_id.is_(None), 1), else_=0),
+            case((PriceCard.version_id.is_(None), 1), else_=0),
+            PriceCard.effective_from.desc(), PriceCard.id.desc(),
+        ).limit(1)
     )
 
 
 def insert_usage_if_new(session: Session, values: dict[str, Any]) -> bool:
     """INSERT … ON CONFLICT (request_id, meter) DO NOTHING; True when a row was written."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt = postgresql.insert(UsageRecord).values(**values).on_conflict_do_nothing(
-            index_elements=["request_id", "meter"])
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(UsageRecord).values(**values).on_conflict_do_nothing(
-            index_elements=["request_id", "meter"])
-    else:  # pragma: no cover - other backends are not supported
-        stmt = insert(UsageRecord).values(**values)
+    stmt = _insert(session, UsageRecord).values(**values).on_conflict_do_nothing(
+        index_elements=["request_id", "meter"])
     return session.execute(stmt.returning(UsageRecord.id)).scalar() is not None
+
+
+def insert_usages(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    """Many usage rows at once, duplicates skipped; the ids that were written."""
+    if not rows:
+        return set()
+    written: set[str] = set()
+    stmt = _insert(session, UsageRecord).on_conflict_do_nothing(
+        index_elements=["request_id", "meter"]).returning(UsageRecord.id)
+    for start in range(0, len(rows), 2_000):
+        result = session.execute(stmt, rows[start:start + 2_000])
+        written.update(result.scalars().all())
+    return written
 
 
 def usage_of_request(session: Session, request_id: str) -> list[UsageRecord]:
     return list(session.scalars(select(UsageRecord).where(UsageRecord.request_id == request_id)))
 
 
-def add_entries(session: Session, entries: list[dict[str, Any]]) -> None:
-    session.execute(insert(LedgerEntry), entries)
+def usage_for_update(session: Session, usage_id: str) -> UsageRecord | None:
+    return session.scalar(select(UsageRecord).where(UsageRecord.id == usage_id).with_for_update())
 
+
+def refunded_total(session: Session, usage_id: str) -> int:
+    return int(session.scalar(select(func.coalesce(func.sum(Refund.amount_micros), 0))
+                              .where(Refund.usage_id == usage_id)) or 0)
+
+
+def customer_leg(session: Session, transaction_id: str) -> str | None:
+    """The customer ledger account a transaction charged."""
+    return session.scalar(select(LedgerEntry.ledger_account).where(
+        LedgerEntry.transaction_id == transaction_id, LedgerEntry.ledger_account.startswith("customer:"))
+        .limit(1))
+
+
+def entries_of(session: Session, transaction_id: str) -> list[LedgerEntry]:
+    return list(session.scalars(select(LedgerEntry).where(LedgerEntry.transaction_id == transaction_id)
+                                .order_by(LedgerEntry.id)))
+
+
+def has_transaction(session: Session, *, kind: str, ref: str) -> bool:
+    """Whether a transaction of this kind was already posted for `ref` (idempotent posting)."""
+    return session.scalar(select(LedgerEntry.id).where(LedgerEntry.kind == kind, LedgerEntry.ref == ref)
+                          .limit(1)) is not None
+
+
+def add_entries(session: Session, entries: list[dict[str, Any]]) -> None:
+    """Append ledger legs, and move prepaid credit balances with the legs that touch them."""
+    if not entries:
+        return
+    session.execute(insert(LedgerEntry), entries)
+    moves: dict[tuple[str, str], int] = defaultdict(int)
+    for e in entries:
+        holder = ledger.credit_account_holder(e["ledger_account"])
+        if holder is not None:
+            moves[(holder, e["currency"])] -= e["amount_micros"]
+    if moves:
+        now = utcnow()
+        stmt = _insert(session, CreditBalance)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["account_id"],
+            set_={"balance_micros": CreditBalance.balance_micros + stmt.excluded.balance_micros,
+                  "updated_at": stmt.excluded.updated_at})
+        # Sorted, so concurrent batches lock balance rows in the same order.
+        session.execute(stmt, [{"account_id": a, "currency": c, "balance_micros": m, "updated_at": now}
+                               for (a, c), m in sorted(moves.items())])
+
+
+def credit_balance(session: Session, account_id: str) -> int:
+    return int(session.scalar(select(CreditBalance.balance_micros)
+                              .where(CreditBalance.account_id == account_id)) or 0)
+
+
+def bump_counters(session: Session, bumps: list[tuple[str, str, str, Decimal]]) -> dict[tuple[str, str, str], Decimal]:
+    """Add to running counters (locking their rows); each counter's new total."""
+    totals: dict[tuple[str, str, str], Decimal] = {}
+    stmt = _insert(session, UsageCounter)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["scope", "key", "period"],
+        set_={"quantity": UsageCounter.quantity + stmt.excluded.quantity},
+    ).returning(UsageCounter.quantity)
+    for scope, key, period, quantity in sorted(bumps):
+        totals[(scope, key, period)] = Decimal(session.execute(
+            stmt.values(scope=scope, key=key, period=period, quantity=quantity)).scalar_one())
+    return totals
+
+
+# -- periods ---------------------------------------------------------------------------
+
+def latest_closed_period(session: Session) -> str | None:
+    """The last frozen period (closing or closed): nothing more is booked into it."""
+    return session.scalar(select(func.max(BillingPeriod.period))
+                          .where(BillingPeriod.status.in_(("closing", "closed"))))
+
+
+def lock_period_shared(session: Session, period: str) -> str:
+    """The period's status under a share lock, creating it open: close waits for us."""
+    status = session.scalar(select(BillingPeriod.status).where(BillingPeriod.period == period)
+                            .with_for_update(read=True))
+    if status is None:
+        session.execute(_insert(session, BillingPeriod).values(period=period, status="open", totals={})
+                        .on_conflict_do_nothing(index_elements=["period"]))
+        status = session.scalar(select(BillingPeriod.status).where(BillingPeriod.period == period)
+                                .with_for_update(read=True))
+    return status or "open"
+
+
+def lock_period(session: Session, period: str) -> BillingPeriod:
+    """The period row, created if missing, locked for the close."""
+    session.execute(_insert(session, BillingPeriod).values(period=period, status="open", totals={})
+                    .on_conflict_do_nothing(index_elements=["period"]))
+    return session.scalars(select(BillingPeriod).where(BillingPeriod.period == period)
+                           .with_for_update().execution_options(populate_existing=True)).one()
+
+
+def periods(session: Session) -> list[BillingPeriod]:
+    return list(session.scalars(select(BillingPeriod).order_by(BillingPeriod.period)))
+
+
+def unclosed_periods_before(session: Session, period: str) -> list[str]:
+    """Earlier periods something was booked in that are not closed yet (close goes in order)."""
+    return list(session.scalars(select(BillingPeriod.period).where(
+        BillingPeriod.period < period, BillingPeriod.status != "closed").order_by(BillingPeriod.period)))
+
+
+# -- ledger reads ----------------------------------------------------------------------
 
 def transaction_sums(session: Session) -> list[tuple[str, int]]:
     """Each ledger transaction's sum (all zero in a healthy ledger)."""
@@ -62,14 +218,32 @@ def transaction_sums(session: Session) -> list[tuple[str, int]]:
     return [(tid, int(total)) for tid, total in rows]
 
 
-def balances(session: Session, prefix: str = "") -> dict[str, int]:
-    rows = session.execute(
-        select(LedgerEntry.ledger_account, func.sum(LedgerEntry.amount_micros))
-        .where(LedgerEntry.ledger_account.startswith(prefix))
-        .group_by(LedgerEntry.ledger_account)
-    )
+def unbalanced_transactions(session: Session) -> list[str]:
+    return list(session.scalars(select(LedgerEntry.transaction_id).group_by(LedgerEntry.transaction_id)
+                                .having(func.sum(LedgerEntry.amount_micros) != 0)))
+
+
+def balances(session: Session, prefix: str = "", *, through: str | None = None) -> dict[str, int]:
+    """Ledger balances by account (optionally only periods up to `through`)."""
+    query = (select(LedgerEntry.ledger_account, func.sum(LedgerEntry.amount_micros))
+             .where(LedgerEntry.ledger_account.startswith(prefix)))
+    if through is not None:
+        query = query.where(LedgerEntry.period <= through)
+    rows = session.execute(query.group_by(LedgerEntry.ledger_account))
     return {name: int(total) for name, total in rows}
 
+
+def period_sums(session: Session, period: str, prefix: str) -> list[tuple[str, str, str, int]]:
+    """(ledger account, kind, currency, sum) of a period's legs on accounts with a prefix."""
+    rows = session.execute(
+        select(LedgerEntry.ledger_account, LedgerEntry.kind, LedgerEntry.currency,
+               func.sum(LedgerEntry.amount_micros))
+        .where(LedgerEntry.period == period, LedgerEntry.ledger_account.startswith(prefix))
+        .group_by(LedgerEntry.ledger_account, LedgerEntry.kind, LedgerEntry.currency))
+    return [(a, k, c, int(s)) for a, k, c, s in rows]
+
+
+# -- summaries -------------------------------------------------------------------------
 
 def usage_by_model_and_day(session: Session, account_id: str, since: dt.datetime, until: dt.datetime) -> list[Any]:
     day = func.date(UsageRecord.occurred_at)
@@ -86,23 +260,49 @@ def usage_by_model_and_day(session: Session, account_id: str, since: dt.datetime
 
 
 def revenue_share_rows(session: Session, period: str) -> list[Any]:
-    """Per partner, model and license tier: counts, units and each ledger leg for the period."""
-    leg = LedgerEntry.ledger_account
+    """Per partner, model, tier and licensor: usage booked in the period, less its refunds.
 
-    def leg_sum(prefix: str) -> Any:
-        return func.coalesce(func.sum(case((leg.startswith(prefix), LedgerEntry.amount_micros), else_=0)), 0)
-
-    return list(session.execute(
-        select(
-            Partner.slug, Model.slug, License.tier, License.licensor, UsageRecord.currency,
-            func.count(func.distinct(UsageRecord.id)),
-            leg_sum("customer:"), leg_sum("platform:"), leg_sum("licensor:"), leg_sum("partner:"),
-        )
-        .join(LedgerEntry, LedgerEntry.usage_id == UsageRecord.id)
-        .join(Model, Model.id == UsageRecord.model_id)
-        .join(Partner, Partner.id == UsageRecord.partner_id)
-        .join(License, License.id == UsageRecord.license_id)
+    Set-based over usage records and refunds (the split is stored on each), so it reads the
+    same numbers the ledger holds without joining the ledger's larger table.
+    """
+    usage = (
+        select(UsageRecord.partner_id.label("partner_id"), UsageRecord.model_id.label("model_id"),
+               UsageRecord.tier.label("tier"), UsageRecord.licensor.label("licensor"),
+               UsageRecord.currency.label("currency"), func.count().label("requests"),
+               func.sum(UsageRecord.amount_micros).label("gross"),
+               func.sum(UsageRecord.platform_micros).label("platform"),
+               func.sum(UsageRecord.royalty_micros).label("royalty"),
+               func.sum(UsageRecord.partner_micros).label("partner"),
+               literal(0).label("refunds"))
         .where(UsageRecord.period == period)
-        .group_by(Partner.slug, Model.slug, License.tier, License.licensor, UsageRecord.currency)
-        .order_by(Partner.slug, Model.slug)
-    ))
+        .group_by(UsageRecord.partner_id, UsageRecord.model_id, UsageRecord.tier, UsageRecord.licensor,
+                  UsageRecord.currency))
+    refunds = (
+        select(Refund.partner_id, Refund.model_id, UsageRecord.tier, Refund.licensor, Refund.currency,
+               literal(0), literal(0), -func.sum(Refund.platform_micros), -func.sum(Refund.royalty_micros),
+               -func.sum(Refund.partner_micros), func.sum(Refund.amount_micros))
+        .join(UsageRecord, UsageRecord.id == Refund.usage_id)
+        .where(Refund.period == period)
+        .group_by(Refund.partner_id, Refund.model_id, UsageRecord.tier, Refund.licensor, Refund.currency))
+    both = usage.union_all(refunds).subquery()
+    return list(session.execute(
+        select(Partner.slug, Model.slug, both.c.tier, both.c.licensor, both.c.currency,
+               func.sum(both.c.requests), func.sum(both.c.gross), func.sum(both.c.platform),
+               func.sum(both.c.royalty), func.sum(both.c.partner), func.sum(both.c.refunds))
+        .join(Model, Model.id == both.c.model_id).join(Partner, Partner.id == both.c.partner_id)
+        .group_by(Partner.slug, Model.slug, both.c.tier, both.c.licensor, both.c.currency)
+        .order_by(Partner.slug, Model.slug, both.c.tier)))
+
+
+def inflight_by_model(session: Session, account_id: str) -> list[tuple[str, int]]:
+    """The account's queued and running requests per model (read from the gateway's table)."""
+    r = requests_table
+    return [(m, int(n)) for m, n in session.execute(
+        select(r.c.model_id, func.count()).where(r.c.account_id == account_id,
+                                                 r.c.status.in_(("queued", "running")))
+        .group_by(r.c.model_id))]
+
+
+def payee(session: Session, kind: str, ref: str) -> Payee | None:
+    return session.scalar(select(Payee).where(Payee.kind == kind, Payee.ref == ref))
+

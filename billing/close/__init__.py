@@ -1,0 +1,1 @@
+"""Period close: invoices, statements, payouts, licensor usage reports and SLA credits."""

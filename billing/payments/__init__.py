@@ -1,0 +1,1 @@
+"""Money through Stripe: top-ups, invoice and payout delivery, and Stripe's webhooks."""
