@@ -101,6 +101,7 @@ class Bench:
         self.smoke = smoke
         self.rows: list[Row] = []
         self.copy_gbps = float("nan")
+        self.copy_detail: dict = {}
 
     def time_ms(self, fn: Callable, arg_sets: list[tuple] | None = None) -> float:
         """Median milliseconds per call of fn(*args), cycling over arg_sets."""
@@ -152,11 +153,40 @@ class Bench:
         return [make() for _ in range(min(8, max(1, math.ceil(4 * l2 / nbytes))))]
 
     def measure_copy(self) -> None:
+        """The bandwidth ceiling: the fastest of three ways to time a 512 MiB device copy.
+
+        A copy captured in a CUDA graph becomes a memcpy node that the copy engines run,
+        slower than the SM copy kernel that eager copy_ launches; so the ceiling is timed
+        eagerly, back to back and with the L2 flushed, and the graph figure is kept as a note.
+        """
         n = (1 << 28) if not self.smoke else (1 << 12)  # 512 MiB of bf16
         src = torch.randn(n, dtype=torch.bfloat16, device=self.device)
         dst = torch.empty_like(src)
-        ms = self.time_ms(lambda: dst.copy_(src))
-        self.copy_gbps = 2 * src.numel() * src.element_size() / ms / 1e6
+        nbytes = 2 * src.numel() * src.element_size()
+        if self.smoke:
+            self.copy_gbps = nbytes / self.time_ms(lambda: dst.copy_(src)) / 1e6
+            return
+        import triton
+
+        for _ in range(5):
+            dst.copy_(src)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(40):
+            dst.copy_(src)
+        end.record()
+        end.synchronize()
+        back_to_back = start.elapsed_time(end) / 40
+        flushed = triton.testing.do_bench(
+            lambda: dst.copy_(src), warmup=100, rep=200, return_mode="median"
+        )
+        graph = self.time_ms(lambda: dst.copy_(src))
+        self.copy_detail = {
+            "back_to_back_gbps": nbytes / back_to_back / 1e6,
+            "l2_flushed_gbps": nbytes / flushed / 1e6,
+            "cuda_graph_memcpy_node_gbps": nbytes / graph / 1e6,
+        }
+        self.copy_gbps = nbytes / min(back_to_back, flushed) / 1e6
 
     def compiled(self, fn: Callable, sets: list[tuple]) -> float | None:
         """Time torch.compile of fn (compiled and warmed up before the clock starts)."""
@@ -433,7 +463,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
     b.measure_copy()
     print(f"{gpu}; torch {torch.__version__}; triton {_triton_version()}; "
-          f"device-to-device copy {b.copy_gbps:.0f} GB/s (read + write)")
+          f"device-to-device copy {b.copy_gbps:.0f} GB/s (read + write) {b.copy_detail}")
     header = (
         f"{'op':<24} {'model':<5} {'shape':<28} {'time':>12} {'GB/s':>8} {'%copy':>6} "
         f"{'xeager':>6} {'xcomp':>6}"
@@ -452,7 +482,7 @@ def main() -> None:
             run_matmuls(b, model, cfg, torch.bfloat16)
         report = {
             "gpu": gpu, "date": DATE, "torch": torch.__version__, "triton": _triton_version(),
-            "copy_gbps": b.copy_gbps, "dtype": "bfloat16",
+            "copy_gbps": b.copy_gbps, "copy_detail": b.copy_detail, "dtype": "bfloat16",
             "kernels_interpreted": kernels._utils.INTERPRETING,
             "rows": [asdict(r) for r in b.rows], "sweep": sweeps,
         }
