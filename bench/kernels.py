@@ -341,10 +341,10 @@ def run_matmuls(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> None:
 
 # (BLOCK_M, num_warps) for row kernels by BLOCK_N; (BLOCK_M, BLOCK_N, num_warps) for 2-D tiles.
 SWEEP_ROW = {
-    4096: [(1, 8), (1, 16), (2, 16)],
+    4096: [(1, 8), (1, 4), (1, 8, True), (1, 4, True), (1, 16, True)],
     2048: [(1, 8), (2, 8), (2, 16), (4, 16)],
     256: [(8, 4), (16, 8)],
-    128: [(16, 4), (32, 4), (32, 8), (64, 8)],
+    128: [(16, 4), (8, 2), (16, 2), (32, 4)],
 }
 SWEEP_2D = [(4, 1024, 4), (4, 1024, 8), (8, 1024, 8), (8, 512, 4)]
 
@@ -383,7 +383,7 @@ def sweep(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> list[dict]:
         ("quantize_fp8_rowwise", row_cfgs, act + t * d,
          lambda: (r(t, d), torch.empty(t, d, dtype=FP8_DTYPE, device=dev),
                   torch.empty(t, 1, device=dev)),
-         lambda c, x, q8, s8: quantize_fp8_rowwise_launch(x, q8, s8, *c)),
+         lambda c, x, q8, s8: quantize_fp8_rowwise_launch(x, q8, s8, *c[:2])),
         ("gated_residual", SWEEP_2D, 3 * act,
          lambda: (r(1, t, d), r(1, d), r(1, t, d), e(1, t, d)),
          lambda c, x, g, y, o: gated_residual_launch(x, g, y, o, *c)),
@@ -453,6 +453,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--only", choices=["memory", "matmul"], default=None)
     parser.add_argument("--sweep", action="store_true", help="time launch configurations first")
+    parser.add_argument("--sweep-only", action="store_true", help="the sweep and nothing else")
     args = parser.parse_args()
 
     if not args.smoke and not torch.cuda.is_available():
@@ -472,9 +473,11 @@ def main() -> None:
     print("-" * len(header))
     models = {"smoke": SMOKE} if args.smoke else MODELS
     sweeps: list[dict] = []
-    if args.sweep:
+    if args.sweep or args.sweep_only:
         for model, cfg in models.items():
             sweeps += sweep(b, model, cfg, torch.bfloat16)
+    if args.sweep_only:
+        models = {}
     for model, cfg in models.items():
         if args.only in (None, "memory"):
             run_memory_bound(b, model, cfg, torch.bfloat16)

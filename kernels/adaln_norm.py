@@ -47,6 +47,7 @@ def _adaln_kernel(
     sh_b, sh_r, sc_b, sc_r,
     eps,
     PER_SAMPLE: tl.constexpr,
+    LATE_MOD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Programs tile (rows of one sample, sample): every row of a program shares b.
@@ -56,21 +57,24 @@ def _adaln_kernel(
     cmask = cols < N
     mask = (r < R)[:, None] & cmask[None, :]
     off = (b * R + r)[:, None] * N + cols[None, :]
-    # All loads issued before the reductions so their latencies overlap.
     x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
-    shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
-    scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
+    if not LATE_MOD:
+        shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
+        scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
     mean = tl.sum(x, axis=1) / N
     xc = tl.where(mask, x - mean[:, None], 0.0)
     var = tl.sum(xc * xc, axis=1) / N
     rstd = tl.math.rsqrt(var + eps)
+    if LATE_MOD:
+        shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
+        scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
     y = xc * rstd[:, None] * (1.0 + scale) + shift
     tl.store(Y + off, y.to(Y.dtype.element_ty), mask=mask)
 
 
 def adaln_layernorm_launch(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out: torch.Tensor,
-    block_m: int | None = None, num_warps: int | None = None,
+    block_m: int | None = None, num_warps: int | None = None, late_mod: bool = False,
 ) -> torch.Tensor:
     """Run the kernel into a preallocated contiguous ``out`` shaped like x."""
     assert out.is_contiguous() and out.shape == x.shape
@@ -85,7 +89,7 @@ def adaln_layernorm_launch(
     grid = (triton.cdiv(r, block_m), b)
     _adaln_kernel[grid](
         x2, sh, sc, out, r, n, sh_b, sh_r, sc_b, sc_r, eps,
-        PER_SAMPLE=sh_ps and sc_ps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        PER_SAMPLE=sh_ps and sc_ps, LATE_MOD=late_mod, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return out
 

@@ -53,6 +53,7 @@ def _gated_residual_adaln_kernel(
     X, G, Y, SHIFT, SCALE, RES, NORMED,
     R, N, g_b, g_r, sh_b, sh_r, sc_b, sc_r, eps,
     PER_SAMPLE: tl.constexpr,
+    LATE_MOD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     b = tl.program_id(1).to(tl.int64)
@@ -64,13 +65,17 @@ def _gated_residual_adaln_kernel(
     x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(Y + off, mask=mask, other=0.0).to(tl.float32)
     g = _load_modulation(G, b, r, g_b, g_r, cols, mask, cmask, PER_SAMPLE)
-    shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
-    scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
+    if not LATE_MOD:
+        shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
+        scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
     h = x + g * y
     tl.store(RES + off, h.to(RES.dtype.element_ty), mask=mask)
     mean = tl.sum(h, axis=1) / N
     hc = tl.where(mask, h - mean[:, None], 0.0)
     rstd = tl.math.rsqrt(tl.sum(hc * hc, axis=1) / N + eps)
+    if LATE_MOD:
+        shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
+        scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
     out = hc * rstd[:, None] * (1.0 + scale) + shift
     tl.store(NORMED + off, out.to(NORMED.dtype.element_ty), mask=mask)
 
@@ -102,7 +107,7 @@ def gated_residual_adaln_launch(
     x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor,
     shift: torch.Tensor, scale: torch.Tensor, eps: float,
     res_out: torch.Tensor, normed_out: torch.Tensor,
-    block_m: int | None = None, num_warps: int | None = None,
+    block_m: int | None = None, num_warps: int | None = None, late_mod: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused residual + adaLN norm into preallocated contiguous outputs."""
     assert x.shape == y.shape == res_out.shape == normed_out.shape
@@ -117,7 +122,7 @@ def gated_residual_adaln_launch(
     block_m, block_n, warps = row_block(n, block_m, num_warps)
     _gated_residual_adaln_kernel[(triton.cdiv(r, block_m), b)](
         x2, g, y2, sh, sc, res_out, normed_out, r, n, g_b, g_r, sh_b, sh_r, sc_b, sc_r, eps,
-        PER_SAMPLE=g_ps and sh_ps and sc_ps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        PER_SAMPLE=g_ps and sh_ps and sc_ps, LATE_MOD=late_mod, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return res_out, normed_out
 
