@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from billing.endpoints import router as billing_router
+from billing.portal_pages import router as portal_router
+from gateway import limits, openapi
+from gateway.account_endpoints import router as account_router
 from gateway.admin import router as admin_router
 from gateway.endpoints import router as customer_router
 from kit.db import assert_migrated
-from kit.telemetry import setup_tracing
+from kit.telemetry import TracingMiddleware, setup_tracing
 from kit.web import install_error_handlers
 from partners.endpoints import router as partner_router
 
@@ -33,8 +36,12 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (customer_router, partner_router, billing_router, admin_router):
+    for router in (customer_router, account_router, partner_router, billing_router, admin_router):
         app.include_router(router)
+    app.include_router(portal_router)
+    app.add_middleware(limits.CustomerEdges)
+    app.add_middleware(TracingMiddleware)  # outermost: the span covers the whole request
+    openapi.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -1,45 +1,95 @@
-"""Customer and admin authentication."""
+"""Customer and admin authentication, with the per-key rate limit."""
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from billing.models import Account
+from gateway import limits
 from gateway import repository as repo
+from gateway.cache import cached
+from gateway.config import get_gateway_settings
 from kit.db import get_session
 from kit.errors import Forbidden, Unauthorized
 from kit.keys import bearer_token, key_digest
 from kit.settings import get_settings
 
+# Reads (polling, events) get this many times the account's write budget.
+READ_FACTOR = 10
 
-def _account(authorization: str | None, session: Session, scope: str) -> Account:
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    account_id: str
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate_per_s: float
+    burst: int
+    max_concurrency: int
+    retention_days: int
+
+
+def account_limits(session: Session, account_id: str) -> Limits:
+    """The account's limits: its own settings, else the gateway's defaults."""
+    def load() -> Limits:
+        defaults = get_gateway_settings()
+        row = repo.account_settings(session, account_id)
+
+        def pick(name: str) -> object:
+            value = getattr(row, name, None) if row is not None else None
+            return getattr(defaults, name) if value is None else value
+
+        return Limits(float(pick("rate_per_s")), int(pick("rate_burst")),  # type: ignore[arg-type]
+                      int(pick("max_concurrency")), int(pick("retention_days")))  # type: ignore[arg-type]
+
+    return cached("limits", account_id, load)
+
+
+def _key(session: Session, token: str) -> KeyInfo | None:
+    def load() -> KeyInfo | None:
+        key = repo.key_by_digest(session, key_digest(token))
+        return KeyInfo(key.id, key.account_id, tuple(key.scopes)) if key is not None else None
+
+    return cached("key", key_digest(token), load)
+
+
+def _account(authorization: str | None, request: Request, session: Session, scope: str) -> Account:
     token = bearer_token(authorization)
     if token is None:
         raise Unauthorized("an API key is required: Authorization: Key <key>")
-    key = repo.key_by_digest(session, key_digest(token))
+    key = _key(session, token)
     if key is None:
         raise Unauthorized("the API key is not valid or was revoked")
     if scope not in key.scopes:
         raise Forbidden(f"this API key lacks the {scope!r} scope")
-    account = session.get(Account, key.account_id)
+    account = cached("account", key.account_id, lambda: session.get(Account, key.account_id))
     if account is None:  # pragma: no cover - the foreign key makes this impossible
         raise Unauthorized("the API key's account no longer exists")
+    lim = account_limits(session, account.id)
+    factor = 1 if scope == "requests:write" else READ_FACTOR
+    limits.enforce(request.scope.setdefault("state", {}), f"{'w' if factor == 1 else 'r'}:{key.id}",
+                   rate_per_s=lim.rate_per_s * factor, burst=lim.burst * factor)
     return account
 
 
-def account_writer(authorization: str | None = Header(default=None),
+def account_writer(request: Request, authorization: str | None = Header(default=None),
                    session: Session = Depends(get_session)) -> Account:
     """The account behind a key with `requests:write`."""
-    return _account(authorization, session, "requests:write")
+    return _account(authorization, request, session, "requests:write")
 
 
-def account_reader(authorization: str | None = Header(default=None),
+def account_reader(request: Request, authorization: str | None = Header(default=None),
                    session: Session = Depends(get_session)) -> Account:
     """The account behind a key with `requests:read`."""
-    return _account(authorization, session, "requests:read")
+    return _account(authorization, request, session, "requests:read")
 
 
 def admin(authorization: str | None = Header(default=None)) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import Depends, Header, Query
+from fastapi import Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
@@ -14,11 +14,20 @@ from starlette.types import Receive, Scope, Send
 from billing import service as billing
 from billing.models import Account
 from gateway import envelope as env
-from gateway import events, service
+from gateway import events, service, sse
 from gateway import repository as repo
 from gateway.auth import account_reader, account_writer
 from gateway.models import FINAL_STATUSES, Request
-from gateway.schemas import Envelope, ModelCard, PriceOut, SubmitBody, UsageOut
+from gateway.openapi import problems
+from gateway.schemas import (
+    Envelope,
+    ModelCard,
+    PriceOut,
+    SubmitBody,
+    UsageOut,
+    WebhookAttemptOut,
+    WebhookDeliveryOut,
+)
 from kit.db import get_session, session_scope, utcnow
 from kit.errors import InvalidInput, NotFound
 from kit.signing import verify
@@ -27,7 +36,8 @@ from kit.web import router as make_router
 from partners import repository as partners_repo
 from partners import service as partners
 
-router = make_router(prefix="/v1", tags=["requests"])
+router = make_router(prefix="/v1", tags=["requests"], responses=problems(401, 403, 429))
+RequestId = Path(max_length=40, description="The request's id, `req_…`")
 
 MAX_WAIT_S = 60
 
@@ -69,20 +79,26 @@ class WaitThenEnvelope(JSONResponse):
 
 
 @router.post("/models/{owner}/{model}/requests", response_model=Envelope, status_code=201,
-             responses={200: {"model": Envelope, "description": "An earlier request with this Idempotency-Key"}})
+             responses={200: {"model": Envelope, "description": "An earlier request with this Idempotency-Key"},
+                        **problems(404, 409, 413, 422)})
 def submit(
     owner: str, model: str, body: SubmitBody,
-    idempotency_key: str | None = Header(default=None, max_length=255),
-    prefer: str | None = Header(default=None),
-    request_timeout: float | None = Header(default=None, gt=0, le=86400),
-    priority: str = Header(default="normal", pattern="^(normal|low)$"),
+    idempotency_key: str | None = Header(default=None, max_length=255, description=(
+        "Same key and body within 24 h return the first request (200), never a second charge; "
+        "the same key with another body is 409")),
+    prefer: str | None = Header(default=None, max_length=200, description=(
+        "`wait` or `wait=N` (N ≤ 60): answer when the request finishes or after N s")),
+    request_timeout: float | None = Header(default=None, gt=0, le=86400, description=(
+        "Seconds the request may wait to start; still queued then, it ends `expired`, uncharged")),
+    priority: Literal["normal", "low"] = Header(default="normal", description=(
+        "Within the pool, `normal` requests start before `low` ones")),
     account: Account = Depends(account_writer), session: Session = Depends(get_session),
 ) -> Any:
     """Submit a request to a model. `Prefer: wait=N` holds the answer until it finishes (≤ 60 s)."""
     req, created = service.submit(
         session, account, owner=owner, model_slug=model, input=body.input,
-        webhook=str(body.webhook) if body.webhook else None, idempotency_key=idempotency_key,
-        priority=priority, start_deadline_s=request_timeout,
+        webhook=str(body.webhook) if body.webhook else None, webhook_events=body.webhook_events,
+        idempotency_key=idempotency_key, priority=priority, start_deadline_s=request_timeout,
     )
     status_code = 201 if created else 200
     wait_s = _prefer_wait(prefer)
@@ -91,23 +107,56 @@ def submit(
     return JSONResponse(env.envelope(session, req).model_dump(mode="json"), status_code=status_code)
 
 
-@router.get("/requests/{request_id}", response_model=Envelope)
-def get_request(request_id: str, account: Account = Depends(account_reader),
+@router.get("/requests/{request_id}", response_model=Envelope, responses=problems(404))
+def get_request(request_id: str = RequestId, account: Account = Depends(account_reader),
                 session: Session = Depends(get_session)) -> Envelope:
-    """The request's envelope: status, output, metrics and cost."""
+    """The request's envelope: status, queue position, output, metrics and cost."""
     return env.envelope(session, service.get_request(session, account, request_id))
 
 
-@router.post("/requests/{request_id}/cancel", response_model=Envelope)
-def cancel_request(request_id: str, account: Account = Depends(account_writer),
+@router.post("/requests/{request_id}/cancel", response_model=Envelope, responses=problems(404))
+def cancel_request(request_id: str = RequestId, account: Account = Depends(account_writer),
                    session: Session = Depends(get_session)) -> Envelope:
     """Cancel: a queued request ends at once; a running one is signaled and ends when it stops."""
     return env.envelope(session, service.cancel(session, account, request_id))
 
 
-@router.get("/files/{file_id}", response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}})
-def get_file(file_id: str, expires: int = Query(...), signature: str = Query(..., max_length=64),
+@router.get("/requests/{request_id}/events", response_class=StreamingResponse, responses={
+    200: {"description": sse.DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **problems(404)})
+def request_events(
+    request_id: str = RequestId,
+    last_event_id: str | None = Header(default=None, max_length=40, pattern=r"^\d+-\d+$",
+                                       description="Resume after this event id (what the last `id:` line said)"),
+    account: Account = Depends(account_reader), session: Session = Depends(get_session),
+) -> StreamingResponse:
+    """Server-Sent Events of a request: `status`, `progress`, `log`, `output`, then `done`."""
+    req = service.get_request(session, account, request_id)
+    return StreamingResponse(sse.stream(req.id, account.id, last_event_id), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/requests/{request_id}/webhooks", response_model=list[WebhookDeliveryOut],
+            tags=["webhooks"], responses=problems(404))
+def request_webhooks(request_id: str = RequestId, account: Account = Depends(account_reader),
+                     session: Session = Depends(get_session)) -> list[WebhookDeliveryOut]:
+    """Every webhook delivery of a request, with each attempt and its answer."""
+    req = service.get_request(session, account, request_id)
+    deliveries = repo.deliveries_of_request(session, req.id)
+    attempts: dict[str, list[WebhookAttemptOut]] = {}
+    for a in repo.attempts_of(session, [d.id for d in deliveries]):
+        attempts.setdefault(a.delivery_id, []).append(WebhookAttemptOut.model_validate(a, from_attributes=True))
+    return [WebhookDeliveryOut(id=d.id, url=d.url, event=d.event, status=d.status,  # type: ignore[arg-type]
+                               attempts=attempts.get(d.id, []), next_attempt_at=d.next_attempt_at,
+                               delivered_at=d.delivered_at, created_at=d.created_at) for d in deliveries]
+
+
+@router.get("/files/{file_id}", response_class=StreamingResponse, tags=["files"],
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                       **problems(404)})
+def get_file(file_id: str = Path(max_length=40, pattern=r"^[a-z]+_[0-9a-z]+$"),
+             expires: int = Query(..., ge=0, le=2**62),
+             signature: str = Query(..., max_length=64, pattern=r"^[A-Za-z0-9_-]+$"),
              session: Session = Depends(get_session)) -> StreamingResponse:
     """An output file, through the signed URL from the request's output."""
     if not verify(file_id, expires, signature):
@@ -144,7 +193,7 @@ def list_models(session: Session = Depends(get_session),
     return [c for c in (_card(session, m) for m in partners_repo.all_models(session)) if c.version]
 
 
-@router.get("/models/{owner}/{model}", response_model=ModelCard, tags=["catalog"])
+@router.get("/models/{owner}/{model}", response_model=ModelCard, tags=["catalog"], responses=problems(404))
 def get_model(owner: str, model: str, session: Session = Depends(get_session),
               _: Account = Depends(account_reader)) -> ModelCard:
     """One model's card."""
@@ -154,7 +203,7 @@ def get_model(owner: str, model: str, session: Session = Depends(get_session),
     return _card(session, found)
 
 
-@router.get("/usage", response_model=UsageOut, tags=["usage"])
+@router.get("/usage", response_model=UsageOut, tags=["usage"], responses=problems(422))
 def usage(since: dt.datetime | None = None, until: dt.datetime | None = None,
           account: Account = Depends(account_reader), session: Session = Depends(get_session)) -> UsageOut:
     """The account's usage and cost by model and day (default: this calendar month)."""

@@ -23,6 +23,8 @@ def file_url(file_id: str) -> str:
 
 
 def _with_urls(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("expired") is True and "file_name" in value:
+        return {"url": None, **value}  # deleted under the account's retention setting
     if isinstance(value, dict) and "$file_id" in value:
         out = {k: v for k, v in value.items() if k != "$file_id"}
         return {"url": file_url(value["$file_id"]), **out}
@@ -36,8 +38,8 @@ def _with_urls(value: Any) -> Any:
 def envelope(session: Session, req: Request) -> Envelope:
     """Render a request for its account."""
     base = f"{get_settings().public_url}/v1/requests/{req.id}"
-    queue_ms = None
-    if req.started_at is not None:
+    queue_ms = req.queue_ms
+    if queue_ms is None and req.started_at is not None:
         queue_ms = int((req.started_at - req.created_at).total_seconds() * 1000)
     return Envelope.model_validate({
         "id": req.id,

@@ -1,11 +1,11 @@
-"""Customer API keys, requests and output files."""
+"""Customer API keys, requests, output files, webhooks, SLA pools and account limits."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kit.db import Base, utcnow
@@ -31,6 +31,9 @@ class Request(Base):
     __table_args__ = (
         Index("ix_requests_account_created", "account_id", "created_at"),
         Index("ix_requests_status_pool", "status", "pool"),
+        Index("ix_requests_account_status", "account_id", "status"),
+        Index("ix_requests_pool_started", "pool", "started_at"),
+        Index("ix_requests_status_deadline", "status", "deadline_at"),
         UniqueConstraint("account_id", "idempotency_key"),
     )
 
@@ -51,6 +54,7 @@ class Request(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     body_digest: Mapped[str | None] = mapped_column(String(64), default=None)
     webhook: Mapped[str | None] = mapped_column(String(2000), default=None)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     attempts: Mapped[int] = mapped_column(default=0)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     units: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
@@ -61,6 +65,7 @@ class Request(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     completed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     run_ms: Mapped[int | None] = mapped_column(default=None)
+    queue_ms: Mapped[int | None] = mapped_column(default=None)
 
 
 class File(Base):
@@ -76,3 +81,88 @@ class File(Base):
     content_type: Mapped[str] = mapped_column(String(100))
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Pool(Base):
+    """An SLA pool: a named set of replicas (the workers on its queue) with a latency target.
+
+    A shared pool serves everyone best effort; a dedicated one serves one account (for one
+    model, or for every model when `model_id` is empty).
+    """
+
+    __tablename__ = "pools"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("pool"))
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="shared")
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), default=None, index=True)
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"), default=None)
+    # The SLA: p95 queue wait at most this, over the reporting window.
+    p95_queue_ms_target: Mapped[int] = mapped_column(default=2000)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AccountSettings(Base):
+    """A customer account's limits, retention and webhook signing secret."""
+
+    __tablename__ = "account_settings"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    rate_per_s: Mapped[float | None] = mapped_column(default=None)
+    rate_burst: Mapped[int | None] = mapped_column(default=None)
+    max_concurrency: Mapped[int | None] = mapped_column(default=None)
+    retention_days: Mapped[int | None] = mapped_column(default=None)
+    webhook_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """An account-wide webhook: every request's matching events are sent to it."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("whe"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    description: Mapped[str] = mapped_column(String(500), default="")
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one URL; its id is the `webhook-id` of every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("request_id", "url", "event"),
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("msg"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id"), index=True)
+    endpoint_id: Mapped[str | None] = mapped_column(ForeignKey("webhook_endpoints.id"), default=None)
+    url: Mapped[str] = mapped_column(String(2000))
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class WebhookAttempt(Base):
+    """One try at delivering a webhook: what was answered, or why it failed."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wha"))
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    number: Mapped[int]
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    duration_ms: Mapped[int] = mapped_column(default=0)
+    status_code: Mapped[int | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(String(1000), default=None)
+    response_excerpt: Mapped[str | None] = mapped_column(Text, default=None)

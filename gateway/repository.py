@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from gateway.models import ApiKey, File, Request
+from gateway.models import (
+    AccountSettings,
+    ApiKey,
+    File,
+    Pool,
+    Request,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+
+# -- keys and requests ---------------------------------------------------------------------
 
 
 def key_by_digest(session: Session, digest: str) -> ApiKey | None:
@@ -27,11 +42,41 @@ def request_by_idempotency_key(session: Session, account_id: str, key: str) -> R
 
 
 def queue_position(session: Session, req: Request) -> int:
-    """How many queued requests of the same pool were created before this one."""
+    """How many queued requests of the same pool will start before this one.
+
+    Normal priority goes first, then low; within a priority, first come first served.
+    """
+    ahead = Request.created_at < req.created_at
+    if req.priority == "low":
+        ahead = or_(Request.priority == "normal", ahead)
+    else:
+        ahead = and_(Request.priority == "normal", ahead)
     return session.scalar(
         select(func.count()).select_from(Request)
-        .where(Request.status == "queued", Request.pool == req.pool, Request.created_at < req.created_at)
+        .where(Request.status == "queued", Request.pool == req.pool, ahead)
     ) or 0
+
+
+def running_count(session: Session, account_id: str) -> int:
+    """How many of the account's requests are running now."""
+    return session.scalar(
+        select(func.count()).select_from(Request)
+        .where(Request.account_id == account_id, Request.status == "running")
+    ) or 0
+
+
+def lock_account(session: Session, account_id: str) -> None:
+    """Serialise concurrency decisions for one account until the transaction ends (PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:id))"), {"id": account_id})
+
+
+def overdue_queued(session: Session, now: dt.datetime, limit: int = 500) -> list[Request]:
+    """Queued requests whose start deadline has passed, locked (others' locks are skipped)."""
+    return list(session.scalars(
+        select(Request).where(Request.status == "queued", Request.deadline_at < now)
+        .order_by(Request.deadline_at).limit(limit).with_for_update(skip_locked=True)
+    ))
 
 
 def files_of_request(session: Session, request_id: str) -> list[File]:
@@ -44,3 +89,153 @@ def file_of_account(session: Session, file_id: str, account_id: str) -> File | N
 
 def file(session: Session, file_id: str) -> File | None:
     return session.get(File, file_id)
+
+
+def files_older_than(session: Session, cutoff: dt.datetime, *, account_id: str | None = None,
+                     exclude_accounts: list[str] | None = None, limit: int = 500) -> list[File]:
+    """Output files created before `cutoff`, of one account or of all but some."""
+    query = select(File).where(File.created_at < cutoff)
+    if account_id is not None:
+        query = query.where(File.account_id == account_id)
+    if exclude_accounts:
+        query = query.where(File.account_id.not_in(exclude_accounts))
+    return list(session.scalars(query.order_by(File.created_at).limit(limit)))
+
+
+# -- account settings and pools ------------------------------------------------------------
+
+
+def account_settings(session: Session, account_id: str) -> AccountSettings | None:
+    return session.get(AccountSettings, account_id)
+
+
+def accounts_with_retention(session: Session) -> list[AccountSettings]:
+    return list(session.scalars(select(AccountSettings).where(AccountSettings.retention_days.is_not(None))))
+
+
+def pool_by_name(session: Session, name: str) -> Pool | None:
+    return session.scalar(select(Pool).where(Pool.name == name))
+
+
+def all_pools(session: Session) -> list[Pool]:
+    return list(session.scalars(select(Pool).order_by(Pool.name)))
+
+
+def dedicated_pool(session: Session, account_id: str, model_id: str) -> Pool | None:
+    """The account's dedicated pool for a model: one named for the model wins over a catch-all."""
+    return session.scalar(
+        select(Pool).where(Pool.kind == "dedicated", Pool.account_id == account_id,
+                           or_(Pool.model_id == model_id, Pool.model_id.is_(None)))
+        .order_by(Pool.model_id.is_(None), Pool.name).limit(1)
+    )
+
+
+def pool_timings(session: Session, pool: str, since: dt.datetime) -> dict[str, Any]:
+    """Queue wait and run time percentiles of a pool's requests started since a time."""
+    started = and_(Request.pool == pool, Request.started_at >= since, Request.queue_ms.is_not(None))
+    if session.get_bind().dialect.name == "postgresql":
+        row = session.execute(select(
+            func.count(),
+            func.percentile_cont(0.5).within_group(Request.queue_ms),
+            func.percentile_cont(0.95).within_group(Request.queue_ms),
+        ).where(started)).one()
+        run = session.execute(select(
+            func.count(),
+            func.percentile_cont(0.5).within_group(Request.run_ms),
+            func.percentile_cont(0.95).within_group(Request.run_ms),
+        ).where(started, Request.run_ms.is_not(None))).one()
+        return {"started": row[0], "queue_p50": row[1], "queue_p95": row[2],
+                "ran": run[0], "run_p50": run[1], "run_p95": run[2]}
+    queue = sorted(session.scalars(select(Request.queue_ms).where(started)))
+    runs = sorted(v for v in session.scalars(select(Request.run_ms).where(started)) if v is not None)
+    return {"started": len(queue), "queue_p50": _pct(queue, 0.5), "queue_p95": _pct(queue, 0.95),
+            "ran": len(runs), "run_p50": _pct(runs, 0.5), "run_p95": _pct(runs, 0.95)}
+
+
+def _pct(values: list[int], q: float) -> float | None:
+    # Linear interpolation, as PostgreSQL's percentile_cont.
+    if not values:
+        return None
+    pos = q * (len(values) - 1)
+    low = int(pos)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (pos - low)
+
+
+def queue_within(session: Session, pool: str, since: dt.datetime, target_ms: int) -> int:
+    """How many of the pool's requests started since a time waited at most `target_ms`."""
+    return session.scalar(select(func.count()).select_from(Request).where(
+        Request.pool == pool, Request.started_at >= since, Request.queue_ms <= target_ms)) or 0
+
+
+def queued_count(session: Session, pool: str) -> int:
+    return session.scalar(select(func.count()).select_from(Request)
+                          .where(Request.status == "queued", Request.pool == pool)) or 0
+
+
+# -- webhooks ------------------------------------------------------------------------------
+
+
+def endpoints_of(session: Session, account_id: str) -> list[WebhookEndpoint]:
+    return list(session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.account_id == account_id)
+                                .order_by(WebhookEndpoint.id)))
+
+
+def endpoint_of_account(session: Session, endpoint_id: str, account_id: str) -> WebhookEndpoint | None:
+    return session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
+                                                        WebhookEndpoint.account_id == account_id))
+
+
+def delete_endpoint(session: Session, endpoint: WebhookEndpoint) -> None:
+    """Remove an endpoint; its past deliveries stay, no longer linked to it."""
+    session.execute(update(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
+                    .values(endpoint_id=None))
+    session.delete(endpoint)
+    session.flush()
+
+
+def insert_delivery_if_new(session: Session, values: dict[str, Any]) -> bool:
+    """Add a delivery unless one exists for the same request, URL and event; True if added."""
+    if session.get_bind().dialect.name == "postgresql":
+        result = session.execute(pg_insert(WebhookDelivery).values(**values)
+                                 .on_conflict_do_nothing().returning(WebhookDelivery.id))
+        return result.first() is not None
+    exists = session.scalar(select(WebhookDelivery.id).where(
+        WebhookDelivery.request_id == values["request_id"], WebhookDelivery.url == values["url"],
+        WebhookDelivery.event == values["event"]))
+    if exists:
+        return False
+    session.add(WebhookDelivery(**values))
+    session.flush()
+    return True
+
+
+def delivery_for_update(session: Session, delivery_id: str) -> WebhookDelivery | None:
+    return session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update())
+
+
+def due_deliveries(session: Session, now: dt.datetime, limit: int = 200) -> list[str]:
+    """Pending deliveries whose next attempt is due."""
+    return list(session.scalars(
+        select(WebhookDelivery.id).where(WebhookDelivery.status == "pending",
+                                         WebhookDelivery.next_attempt_at <= now)
+        .order_by(WebhookDelivery.next_attempt_at).limit(limit)
+    ))
+
+
+def touch_deliveries(session: Session, delivery_ids: list[str], when: dt.datetime) -> None:
+    if delivery_ids:
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.id.in_(delivery_ids))
+                        .values(next_attempt_at=when))
+
+
+def deliveries_of_request(session: Session, request_id: str) -> list[WebhookDelivery]:
+    return list(session.scalars(select(WebhookDelivery).where(WebhookDelivery.request_id == request_id)
+                                .order_by(WebhookDelivery.created_at, WebhookDelivery.id)))
+
+
+def attempts_of(session: Session, delivery_ids: list[str]) -> list[WebhookAttempt]:
+    if not delivery_ids:
+        return []
+    return list(session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(delivery_ids))
+                                .order_by(WebhookAttempt.delivery_id, WebhookAttempt.number)))

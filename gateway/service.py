@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -13,11 +14,13 @@ from sqlalchemy.orm import Session
 
 from billing import service as billing
 from billing.models import Account
-from gateway import events
+from gateway import events, lifecycle, pools, webhooks
 from gateway import repository as repo
+from gateway.cache import cached
 from gateway.models import FINAL_STATUSES, ApiKey, Request
 from kit.db import utcnow
 from kit.errors import Conflict, Forbidden, InvalidInput, NotFound
+from kit.ids import new_id
 from kit.keys import key_digest, new_key
 from kit.tasks import enqueue, pool_queue
 from moderation import service as moderation
@@ -25,6 +28,7 @@ from partners import repository as partners_repo
 from partners import service as partners
 
 RUN_TASK = "gateway.run_request"
+PRIORITIES = {"normal": 0, "low": 6}
 
 
 def issue_key(session: Session, account: Account, *, name: str = "default",
@@ -60,36 +64,68 @@ def validate_input(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, An
     return filled
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a submit needs to know about a model, cached briefly per API process."""
+
+    model_id: str
+    deployment_id: str
+    version_id: str
+    pool: str
+    inputs_schema: dict[str, Any]
+    license_tier: str
+    currency: str
+
+
+def _target(session: Session, owner: str, model_slug: str) -> Target:
+    def load() -> Target:
+        model = partners_repo.model_by_slug(session, owner, model_slug)
+        if model is None:
+            raise NotFound(f"no model {owner}/{model_slug}")
+        deployment = partners.serving_deployment(session, model)
+        if deployment is None:
+            raise NotFound(f"model {owner}/{model_slug} is not deployed")
+        pricing = billing.pricing_at(session, model.id)
+        return Target(model.id, deployment.id, deployment.version_id, deployment.pool,
+                      deployment.version.inputs_schema, pricing.license.tier, pricing.price_card.currency)
+
+    return cached("target", f"{owner}/{model_slug}", load)
+
+
 def submit(
     session: Session, account: Account, *, owner: str, model_slug: str, input: dict[str, Any],
-    webhook: str | None = None, idempotency_key: str | None = None, priority: str = "normal",
-    start_deadline_s: float | None = None,
+    webhook: str | None = None, webhook_events: list[str] | None = None,
+    idempotency_key: str | None = None, priority: str = "normal", start_deadline_s: float | None = None,
 ) -> tuple[Request, bool]:
     """Queue a request for a model; returns (request, created). Enqueued only on commit."""
-    digest = body_digest({"model": f"{owner}/{model_slug}", "input": input, "webhook": webhook})
+    if moderation.is_account_suspended(session, account.id):
+        raise Forbidden("this account is suspended pending a content review", type="account-suspended")
+    events_filter = webhooks.normalise_events(webhook_events)
+    digest = body_digest({"model": f"{owner}/{model_slug}", "input": input, "webhook": webhook,
+                          "webhook_events": events_filter})
     if idempotency_key:
         existing = repo.request_by_idempotency_key(session, account.id, idempotency_key)
         if existing is not None:
             if existing.body_digest != digest:
                 raise Conflict("this Idempotency-Key was used with a different body")
             return existing, False
-    model = partners_repo.model_by_slug(session, owner, model_slug)
-    if model is None:
-        raise NotFound(f"no model {owner}/{model_slug}")
-    deployment = partners.serving_deployment(session, model)
-    if deployment is None:
-        raise NotFound(f"model {owner}/{model_slug} is not deployed")
-    pricing = billing.pricing_at(session, model.id)
-    if pricing.license.tier == "revenue_share" and not account.commercial_use:
+    target = _target(session, owner, model_slug)
+    if target.license_tier == "revenue_share" and not account.commercial_use:
         raise Forbidden(f"{owner}/{model_slug} is licensed for commercial use only to enabled accounts")
-    filled = validate_input(deployment.version.inputs_schema, input)
-    verdict = moderation.check_input(session, account_id=account.id, model_id=model.id, input=filled)
+    if webhook:
+        webhooks.check_url(webhook)
+    filled = validate_input(target.inputs_schema, input)
+    request_id = new_id("req")
+    verdict = moderation.check_input(session, account_id=account.id, model_id=target.model_id,
+                                     input=filled, request_id=request_id)
     now = utcnow()
     req = Request(
-        account_id=account.id, model_id=model.id, version_id=deployment.version_id,
-        deployment_id=deployment.id, model_ref=f"{owner}/{model_slug}", pool=deployment.pool,
-        priority=priority, input=filled, webhook=webhook, idempotency_key=idempotency_key,
-        body_digest=digest, currency=pricing.price_card.currency, created_at=now,
+        id=request_id,
+        account_id=account.id, model_id=target.model_id, version_id=target.version_id,
+        deployment_id=target.deployment_id, model_ref=f"{owner}/{model_slug}",
+        pool=pools.route(session, account_id=account.id, model_id=target.model_id, default_pool=target.pool),
+        priority=priority, input=filled, webhook=webhook, webhook_events=events_filter,
+        idempotency_key=idempotency_key, body_digest=digest, currency=target.currency, created_at=now,
         moderation_input=verdict.decision,
         deadline_at=now + dt.timedelta(seconds=start_deadline_s) if start_deadline_s else None,
     )
@@ -106,9 +142,13 @@ def submit(
         if existing is None or existing.body_digest != digest:
             raise Conflict("this Idempotency-Key was used with a different body") from exc
         return existing, False
-    if not verdict.blocked:
+    if verdict.blocked:
+        lifecycle.announce(session, req)
+    else:
+        events.publish_after_commit(session, req.id, "status", {"status": "queued"})
+        # Redis lists one step per priority; a worker takes the lower number first.
         enqueue(session, RUN_TASK, req.id, queue=pool_queue(req.pool),
-                priority=0 if priority == "normal" else 5)
+                priority=PRIORITIES[priority])
     return req, True
 
 
@@ -128,12 +168,13 @@ def cancel(session: Session, account: Account, request_id: str) -> Request:
     if locked.status == "queued":
         locked.status = "canceled"
         locked.completed_at = utcnow()
-        events.publish_after_commit(session, locked.id, "status", {"status": "canceled"})
-    elif locked.status == "running":
+        lifecycle.announce(session, locked)
+    elif locked.status == "running" and not locked.cancel_requested:
         locked.cancel_requested = True
         events.publish_after_commit(session, locked.id, "cancel", {})
     return locked
 
 
 def is_final(req: Request) -> bool:
+    """True once the request has its final status."""
     return req.status in FINAL_STATUSES

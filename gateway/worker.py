@@ -7,8 +7,8 @@ from celery import signals
 from gateway import tasks  # noqa: F401  - registers the tasks
 from kit.db import assert_migrated
 from kit.tasks import get_celery
-from moderation import service as moderation
 from kit.telemetry import setup_tracing
+from moderation import service as moderation
 
 app = get_celery()
 
@@ -18,6 +18,13 @@ def _check_schema(**_: object) -> None:
     setup_tracing("mediagate-worker")
     assert_migrated()
     moderation.warm_up()
+
+
+@signals.worker_ready.connect
+def _start_housekeeping(**_: object) -> None:
+    from gateway.sweeps import start_ticker
+
+    start_ticker()
 
 
 @signals.worker_shutdown.connect

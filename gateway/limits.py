@@ -1,0 +1,163 @@
+"""Per-key rate limits shared by every API process through Redis, and request body limits.
+
+The limiter is a token bucket kept in one Redis hash per key and updated by a Lua script,
+so concurrent API processes see one budget and the clock is Redis's own. Answers carry the
+IETF draft `RateLimit-*` headers; a refusal is 429 with `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.config import get_gateway_settings
+from kit.errors import PROBLEM_BASE, RateLimited
+from kit.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# KEYS[1]: the bucket; ARGV: rate (tokens/s), burst, cost. Returns {allowed, tokens, retry_ms}.
+_BUCKET = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil then tokens = burst; ts = now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local allowed = 0
+local retry = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  retry = math.ceil((cost - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return {allowed, tostring(tokens), retry}
+"""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int
+    retry_after_s: int
+    window_s: int
+
+    def headers(self) -> dict[str, str]:
+        """The `RateLimit-*` headers (and `Retry-After` when refused)."""
+        out = {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining),
+               "RateLimit-Reset": str(self.reset_s), "RateLimit-Policy": f"{self.limit};w={self.window_s}"}
+        if not self.allowed:
+            out["Retry-After"] = str(self.retry_after_s)
+        return out
+
+
+@functools.cache
+def _script():  # type: ignore[no-untyped-def]
+    import redis
+
+    return redis.Redis.from_url(get_settings().redis_url).register_script(_BUCKET)
+
+
+def take(bucket: str, *, rate_per_s: float, burst: int, cost: int = 1) -> Verdict | None:
+    """Take `cost` tokens from a bucket; None when no Redis is configured (no limit)."""
+    if not get_settings().redis_url:
+        return None
+    try:
+        allowed, tokens, retry_ms = _script()(keys=[f"mediagate:rl:{bucket}"], args=[rate_per_s, burst, cost])
+    except Exception:  # noqa: BLE001 - a Redis outage must not take the API down with it
+        log.warning("rate limiter unavailable; letting the request through", exc_info=True)
+        return None
+    left = float(tokens)
+    return Verdict(allowed=bool(allowed), limit=burst, remaining=max(0, math.floor(left)),
+                   reset_s=math.ceil(max(0.0, burst - left) / rate_per_s),
+                   retry_after_s=max(1, math.ceil(int(retry_ms) / 1000)),
+                   window_s=max(1, math.ceil(burst / rate_per_s)))
+
+
+def enforce(state: dict, bucket: str, *, rate_per_s: float, burst: int) -> None:
+    """Take a token or raise 429; the headers go on the answer either way (see `CustomerEdges`)."""
+    verdict = take(bucket, rate_per_s=rate_per_s, burst=burst)
+    if verdict is None:
+        return
+    state["ratelimit_headers"] = verdict.headers()
+    if not verdict.allowed:
+        raise RateLimited(f"rate limit of {burst} requests (refilling {rate_per_s:g}/s) reached; "
+                          f"retry in {verdict.retry_after_s} s", headers=verdict.headers())
+
+
+# Customer API paths whose bodies are small JSON; partner uploads have limits of their own.
+LIMITED_PREFIXES = ("/v1/models/", "/v1/requests/", "/v1/webhooks", "/v1/account")
+
+
+class CustomerEdges:
+    """ASGI middleware: 413 for oversized customer bodies; `RateLimit-*` headers on answers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        limit = get_gateway_settings().max_body_bytes
+        if scope["path"].startswith(LIMITED_PREFIXES) and scope["method"] in ("POST", "PUT", "PATCH"):
+            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            if length is not None and length.isdigit() and int(length) > limit:
+                await _too_large(scope, send, limit)
+                return
+            receive = _counting(receive, limit)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = state.get("ratelimit_headers")
+                if extra:
+                    present = {k.lower() for k, _ in message.get("headers", [])}
+                    message["headers"] = list(message.get("headers", [])) + [
+                        (k.lower().encode(), v.encode()) for k, v in extra.items() if k.lower().encode() not in present
+                    ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                from starlette.exceptions import HTTPException
+
+                raise HTTPException(413, f"the request body is over the {limit}-byte limit")
+        return message
+
+    return wrapped
+
+
+async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+    import json
+
+    body = json.dumps({"type": PROBLEM_BASE + "payload-too-large", "title": "Payload too large",
+                       "status": 413, "detail": f"the request body is over the {limit}-byte limit",
+                       "instance": scope["path"]}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/problem+json"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,124 @@
+"""Housekeeping: deadlines that pass in the queue, webhook retries that come due, retention.
+
+`tick()` runs every `sweep_interval_s` in each worker (one worker at a time does the work,
+under a Redis lock), so a queued request whose `Request-Timeout` passes ends `expired` even
+when no worker ever picks it up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import threading
+from typing import Any
+
+from gateway import lifecycle, webhooks
+from gateway import repository as repo
+from gateway.config import get_gateway_settings
+from kit.db import session_scope, utcnow
+from kit.settings import get_settings
+from kit.storage import get_storage
+
+log = logging.getLogger(__name__)
+LOCK_KEY = "mediagate:sweep"
+RETENTION_EVERY = 60  # ticks
+
+
+def expire_overdue() -> int:
+    """End queued requests whose start deadline passed: `expired`, never charged."""
+    with session_scope() as session:
+        now = utcnow()
+        overdue = repo.overdue_queued(session, now)
+        for req in overdue:
+            req.status, req.completed_at = "expired", now
+            req.error = "the request did not start before its Request-Timeout deadline"
+            lifecycle.announce(session, req)
+        return len(overdue)
+
+
+def _purge(value: Any, gone: set[str]) -> Any:
+    if isinstance(value, dict) and value.get("$file_id") in gone:
+        return {**{k: v for k, v in value.items() if k != "$file_id"}, "expired": True}
+    if isinstance(value, dict):
+        return {k: _purge(v, gone) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_purge(v, gone) for v in value]
+    return value
+
+
+def purge_expired_files(limit: int = 500) -> int:
+    """Delete output files past their account's retention; their requests keep the metadata."""
+    from gateway.models import Request
+
+    default_days = get_gateway_settings().retention_days
+    now = utcnow()
+    deleted = 0
+    with session_scope() as session:
+        custom = repo.accounts_with_retention(session)
+        batches = [repo.files_older_than(session, now - dt.timedelta(days=s.retention_days),
+                                         account_id=s.account_id, limit=limit)
+                   for s in custom if s.retention_days]
+        if default_days:
+            batches.append(repo.files_older_than(session, now - dt.timedelta(days=default_days),
+                                                 exclude_accounts=[s.account_id for s in custom], limit=limit))
+        by_request: dict[str, set[str]] = {}
+        for f in (f for batch in batches for f in batch):
+            get_storage().delete(f.storage_key)
+            by_request.setdefault(f.request_id, set()).add(f.id)
+            session.delete(f)
+            deleted += 1
+        session.flush()
+        for request_id, gone in by_request.items():
+            req = session.get(Request, request_id)
+            if req is not None:
+                req.output = _purge(req.output, gone)
+    return deleted
+
+
+@functools.cache
+def _redis() -> Any:
+    import redis
+
+    return redis.Redis.from_url(get_settings().redis_url)
+
+
+def _leader(interval_s: float) -> bool:
+    # One worker per interval does the work; the others skip this tick.
+    if not get_settings().redis_url:
+        return True
+    try:
+        return bool(_redis().set(LOCK_KEY, "1", nx=True, px=max(1, int(interval_s * 900))))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+_ticks = 0
+
+
+def tick() -> None:
+    """One round of housekeeping (skipped when another worker has this round)."""
+    global _ticks
+    if not _leader(get_gateway_settings().sweep_interval_s):
+        return
+    _ticks += 1
+    expire_overdue()
+    webhooks.send_due()
+    if _ticks % RETENTION_EVERY == 1:
+        purge_expired_files()
+
+
+def start_ticker() -> threading.Event:
+    """Run `tick()` every `sweep_interval_s` in a daemon thread; set the event to stop it."""
+    stop = threading.Event()
+    interval = get_gateway_settings().sweep_interval_s
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                tick()
+            except Exception:  # noqa: BLE001 - housekeeping must outlive a bad round
+                log.exception("housekeeping round failed")
+
+    threading.Thread(target=loop, name="mediagate-sweeps", daemon=True).start()
+    return stop
