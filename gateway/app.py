@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from billing.endpoints import router as billing_router
+from billing.portal_pages import router as portal_router
 from gateway import limits, openapi
 from gateway.account_endpoints import router as account_router
 from gateway.admin import router as admin_router
@@ -37,6 +38,7 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     install_error_handlers(app)
     for router in (customer_router, account_router, partner_router, billing_router, admin_router):
         app.include_router(router)
+    app.include_router(portal_router)
     app.add_middleware(limits.CustomerEdges)
     app.add_middleware(TracingMiddleware)  # outermost: the span covers the whole request
     openapi.install(app)
