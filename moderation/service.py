@@ -25,9 +25,10 @@ After the run, before any output is stored where the customer can fetch it:
        held the account and queued a review task; `verdict.escalated` says so.)
      - otherwise, for each `f in verdict.files`:
          `f.action == "keep"`: store `f.path` as usual;
-         `f.action == "replace"`: store `f.replace_with` (a blurred PNG of the same
-           dimensions that moderation wrote next to the original) in its place, delete
-           the original; `verdict.replacements` maps original → stand-in for convenience.
+         `f.action == "replace"`: store `f.replace_with` in its place (a blurred
+           stand-in that moderation wrote next to the original: same dimensions, same
+           format for PNG/JPEG/WebP, PNG otherwise), e.g. `os.replace(f.replace_with,
+           f.path)`; `verdict.replacements` maps original → stand-in for convenience.
        `flagged` outputs are still delivered (and charged); the flag is for tracking.
   The envelope's `moderation` is `moderation_summary(session, request_id)`:
   `{"input": "passed", "output": "flagged", "categories": [...], "reason": ...}`.

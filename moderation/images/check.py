@@ -149,11 +149,16 @@ def analyze_media(
     return findings, frames
 
 
+_STAND_IN_FORMATS = (".png", ".jpg", ".jpeg", ".webp")
+
+
 def write_replacement(original: Path, frames: Frames) -> Path:
-    """A blurred stand-in for an image, written next to it as `<name>.moderated.png`.
+    """A blurred stand-in for an image, written next to it as `<name>.moderated<ext>`.
 
     The picture is reduced to a few dozen pixels before it is blurred, so nothing of the
-    content can be recovered from the stand-in; it keeps the original's size.
+    content can be recovered from the stand-in. It keeps the original's dimensions and,
+    for PNG, JPEG and WebP, its format (others get PNG), so it can take the original's
+    place under the same name.
     """
     rgb = frames.frames[0]
     h, w = rgb.shape[:2]
@@ -164,7 +169,8 @@ def write_replacement(original: Path, frames: Frames) -> Path:
     height = max(1, round(frames.height * width / max(1, frames.width)))
     blurred = cv2.resize(tiny, (width, height), interpolation=cv2.INTER_CUBIC)
     blurred = cv2.GaussianBlur(blurred, (0, 0), max(width, height) / 64)
-    target = original.with_name(original.name + ".moderated.png")
+    suffix = original.suffix.lower() if original.suffix.lower() in _STAND_IN_FORMATS else ".png"
+    target = original.with_name(original.name + ".moderated" + suffix)
     if not cv2.imwrite(str(target), cv2.cvtColor(np.ascontiguousarray(blurred), cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write the blurred stand-in {target}")
     return target

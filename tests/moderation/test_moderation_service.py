@@ -123,6 +123,11 @@ def test_safety_checker_blurs_instead_of_dropping(db: Session, tmp_path: Path) -
     assert verdict.replacements == {image: file.replace_with}
     stand_in = read_image(file.replace_with, max_pixels=10**8)
     assert (stand_in.width, stand_in.height) == (1024, 1024)
+    assert file.replace_with.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    jpeg = save(nsfw_figure(), tmp_path / "out2.jpg", quality=90)
+    again = check_output(db, account_id=account, model_id=model, request_id=request, files=[jpeg])
+    assert again.files[0].replace_with.name == "out2.jpg.moderated.jpg"
+    assert again.files[0].replace_with.read_bytes()[:3] == b"\xff\xd8\xff"
     # the stand-in no longer reads as nudity
     second = check_output(db, account_id=new_id("acc"), model_id=model, request_id=new_id("req"),
                           files=[file.replace_with])
