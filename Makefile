@@ -3,9 +3,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: setup run test lint services bench-gateway migration
+.PHONY: setup system-deps run test lint services bench-gateway migration
 
-setup: $(VENV)/.installed
+setup: system-deps $(VENV)/.installed
+
+# Debian packages: bubblewrap for sandboxes, a compiler for wheels built from source, and
+# what the tests drive (skopeo, umoci, chromium).
+system-deps:
+	scripts/system-deps.sh
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +30,6 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: setup services
-	scripts/system-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
