@@ -254,7 +254,36 @@ def _ensure_payees(session: Session, wanted: set[tuple[str, str]]) -> dict[tuple
     return known
 
 
-def _statements(session: Session, period: str) -> dict[str, int]:
+@dataclass
+class PayeeRow:
+    """One payee's statement figures for a period, before (or without) being written."""
+
+    payee: Payee
+    currency: str
+    requests: int
+    gross: int
+    fees: int
+    royalties: int
+    credits: int
+    refunds: int
+    net: int
+    carried_in: int
+    payable: int
+    payout_cents: int
+    lines: list[dict[str, Any]]
+
+    @property
+    def carried_out(self) -> int:
+        return self.payable - self.payout_cents * MICROS_PER_CENT
+
+
+def statement_rows(session: Session, period: str, *, create_payees: bool = True) -> list[PayeeRow]:
+    """Each payee's figures for a period, from its payable legs and its models' usage.
+
+    net = share of usage − refunds + credits (minimum-fee top-ups, returned payouts,
+    corrections); payable = carried in + net; whole cents of it are paid out when the payee
+    has a Connect account and it reaches the minimum payout, the rest is carried.
+    """
     kinds: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for prefix in ("partner:", "licensor:"):
         for ledger_account, kind, currency, total in core_repo.period_sums(session, period, prefix):
@@ -283,14 +312,19 @@ def _statements(session: Session, period: str) -> dict[str, int]:
                            "generations": int(generations or 0), "gross_micros": int(gross),
                            "share_micros": int(royalty)})
 
-    payees = _ensure_payees(session, {(k, r) for k, r, _ in set(kinds) | set(info)})
+    wanted = {(k, r) for k, r, _ in set(kinds) | set(info)}
+    if create_payees:
+        payees = _ensure_payees(session, wanted)
+    else:
+        payees = repo.payees(session)
+        for kind, ref in wanted - set(payees):
+            payees[(kind, ref)] = Payee(id=None, kind=kind, ref=ref, name=ref)
     carries = repo.previous_statement_carries(session, period)
-    by_id = {p.id: p for p in payees.values()}
+    by_id = {p.id: p for p in payees.values() if p.id}
     keys = set(kinds) | set(info)
     keys |= {(by_id[pid].kind, by_id[pid].ref, cur) for (pid, cur), carry in carries.items() if carry and pid in by_id}
     settings = get_billing_settings()
-    statements, payouts = [], []
-    paid_cents = 0
+    rows = []
     for kind, ref, currency in sorted(keys):
         payee = payees[(kind, ref)]
         legs = kinds.get((kind, ref, currency), {})
@@ -299,31 +333,41 @@ def _statements(session: Session, period: str) -> dict[str, int]:
         refunds = legs.get("refund", 0)
         credits = -sum(v for k, v in legs.items() if k not in ("usage", "refund", "payout"))
         net = -legs.get("usage", 0) - refunds + credits
-        carried_in = carries.get((payee.id, currency), 0)
+        carried_in = carries.get((payee.id, currency), 0) if payee.id else 0
         payable = carried_in + net
         cents = 0
         if payee.stripe_account_id and payable >= max(settings.min_payout_micros, MICROS_PER_CENT):
             cents = payable // MICROS_PER_CENT
         i = info.get((kind, ref, currency), {"requests": 0, "gross": 0, "fees": 0, "royalties": 0, "lines": []})
+        rows.append(PayeeRow(payee, currency, i["requests"], i["gross"], i["fees"], i["royalties"], credits,
+                             refunds, net, carried_in, payable, cents, sorted(i["lines"], key=lambda x: x["model"])))
+    return rows
+
+
+def _statements(session: Session, period: str) -> dict[str, int]:
+    statements, payouts = [], []
+    paid_cents = 0
+    for row in statement_rows(session, period):
         statement_id = new_id("stm")
         statements.append({
-            "id": statement_id, "payee_id": payee.id, "period": period, "currency": currency,
-            "requests": i["requests"], "gross_micros": i["gross"], "fees_micros": i["fees"],
-            "royalties_micros": i["royalties"], "credits_micros": credits, "refunds_micros": refunds,
-            "net_micros": net, "carried_in_micros": carried_in, "payable_micros": payable,
-            "payout_cents": cents, "carried_out_micros": payable - cents * MICROS_PER_CENT,
-            "lines": sorted(i["lines"], key=lambda x: x["model"]), "created_at": utcnow()})
-        if cents:
+            "id": statement_id, "payee_id": row.payee.id, "period": period, "currency": row.currency,
+            "requests": row.requests, "gross_micros": row.gross, "fees_micros": row.fees,
+            "royalties_micros": row.royalties, "credits_micros": row.credits, "refunds_micros": row.refunds,
+            "net_micros": row.net, "carried_in_micros": row.carried_in, "payable_micros": row.payable,
+            "payout_cents": row.payout_cents, "carried_out_micros": row.carried_out, "lines": row.lines,
+            "created_at": utcnow()})
+        if row.payout_cents:
             payout_id = new_id("pyo")
-            payouts.append({"id": payout_id, "statement_id": statement_id, "payee_id": payee.id, "period": period,
-                            "amount_cents": cents, "currency": currency, "destination": payee.stripe_account_id,
-                            "status": "pending", "created_at": utcnow()})
-            amount = cents * MICROS_PER_CENT
-            post_transaction(session, [(ledger.payee_account(kind, ref), amount),
+            payouts.append({"id": payout_id, "statement_id": statement_id, "payee_id": row.payee.id,
+                            "period": period, "amount_cents": row.payout_cents, "currency": row.currency,
+                            "destination": row.payee.stripe_account_id, "status": "pending",
+                            "created_at": utcnow()})
+            amount = row.payout_cents * MICROS_PER_CENT
+            post_transaction(session, [(ledger.payee_account(row.payee.kind, row.payee.ref), amount),
                                        (ledger.PAYOUTS_IN_TRANSIT, -amount)],
-                             currency=currency, kind="payout", period=period, ref=payout_id,
-                             memo=f"payout of {period} to {kind} {ref}")
-            paid_cents += cents
+                             currency=row.currency, kind="payout", period=period, ref=payout_id,
+                             memo=f"payout of {period} to {row.payee.kind} {row.payee.ref}")
+            paid_cents += row.payout_cents
     repo.insert_statements(session, statements, payouts)
     return {"statements": len(statements), "payouts": len(payouts), "payout_cents": paid_cents}
 

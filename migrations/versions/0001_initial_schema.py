@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 00:55:13.025373
+Create Date: 2026-11-22 01:04:22.532361
 """
 from collections.abc import Sequence
 
