@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from billing.endpoints import customer_router as billing_customer_router
 from billing.endpoints import router as billing_router
 from billing.portal_pages import router as portal_router
 from gateway import limits, openapi
 from gateway.account_endpoints import router as account_router
 from gateway.admin import router as admin_router
+from gateway.auth import account_writer
 from gateway.endpoints import router as customer_router
 from kit.db import assert_migrated
 from kit.telemetry import TracingMiddleware, setup_tracing
@@ -39,6 +41,7 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     for router in (customer_router, account_router, partner_router, billing_router, admin_router):
         app.include_router(router)
     app.include_router(portal_router)
+    app.include_router(billing_customer_router(account_writer))
     app.add_middleware(limits.CustomerEdges)
     app.add_middleware(TracingMiddleware)  # outermost: the span covers the whole request
     openapi.install(app)

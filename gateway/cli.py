@@ -15,9 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from billing.cli import app as billing_app
+
 app = typer.Typer(help="mediagate: hosting gateway for generative-media models.", no_args_is_help=True)
 report_app = typer.Typer(help="Finance reports.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
+app.add_typer(billing_app, name="billing")
 console = Console()
 
 

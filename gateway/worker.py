@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import signals
 
+from billing import tasks as billing_tasks  # noqa: F401  - registers billing tasks and beat
 from gateway import tasks  # noqa: F401  - registers the tasks
 from kit.db import assert_migrated
 from kit.tasks import get_celery
