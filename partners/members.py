@@ -257,3 +257,8 @@ def require_session(session: Session, token: str | None) -> PortalSession:
     if row is None:
         raise Unauthorized("sign in to the portal first")
     return row
+
+
+def prune_sessions(session: Session) -> int:
+    """Delete sessions past their expiry (for a periodic task)."""
+    return repo.prune_portal_sessions(session, utcnow())

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from kit.db import get_session
 from kit.web import problem_response
 from kit.web import router as make_router
+from partners import repository as repo
 from partners import uploads
 from partners.auth import Actor, current_actor, current_partner
 from partners.models import Partner, UploadSession
@@ -53,7 +54,7 @@ def list_uploads(
     session: Session = Depends(get_session),
 ) -> list[UploadOut]:
     """The partner's recent uploads, newest first."""
-    return [upload_out(u) for u in uploads.repo.uploads_of(session, partner.id, status=status)]
+    return [upload_out(u) for u in repo.uploads_of(session, partner.id, status=status)]
 
 
 @router.get("/uploads/{upload_id}", response_model=UploadOut)

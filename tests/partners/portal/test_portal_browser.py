@@ -68,13 +68,26 @@ def test_sign_in_create_upload_deploy_watch_logs_and_earn(page, api: TestClient,
     package = _package(tmp_path)
     page.eval_on_selector("#upload-form", "f => { f.dataset.chunkBytes = '2048'; }")
     page.set_input_files("#upload-file", str(package))
-    chunks = []
+    chunks: list[str | None] = []
     page.on("request", lambda r: chunks.append(r.headers.get("upload-offset")) if r.method == "PATCH" else None)
+    dropped: list[str] = []
+
+    def drop_one_chunk(route) -> None:  # type: ignore[no-untyped-def]
+        # The connection drops once mid-upload: the script asks for the offset and resumes.
+        if route.request.method == "PATCH" and route.request.headers.get("upload-offset") == "4096" and not dropped:
+            dropped.append("4096")
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/v1/partner/uploads/*", drop_one_chunk)
     page.click("#upload-button")
     expect(page.locator("#upload-status")).to_contain_text("Version 1 is ready", timeout=15_000)
     assert page.eval_on_selector("#upload-progress", "p => p.value") == 100
     shot(page, "03-upload-done")
-    assert len(chunks) == -(-package.stat().st_size // 2048) and chunks[0] == "0"
+    assert dropped == ["4096"] and chunks.count("4096") == 2  # resumed at the same offset
+    page.errors[:] = [e for e in page.errors if "ERR_FAILED" not in e]  # the drop we caused
+    assert len(chunks) == -(-package.stat().st_size // 2048) + 1 and chunks[0] == "0"
     page.wait_for_url("**/portal/models/art?notice=uploaded")
     expect(page.locator("#versions")).to_contain_text("v1")
     shot(page, "04-model-with-version")
