@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from billing.models import Account
@@ -20,6 +21,10 @@ from kit.settings import get_settings
 
 # Reads (polling, events) get this many times the account's write budget.
 READ_FACTOR = 10
+API_KEY = APIKeyHeader(name="Authorization", scheme_name="CustomerKey", auto_error=False,
+                       description="`Key <api key>` or `Bearer <api key>`")
+ADMIN_KEY = APIKeyHeader(name="Authorization", scheme_name="AdminKey", auto_error=False,
+                         description="`Bearer <admin key>`")
 
 
 @dataclass(frozen=True)
@@ -80,19 +85,19 @@ def _account(authorization: str | None, request: Request, session: Session, scop
     return account
 
 
-def account_writer(request: Request, authorization: str | None = Header(default=None),
+def account_writer(request: Request, authorization: str | None = Security(API_KEY),
                    session: Session = Depends(get_session)) -> Account:
     """The account behind a key with `requests:write`."""
     return _account(authorization, request, session, "requests:write")
 
 
-def account_reader(request: Request, authorization: str | None = Header(default=None),
+def account_reader(request: Request, authorization: str | None = Security(API_KEY),
                    session: Session = Depends(get_session)) -> Account:
     """The account behind a key with `requests:read`."""
     return _account(authorization, request, session, "requests:read")
 
 
-def admin(authorization: str | None = Header(default=None)) -> None:
+def admin(authorization: str | None = Security(ADMIN_KEY)) -> None:
     """Platform operators only."""
     token = bearer_token(authorization)
     if token is None or not hmac.compare_digest(token, get_settings().admin_key):

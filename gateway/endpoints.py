@@ -108,10 +108,18 @@ def submit(
 
 
 @router.get("/requests/{request_id}", response_model=Envelope, responses=problems(404))
-def get_request(request_id: str = RequestId, account: Account = Depends(account_reader),
-                session: Session = Depends(get_session)) -> Envelope:
+def get_request(
+    request_id: str = RequestId,
+    prefer: str | None = Header(default=None, max_length=200, description=(
+        "`wait=N` (N ≤ 60): a long poll, answered when the request finishes or after N s")),
+    account: Account = Depends(account_reader), session: Session = Depends(get_session),
+) -> Any:
     """The request's envelope: status, queue position, output, metrics and cost."""
-    return env.envelope(session, service.get_request(session, account, request_id))
+    req = service.get_request(session, account, request_id)
+    wait_s = _prefer_wait(prefer)
+    if wait_s and req.status not in FINAL_STATUSES:
+        return WaitThenEnvelope(req.id, account.id, wait_s, 200)
+    return env.envelope(session, req)
 
 
 @router.post("/requests/{request_id}/cancel", response_model=Envelope, responses=problems(404))

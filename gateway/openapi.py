@@ -40,6 +40,12 @@ def _fix(schema: dict[str, Any]) -> dict[str, Any]:
     for path, operations in schema.get("paths", {}).items():
         customer = path.startswith(CUSTOMER_PREFIXES)
         for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                # A header or query value is a string or absent, never JSON null.
+                options = parameter.get("schema", {}).get("anyOf")
+                if options and {"type": "null"} in options and len(options) == 2:
+                    (kept,) = [o for o in options if o != {"type": "null"}]
+                    parameter["schema"] = {**{k: v for k, v in parameter["schema"].items() if k != "anyOf"}, **kept}
             responses = operation.get("responses", {})
             if "422" in responses:
                 responses["422"] = {"description": REASONS[422],

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, HttpUrl
+from pydantic import AnyUrl, BaseModel, Field, UrlConstraints, WithJsonSchema
 
 Status = Literal["queued", "running", "succeeded", "failed", "canceled", "expired", "blocked"]
 
 
+# http(s) only, and no longer than the column that keeps it.
+WebhookUrl = Annotated[AnyUrl, UrlConstraints(max_length=2000, allowed_schemes=["http", "https"]),
+                       WithJsonSchema({"type": "string", "format": "uri", "pattern": "^https?://[^/?#\\s]+",
+                                       "maxLength": 2000})]
 WebhookEvent = Literal["completed", "started", "succeeded", "failed", "canceled", "expired", "blocked",
                        "request.started", "request.succeeded", "request.failed", "request.canceled",
                        "request.expired", "request.blocked"]
@@ -17,7 +21,7 @@ WebhookEvent = Literal["completed", "started", "succeeded", "failed", "canceled"
 
 class SubmitBody(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict, description="The model's inputs (see its schema)")
-    webhook: HttpUrl | None = Field(default=None, description="Called when the request finishes")
+    webhook: WebhookUrl | None = Field(default=None, description="Called when the request finishes")
     webhook_events: list[WebhookEvent] | None = Field(
         default=None, max_length=13,
         description="Events sent to `webhook` (default: `completed`, i.e. every final status)")
@@ -124,7 +128,7 @@ class AccountCreated(BaseModel):
 
 
 class WebhookEndpointIn(BaseModel):
-    url: HttpUrl
+    url: WebhookUrl
     events: list[WebhookEvent] | None = Field(default=None, max_length=13,
                                               description="Default: `completed` (every final status)")
     description: str = Field(default="", max_length=500)
@@ -132,7 +136,7 @@ class WebhookEndpointIn(BaseModel):
 
 
 class WebhookEndpointPatch(BaseModel):
-    url: HttpUrl | None = None
+    url: WebhookUrl | None = None
     events: list[WebhookEvent] | None = Field(default=None, max_length=13)
     description: str | None = Field(default=None, max_length=500)
     enabled: bool | None = None

@@ -51,12 +51,12 @@ def validate_input(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, An
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
-        field = ".".join(str(p) for p in error.absolute_path) or (
-            error.validator_value[0] if error.validator == "required" and error.validator_value else "input")
-        if error.validator == "required":
+        path = ".".join(str(p) for p in error.absolute_path)
+        if error.validator == "required" and not path:
             missing = [f for f in error.validator_value if f not in data]
-            field = missing[0] if missing else field
-        raise InvalidInput(f"input.{field}: {error.message}", field=f"input.{field}")
+            path = missing[0] if missing else ""
+        field = f"input.{path}" if path else "input"
+        raise InvalidInput(f"{field}: {error.message}", field=field)
     filled = dict(data)
     for name, prop in schema.get("properties", {}).items():
         if name not in filled and "default" in prop:
@@ -133,9 +133,10 @@ def submit(
         req.status = "blocked"
         req.error = verdict.reason or "the input was blocked by content policy"
         req.completed_at = now
-    session.add(req)
     try:
+        # In the savepoint, so a lost race leaves nothing pending in the outer transaction.
         with session.begin_nested():
+            session.add(req)
             session.flush()
     except IntegrityError as exc:  # a concurrent submit with the same Idempotency-Key won
         existing = repo.request_by_idempotency_key(session, account.id, idempotency_key or "")
