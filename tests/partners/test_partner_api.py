@@ -375,3 +375,48 @@ def test_a_partner_never_sees_another_partners_anything(api: TestClient, package
     # And A still sees all of it.
     assert api.get(d, headers=a).status_code == 200
     assert api.get(f"/v1/partner/requests/{req_id}/logs", headers=a).status_code == 200
+
+
+def test_usage_stats_on_the_embedded_sqlite_database(tmp_path: Path) -> None:
+    """The embedded default has no percentile aggregate; the numbers must match PostgreSQL's."""
+    from sqlalchemy.orm import Session
+
+    from billing.models import Account
+    from gateway.models import Request
+    from kit.db import make_engine
+    from kit.migrate import upgrade
+    from partners import repository as repo
+    from partners.models import Deployment, Model, ModelVersion, Partner
+
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    when = dt.datetime(2026, 11, 20, 10, 5, tzinfo=dt.UTC)
+    with Session(engine) as s:
+        partner, account = Partner(slug="acme", name="Acme"), Account(name="C")
+        s.add_all([partner, account])
+        s.flush()
+        model = Model(partner_id=partner.id, slug="art")
+        s.add(model)
+        s.flush()
+        version = ModelVersion(model_id=model.id, number=1, artifact_digest="sha256:x", artifact_size=1, manifest={})
+        s.add(version)
+        s.flush()
+        dep = Deployment(model_id=model.id, version_id=version.id)
+        s.add(dep)
+        s.flush()
+        for i, (status, ms) in enumerate([("succeeded", 100), ("succeeded", 200), ("succeeded", 300),
+                                          ("succeeded", 400), ("failed", None)]):
+            s.add(Request(account_id=account.id, model_id=model.id, version_id=version.id, deployment_id=dep.id,
+                          model_ref="acme/art", pool="shared", status=status, input={}, run_ms=ms,
+                          created_at=when + dt.timedelta(minutes=i)))
+        s.flush()
+        rows = repo.request_stats(s, partner.id, since=when - dt.timedelta(days=1), until=when + dt.timedelta(days=1),
+                                  bucket="hour")
+        day = repo.request_stats(s, partner.id, since=when - dt.timedelta(days=1), until=when + dt.timedelta(days=1),
+                                 bucket="day")
+    engine.dispose()
+    assert [(r["bucket"], r["requests"], r["succeeded"], r["failed"]) for r in rows] == [
+        (dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC), 5, 4, 1)]
+    assert rows[0]["p50_ms"] == pytest.approx(250) and rows[0]["p95_ms"] == pytest.approx(385)
+    assert day[0]["bucket"] == dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
