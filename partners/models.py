@@ -56,6 +56,8 @@ class ModelVersion(Base):
     artifact_digest: Mapped[str] = mapped_column(String(80))
     artifact_size: Mapped[int] = mapped_column(BigInteger)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The validated package (layers, file tree) the sandbox needs to unpack it again.
+    package: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     @property

@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 from kit.db import utcnow
 from kit.errors import Conflict, InvalidInput, NotFound
 from kit.keys import key_digest, new_key
-from kit.storage import get_storage
 from partners import repository as repo
 from partners.models import Deployment, DeploymentEvent, Model, ModelVersion, Partner, PartnerKey
 from partners.packaging import PackageLimits, validate_stream
+from partners.tenancy.packages import store_package
 
 
 def create_partner(session: Session, *, slug: str, name: str) -> tuple[Partner, str]:
@@ -65,25 +65,18 @@ def create_version(
     """Validate an uploaded package and store it as the model's next version."""
     with open(archive, "rb") as f:
         package = validate_stream(f, limits or PackageLimits())
-    key = artifact_key(partner.id, digest)
-    storage = get_storage()
-    if not storage.exists(key):
-        storage.put_file(key, archive)
+    store_package(session, partner.id, archive, package)
     version = ModelVersion(
         model_id=model.id,
         number=repo.next_version_number(session, model.id),
         artifact_digest=f"sha256:{digest}",
         artifact_size=size,
         manifest=package.manifest.to_dict(),
+        package=package.to_dict(),
     )
     session.add(version)
     session.flush()
     return version
-
-
-def artifact_key(partner_id: str, digest: str) -> str:
-    """Where a partner's package archive lives in storage."""
-    return f"artifacts/{partner_id}/{digest.removeprefix('sha256:')}"
 
 
 def create_deployment(

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 01:04:22.532361
+Create Date: 2026-11-22 01:13:19.217215
 """
 from collections.abc import Sequence
 
@@ -743,6 +743,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_requests_account_created', ['account_id', 'created_at'], unique=False)
         batch_op.create_index('ix_requests_account_status', ['account_id', 'status'], unique=False)
         batch_op.create_index('ix_requests_pool_started', ['pool', 'started_at'], unique=False)
+        batch_op.create_index('ix_requests_queued', ['pool', 'priority', 'created_at'], unique=False, postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'"))
         batch_op.create_index('ix_requests_status_deadline', ['status', 'deadline_at'], unique=False)
         batch_op.create_index('ix_requests_status_pool', ['status', 'pool'], unique=False)
 
@@ -930,6 +931,7 @@ def downgrade() -> None:
     with op.batch_alter_table('requests', schema=None) as batch_op:
         batch_op.drop_index('ix_requests_status_pool')
         batch_op.drop_index('ix_requests_status_deadline')
+        batch_op.drop_index('ix_requests_queued', postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'"))
         batch_op.drop_index('ix_requests_pool_started')
         batch_op.drop_index('ix_requests_account_status')
         batch_op.drop_index('ix_requests_account_created')
