@@ -429,7 +429,10 @@ def chart(rows: list[Row], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    labels = [f"{r.op}\n{r.model}" for r in rows]
+    labels = [
+        f"{r.op}\n{r.model}" + (f" ({r.note.split()[0]})" if r.op == "linear_gelu_tanh" else "")
+        for r in rows
+    ]
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.7), 4.5))
     ax.bar([i - 0.2 for i in xs], [r.x_eager for r in rows], width=0.4, label="x eager")

@@ -40,15 +40,27 @@ def row_block(
 ) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps) for a kernel holding whole rows of n_cols in registers.
 
-    Measured on H200 (bench/kernels.py --sweep): 16 elements per thread, in tiles of 4096
-    for wide rows and 2048 for head-dim rows, beat both fewer and more warps per tile.
+    From the launch sweep on H200 (bench/kernels.py --sweep): rows of 4096 and wider do best
+    one per program at 32 elements per thread; narrower rows at 16 elements per thread, in
+    tiles of 4096 (2048 for head-dim rows).
     """
     block_n = triton.next_power_of_2(max(n_cols, 16))
     if block_m is None:
         block_m = max(1, min(64, (2048 if block_n <= 256 else 4096) // block_n))
     if num_warps is None:
-        num_warps = max(1, min(16, block_m * block_n // (16 * 32)))
+        per_thread = 32 if block_n >= 4096 else 16
+        num_warps = max(1, min(16, block_m * block_n // (per_thread * 32)))
     return block_m, block_n, num_warps
+
+
+def late_modulation(block_n: int) -> bool:
+    """Whether row kernels load shift/scale after the row statistics rather than up front.
+
+    Later loads keep fewer registers live while a row streams in from DRAM; for rows of 4096
+    that lets more programs stay resident (gated_residual_adaln at FLUX sizes: 79% -> 89% of
+    copy bandwidth on H200). Narrower rows were not measured to gain, so they load up front.
+    """
+    return block_n >= 4096
 
 
 def expand_modulation(mod: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from kernels._utils import (
     expand_modulation,
+    late_modulation,
     modulation_layout,
     row_block,
     sample_split,
@@ -58,6 +59,8 @@ def _adaln_kernel(
     mask = (r < R)[:, None] & cmask[None, :]
     off = (b * R + r)[:, None] * N + cols[None, :]
     x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
+    # Up front, the modulation's latency hides under the row's; after the statistics, fewer
+    # registers are live while the row streams in (see _utils.late_modulation).
     if not LATE_MOD:
         shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
         scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
@@ -74,7 +77,7 @@ def _adaln_kernel(
 
 def adaln_layernorm_launch(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out: torch.Tensor,
-    block_m: int | None = None, num_warps: int | None = None, late_mod: bool = False,
+    block_m: int | None = None, num_warps: int | None = None, late_mod: bool | None = None,
 ) -> torch.Tensor:
     """Run the kernel into a preallocated contiguous ``out`` shaped like x."""
     assert out.is_contiguous() and out.shape == x.shape
@@ -86,10 +89,12 @@ def adaln_layernorm_launch(
     sh, sh_b, sh_r, sh_ps = modulation_layout(shift, x2)
     sc, sc_b, sc_r, sc_ps = modulation_layout(scale, x2)
     block_m, block_n, warps = row_block(n, block_m, num_warps)
+    late = late_modulation(block_n) if late_mod is None else late_mod
     grid = (triton.cdiv(r, block_m), b)
     _adaln_kernel[grid](
         x2, sh, sc, out, r, n, sh_b, sh_r, sc_b, sc_r, eps,
-        PER_SAMPLE=sh_ps and sc_ps, LATE_MOD=late_mod, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        PER_SAMPLE=sh_ps and sc_ps, LATE_MOD=late,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return out
 

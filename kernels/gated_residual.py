@@ -22,6 +22,7 @@ import triton.language as tl
 
 from kernels._utils import (
     expand_modulation,
+    late_modulation,
     modulation_layout,
     row_block,
     sample_split,
@@ -65,6 +66,8 @@ def _gated_residual_adaln_kernel(
     x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(Y + off, mask=mask, other=0.0).to(tl.float32)
     g = _load_modulation(G, b, r, g_b, g_r, cols, mask, cmask, PER_SAMPLE)
+    # Up front, the modulation's latency hides under the row's; after the statistics, fewer
+    # registers are live while the row streams in (see _utils.late_modulation).
     if not LATE_MOD:
         shift = _load_modulation(SHIFT, b, r, sh_b, sh_r, cols, mask, cmask, PER_SAMPLE)
         scale = _load_modulation(SCALE, b, r, sc_b, sc_r, cols, mask, cmask, PER_SAMPLE)
@@ -107,7 +110,7 @@ def gated_residual_adaln_launch(
     x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor,
     shift: torch.Tensor, scale: torch.Tensor, eps: float,
     res_out: torch.Tensor, normed_out: torch.Tensor,
-    block_m: int | None = None, num_warps: int | None = None, late_mod: bool = False,
+    block_m: int | None = None, num_warps: int | None = None, late_mod: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused residual + adaLN norm into preallocated contiguous outputs."""
     assert x.shape == y.shape == res_out.shape == normed_out.shape
@@ -120,9 +123,11 @@ def gated_residual_adaln_launch(
     sh, sh_b, sh_r, sh_ps = modulation_layout(shift, x2)
     sc, sc_b, sc_r, sc_ps = modulation_layout(scale, x2)
     block_m, block_n, warps = row_block(n, block_m, num_warps)
+    late = late_modulation(block_n) if late_mod is None else late_mod
     _gated_residual_adaln_kernel[(triton.cdiv(r, block_m), b)](
         x2, g, y2, sh, sc, res_out, normed_out, r, n, g_b, g_r, sh_b, sh_r, sc_b, sc_r, eps,
-        PER_SAMPLE=g_ps and sh_ps and sc_ps, LATE_MOD=late_mod, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        PER_SAMPLE=g_ps and sh_ps and sc_ps, LATE_MOD=late,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return res_out, normed_out
 

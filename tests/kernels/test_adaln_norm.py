@@ -24,12 +24,15 @@ def test_matches_reference(shape, dtype, device, poisoned, assert_matches):
 
 
 @pytest.mark.parametrize("kind", ["per_sample_3d", "per_token"])
-def test_modulation_layouts(kind, dtype, device, poisoned, assert_matches):
+@pytest.mark.parametrize("late_mod", [False, True], ids=["early_mod", "late_mod"])
+def test_modulation_layouts(kind, late_mod, dtype, device, poisoned, assert_matches):
     shape = (2, 45, 160)
     x = torch.randn(shape, dtype=dtype, device=device)
     shift = _modulation(kind, shape, dtype, device)
     scale = _modulation(kind, shape, dtype, device)
-    out = adaln_layernorm_launch(x, shift, scale, 1e-5, poisoned(shape, dtype, device))
+    out = adaln_layernorm_launch(
+        x, shift, scale, 1e-5, poisoned(shape, dtype, device), late_mod=late_mod
+    )
     ref = adaln_layernorm_reference(x.float(), shift.float(), scale.float(), 1e-5)
     assert_matches(out, ref, dtype)
 

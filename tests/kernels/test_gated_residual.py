@@ -36,13 +36,14 @@ def test_gated_residual_per_token_gate(dtype, device, poisoned, assert_matches):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gated_residual_adaln(shape, dtype, device, poisoned, assert_matches):
+@pytest.mark.parametrize("late_mod", [None, True], ids=["default", "late_mod"])
+def test_gated_residual_adaln(shape, late_mod, dtype, device, poisoned, assert_matches):
     x, gate, y = _inputs(shape, dtype, device, gate_shape=(shape[0], 1, shape[-1]))
     shift = torch.randn(shape[0], shape[-1], dtype=dtype, device=device)
     scale = torch.randn(shape[0], shape[-1], dtype=dtype, device=device) * 0.3
     res, normed = gated_residual_adaln_launch(
         x, gate, y, shift, scale, 1e-6,
-        poisoned(shape, dtype, device), poisoned(shape, dtype, device),
+        poisoned(shape, dtype, device), poisoned(shape, dtype, device), late_mod=late_mod,
     )
     ref_res, ref_normed = gated_residual_adaln_reference(
         x.float(), gate.float(), y.float(), shift.float(), scale.float(), 1e-6
