@@ -18,6 +18,8 @@ from typing import Any
 from opentelemetry import trace
 
 from engine.runner.protocol import ProtocolError, recv_frame, send_frame
+from kit.ids import new_id
+from partners import logs
 from partners.tenancy.sandbox import Sandbox, SandboxError, SandboxSetupFailed
 from partners.tenancy.sandbox_spec import LayerSource, SandboxSpec
 
@@ -90,6 +92,7 @@ class Replica:
     """One sandboxed runner serving one deployment."""
 
     deployment_id: str
+    replica_id: str
     sandbox: Sandbox
     concurrency: int
     in_flight: int = 0
@@ -145,12 +148,19 @@ class Replica:
 
     def stop(self) -> None:
         self.sandbox.stop()
+        logs.report_replica(self.deployment_id, self.replica_id, "stopped")
 
 
 def start_replica(spec: DeploymentSpec, *, setup_timeout: float) -> Replica:
     """Open the package, start a sandbox on it and wait until the model has set up."""
+    replica_id = new_id("rep")
+    logs.report_replica(spec.deployment_id, replica_id, "starting")
     package = spec.open_package()
-    sandbox = Sandbox(spec.sandbox_spec(package))
+
+    def ship(stream: str, line: str) -> None:
+        logs.log_line(spec.deployment_id, line, replica_id=replica_id, stream=stream)
+
+    sandbox = Sandbox(spec.sandbox_spec(package), on_log=ship)
     try:
         with tracer.start_as_current_span("sandbox.start", attributes={
                 "mediagate.deployment_id": spec.deployment_id}):
@@ -158,11 +168,14 @@ def start_replica(spec: DeploymentSpec, *, setup_timeout: float) -> Replica:
             sandbox.wait_ready(setup_timeout)
     except SandboxSetupFailed as exc:
         sandbox.stop()
+        logs.report_replica(spec.deployment_id, replica_id, "failed", detail=exc.traceback)
         raise ReplicaError("the model failed to set up", partner_detail=exc.traceback) from exc
     except SandboxError as exc:
         sandbox.stop()
+        logs.report_replica(spec.deployment_id, replica_id, "failed", detail=exc.logs)
         raise ReplicaError(str(exc), partner_detail=exc.logs) from exc
-    return Replica(spec.deployment_id, sandbox, spec.concurrency)
+    logs.report_replica(spec.deployment_id, replica_id, "ready")
+    return Replica(spec.deployment_id, replica_id, sandbox, spec.concurrency)
 
 
 class ReplicaPool:
