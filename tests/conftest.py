@@ -19,6 +19,10 @@ TEST_DB = os.environ.get("MEDIAGATE_TEST_DB", "mediagate_test")
 REDIS_DB = os.environ.get("MEDIAGATE_TEST_REDIS_DB", "15")
 DATA_DIR = Path(tempfile.mkdtemp(prefix="mediagate-test-"))
 
+if not os.path.exists("/dev/nvidiactl"):
+    # No GPU: Triton kernels run in its interpreter, whichever test imports Triton first.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 os.environ.update(
     MEDIAGATE_ENV="test",
     MEDIAGATE_DATABASE_URL=f"{PG_HOST}/{TEST_DB}",
