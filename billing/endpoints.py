@@ -20,6 +20,7 @@ from billing.close.models import Invoice
 from billing.models import Account
 from billing.payments import service as payments
 from billing.reports import repository as reports_repo
+from billing.reports import service as reports_service
 from billing.reports.endpoints import router as finance_router
 from billing.schemas import BalanceOut, PricingIn, PricingOut, StatementOut, TopupIn, TopupOut
 from billing.stripe_gateway import get_gateway
@@ -52,8 +53,8 @@ def set_pricing(
     return PricingOut(**body.model_dump(), model=f"{partner.slug}/{model.slug}", effective_from=card.effective_from)
 
 
-def _statement_out(stm: Any, payout: Any) -> StatementOut:
-    status = payout.status if payout is not None else ("carried" if stm.carried_out_micros else "nothing due")
+def _statement_out(stm: Any, payee: Any, payout: Any) -> StatementOut:
+    status = reports_service.payout_status(stm, payee, payout)
     return StatementOut(
         period=stm.period, currency=stm.currency, requests=stm.requests, gross_micros=stm.gross_micros,
         fees_micros=stm.fees_micros, royalties_micros=stm.royalties_micros, credits_micros=stm.credits_micros,
@@ -68,7 +69,7 @@ def _partner_statements(session: Session, partner: Partner) -> list[StatementOut
     for kind, ref in (("partner", partner.id), ("licensor", partner.slug)):
         payee = repo.payee(session, kind, ref)
         if payee is not None:
-            out += [_statement_out(s, p) for s, p in reports_repo.statements_of_payee(session, payee.id)]
+            out += [_statement_out(s, payee, p) for s, p in reports_repo.statements_of_payee(session, payee.id)]
     return sorted(out, key=lambda s: s.period, reverse=True)
 
 

@@ -18,7 +18,7 @@ from kit.db import utcnow
 from kit.errors import Conflict, Forbidden, InvalidInput, NotFound, PaymentRequired
 from kit.ids import new_id
 from kit.money import format_micros
-from partners.models import Model
+from partners.models import Model, Partner
 
 period_of = periods.period_of
 
@@ -288,7 +288,10 @@ def ensure_payee(session: Session, kind: str, ref: str, *, name: str = "", repor
         raise InvalidInput("a payee is a partner or a licensor")
     payee = repo.payee(session, kind, ref)
     if payee is None:
-        payee = Payee(kind=kind, ref=ref, name=name or ref)
+        partner = session.get(Partner, ref) if kind == "partner" else None
+        if kind == "partner" and partner is None:
+            raise NotFound(f"no partner {ref}")
+        payee = Payee(kind=kind, ref=ref, name=name or (partner.name if partner else ref))
         session.add(payee)
     if name:
         payee.name = name

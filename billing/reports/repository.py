@@ -50,20 +50,20 @@ def customer_ledger(session: Session, period: str) -> list[tuple[str, str, str, 
 
 def invoices(session: Session, period: str) -> list[tuple[Invoice, str]]:
     return list(session.execute(select(Invoice, Account.name).join(Account, Account.id == Invoice.account_id)
-                                .where(Invoice.period == period).order_by(Account.name, Invoice.kind)).tuples())
+                                .where(Invoice.period == period).order_by(Account.name, Invoice.kind)))
 
 
 def statements(session: Session, period: str) -> list[tuple[Statement, Payee, Payout | None]]:
     return list(session.execute(
         select(Statement, Payee, Payout).join(Payee, Payee.id == Statement.payee_id)
         .outerjoin(Payout, Payout.statement_id == Statement.id)
-        .where(Statement.period == period).order_by(Payee.kind, Payee.name)).tuples())
+        .where(Statement.period == period).order_by(Payee.kind, Payee.name)))
 
 
 def statements_of_payee(session: Session, payee_id: str) -> list[tuple[Statement, Payout | None]]:
     return list(session.execute(
         select(Statement, Payout).outerjoin(Payout, Payout.statement_id == Statement.id)
-        .where(Statement.payee_id == payee_id).order_by(Statement.period.desc())).tuples())
+        .where(Statement.payee_id == payee_id).order_by(Statement.period.desc())))
 
 
 def account_names(session: Session, ids: set[str]) -> dict[str, str]:

@@ -59,6 +59,15 @@ def revenue_series(session: Session, *, last: str, months: int = 12) -> list[dic
             for p in periods.span(first, last) for c in currencies]
 
 
+def payout_status(stm: Any, payee: Any, payout: Any) -> str:
+    """A statement's payout in words: the transfer's status, or why the balance is carried."""
+    if payout is not None:
+        return str(payout.status)
+    if stm.carried_out_micros > 0 and not payee.stripe_account_id:
+        return "carried (no payout account)"
+    return "carried" if stm.carried_out_micros else "nothing due"
+
+
 def payee_report(session: Session, period: str) -> list[dict[str, Any]]:
     """Per partner and licensor: gross, fees, royalties, credits, refunds, net, payout status.
 
@@ -68,12 +77,7 @@ def payee_report(session: Session, period: str) -> list[dict[str, Any]]:
     if period_status(session, period) == "closed":
         out = []
         for stm, payee, payout in repo.statements(session, period):
-            if payout is not None:
-                status = payout.status
-            elif stm.carried_out_micros and not payee.stripe_account_id and stm.payable_micros > 0:
-                status = "carried (no payout account)"
-            else:
-                status = "carried" if stm.carried_out_micros else "nothing due"
+            status = payout_status(stm, payee, payout)
             out.append({
                 "payee": payee.name, "kind": payee.kind, "ref": payee.ref, "currency": stm.currency,
                 "requests": stm.requests, "gross_micros": stm.gross_micros, "fees_micros": stm.fees_micros,

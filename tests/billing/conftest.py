@@ -43,11 +43,10 @@ class LiveApp:
 
 
 @pytest.fixture
-def live_app(committed, stripe_fakes: StripeProcesses) -> Iterator[LiveApp]:  # type: ignore[no-untyped-def]
-    """The whole API on a loopback port, registered as Stripe's webhook endpoint."""
+def served_app(committed) -> Iterator[LiveApp]:  # type: ignore[no-untyped-def]
+    """The whole API on a loopback port (a real HTTP server in a thread)."""
     import uvicorn
 
-    from billing.settings import get_billing_settings
     from gateway.app import create_app
 
     port = free_port()
@@ -60,11 +59,19 @@ def live_app(committed, stripe_fakes: StripeProcesses) -> Iterator[LiveApp]:  # 
         if time.monotonic() > deadline:
             raise RuntimeError("the app did not start")
         time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    stripe_fakes.add_webhook("mediagate", f"{base}/v1/stripe/webhooks", get_billing_settings().stripe_webhook_secret)
-    yield LiveApp(base)
+    yield LiveApp(f"http://127.0.0.1:{port}")
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_app(served_app: LiveApp, stripe_fakes: StripeProcesses) -> LiveApp:
+    """The served API, registered as Stripe's webhook endpoint."""
+    from billing.settings import get_billing_settings
+
+    stripe_fakes.add_webhook("mediagate", f"{served_app.base}/v1/stripe/webhooks",
+                             get_billing_settings().stripe_webhook_secret)
+    return served_app
 
 
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):  # type: ignore[no-untyped-def]
