@@ -479,6 +479,77 @@ def blocks_part(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# ---------------------------------------------------------------------------- where the time goes
+
+
+def _kernel_class(name: str) -> str:
+    low = name.lower()
+    if any(k in low for k in ("fmha", "flash", "attention", "sdpa", "attn")):
+        return "attention"
+    if low.startswith("triton") or "triton_" in low:
+        return "fused elementwise (inductor)"
+    if any(
+        k in low for k in ("gemm", "xmma", "nvjet", "cutlass", "f8f8", "cublas", "matmul", "gemv")
+    ):
+        return "matmul"
+    return "other"
+
+
+def profile_part(args: argparse.Namespace) -> dict[str, Any]:
+    """GPU time of one FLUX transformer step by kernel class, per mode (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.pipelines import build_flux_transformer, flux_transformer_inputs
+
+    device = torch.device(args.device)
+    result: dict[str, Any] = {"env": env_info(device), "part": "profile", "rows": []}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for mode in ("eager", "exact", "fast"):
+
+        def one(mode=mode):
+            torch._dynamo.reset()
+            free(device)
+            model = build_flux_transformer(args.size, device=device, dtype=torch.bfloat16, seed=0)
+            inp = flux_transformer_inputs(model, height=args.resolution, width=args.resolution)
+            if mode != "eager":
+                optimize(model, mode, cuda_graphs=False, cache_dir=args.cache_dir)
+            with torch.no_grad():
+                for _ in range(3):
+                    model(**inp)
+                sync(device)
+                ms = time_calls(lambda: model(**inp), device, iters=5, warmup=0)
+                with profile(activities=activities) as prof:
+                    for _ in range(2):
+                        model(**inp)
+                    sync(device)
+            classes: dict[str, float] = {}
+            top: dict[str, float] = {}
+            for evt in prof.key_averages():
+                t = (
+                    getattr(evt, "device_time_total", None)
+                    or getattr(evt, "cuda_time_total", 0)
+                    or 0
+                )
+                if t <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA:
+                    continue
+                ms_evt = t / 1e3 / 2
+                classes[_kernel_class(evt.key)] = classes.get(_kernel_class(evt.key), 0.0) + ms_evt
+                top[evt.key[:90]] = ms_evt
+            busy = sum(classes.values())
+            return {
+                "mode": mode,
+                "ms_step": ms,
+                "kernel_ms": busy,
+                "gaps_ms": ms - busy,
+                "classes_ms": classes,
+                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:12]),
+            }
+
+        result["rows"].append(run_variant(f"profile {mode}", one))
+        save_partial(args, "profile", result)
+    return result
+
+
 # ---------------------------------------------------------------------------- compile cache + LoRA
 
 
@@ -850,6 +921,25 @@ def blocks_table(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def profile_table(res: dict[str, Any]) -> list[str]:
+    classes = ["matmul", "attention", "fused elementwise (inductor)", "other"]
+    lines = [
+        "| mode | ms/step | " + " | ".join(classes) + " | gaps |",
+        "|---" * (len(classes) + 3) + "|",
+    ]
+    for r in res.get("rows", []):
+        if "error" in r:
+            lines.append(f"| {r['variant']} | error: {r['error'][:80]} |")
+            continue
+        c = r["classes_ms"]
+        lines.append(
+            f"| {r['mode']} | {fmt(r['ms_step'])} | "
+            + " | ".join(fmt(c.get(k, 0.0)) for k in classes)
+            + f" | {fmt(r['gaps_ms'])} |"
+        )
+    return lines
+
+
 def cache_table(res: dict[str, Any]) -> list[str]:
     runs = res.get("runs", {})
     lines = [
@@ -886,6 +976,8 @@ def print_tables(results: list[dict[str, Any]]) -> str:
             )
         if res.get("part") == "blocks":
             out += blocks_table(res)
+        elif res.get("part") == "profile":
+            out += profile_table(res)
         elif res.get("part") == "cache":
             out += cache_table(res)
         elif str(res.get("model", "")).startswith("Wan"):
@@ -940,7 +1032,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--part", choices=["flux", "blocks", "cache", "probe", "wan"], default="flux"
+        "--part", choices=["flux", "blocks", "cache", "probe", "wan", "profile"], default="flux"
     )
     parser.add_argument(
         "--merge", nargs="*", help="result JSON files to merge into engine.json and print"
@@ -984,9 +1076,13 @@ def main() -> None:
     if args.part == "probe":
         probe_part(args)
         return
-    part = {"flux": flux_part, "blocks": blocks_part, "cache": cache_part, "wan": wan_part}[
-        args.part
-    ]
+    part = {
+        "flux": flux_part,
+        "blocks": blocks_part,
+        "cache": cache_part,
+        "wan": wan_part,
+        "profile": profile_part,
+    }[args.part]
     result = part(args)
     result.setdefault("part", args.part)
     payload = json.dumps(result, indent=2, default=str)

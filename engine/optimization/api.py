@@ -14,8 +14,9 @@ Modes:
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,8 @@ class OptimizationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (hook objects left out)."""
-        d = asdict(self)
-        d.pop("hooks", None)
+        # Not asdict(): it deep-copies every field, and captured CUDA graphs cannot be copied.
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "hooks"}
         graphs = self.hooks.get("cuda_graphs")
         if graphs:
             d["cuda_graph_decisions"] = [dec for h in graphs for dec in h.stats.decisions]
