@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     event,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -154,9 +155,12 @@ class LedgerEntry(Base):
     """One leg of a balanced transaction; debits positive, credits negative. Append-only."""
 
     __tablename__ = "ledger_entries"
+    # Few indexes on purpose: every usage appends about three legs, and each index is a write.
     __table_args__ = (
-        Index("ix_ledger_entries_ledger_account", "ledger_account", "created_at"),
+        Index("ix_ledger_entries_ledger_account", "ledger_account", "period"),
         Index("ix_ledger_entries_period_account", "period", "ledger_account"),
+        Index("ix_ledger_entries_ref", "ref", postgresql_where=text("ref IS NOT NULL"),
+              sqlite_where=text("ref IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("led"))
@@ -167,9 +171,10 @@ class LedgerEntry(Base):
     # The period the transaction is booked in, and what kind of event it records.
     period: Mapped[str] = mapped_column(String(7), default="")
     kind: Mapped[str] = mapped_column(String(24), default="usage")
-    usage_id: Mapped[str | None] = mapped_column(ForeignKey("usage_records.id"), default=None, index=True)
+    usage_id: Mapped[str | None] = mapped_column(ForeignKey("usage_records.id"), default=None)
     # The object the transaction belongs to: a refund, top-up, invoice, payout, SLA credit…
-    ref: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
+    # (usage legs leave it empty: `usage_id` already says which charge they belong to).
+    ref: Mapped[str | None] = mapped_column(String(40), default=None)
     memo: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 01:13:19.217215
+Create Date: 2026-11-22 01:25:56.493437
 """
 from collections.abc import Sequence
 
@@ -818,11 +818,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_entries'))
     )
     with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
-        batch_op.create_index('ix_ledger_entries_ledger_account', ['ledger_account', 'created_at'], unique=False)
+        batch_op.create_index('ix_ledger_entries_ledger_account', ['ledger_account', 'period'], unique=False)
         batch_op.create_index('ix_ledger_entries_period_account', ['period', 'ledger_account'], unique=False)
-        batch_op.create_index(batch_op.f('ix_ledger_entries_ref'), ['ref'], unique=False)
+        batch_op.create_index('ix_ledger_entries_ref', ['ref'], unique=False, postgresql_where=sa.text('ref IS NOT NULL'), sqlite_where=sa.text('ref IS NOT NULL'))
         batch_op.create_index(batch_op.f('ix_ledger_entries_transaction_id'), ['transaction_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_ledger_entries_usage_id'), ['usage_id'], unique=False)
 
     op.create_table('refunds',
     sa.Column('id', sa.String(length=40), nullable=False),
@@ -911,9 +910,8 @@ def downgrade() -> None:
 
     op.drop_table('refunds')
     with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_ledger_entries_usage_id'))
         batch_op.drop_index(batch_op.f('ix_ledger_entries_transaction_id'))
-        batch_op.drop_index(batch_op.f('ix_ledger_entries_ref'))
+        batch_op.drop_index('ix_ledger_entries_ref', postgresql_where=sa.text('ref IS NOT NULL'), sqlite_where=sa.text('ref IS NOT NULL'))
         batch_op.drop_index('ix_ledger_entries_period_account')
         batch_op.drop_index('ix_ledger_entries_ledger_account')
 
