@@ -27,6 +27,7 @@ from billing.stripe_gateway import get_gateway
 from kit.db import get_session
 from kit.errors import NotFound
 from kit.web import router as make_router
+from partners import repository as partners_repo
 from partners import service as partners_service
 from partners.auth import current_partner
 from partners.models import Partner
@@ -42,13 +43,19 @@ def set_pricing(
 ) -> PricingOut:
     """Set the model's license terms and price card, effective now (the past is never repriced)."""
     model = partners_service.get_model(session, partner, model_slug)
+    version_id = None
+    if body.version is not None:
+        version = partners_repo.version_by_number(session, model.id, body.version)
+        if version is None:
+            raise NotFound(f"model {model_slug!r} has no version {body.version}")
+        version_id = version.id
     _, card = service.set_pricing(
         session, model, tier=body.tier, unit=body.unit, unit_price_micros=body.unit_price_micros,
         currency=body.currency, licensor=body.licensor, royalty_bps=body.royalty_bps,
         platform_fee_bps=body.platform_fee_bps, tiers=[t.model_dump() for t in body.tiers] if body.tiers else None,
         minimum_micros=body.minimum_micros, royalty_per_unit_micros=body.royalty_per_unit_micros,
         included_units=body.included_units, minimum_fee_micros=body.minimum_fee_micros,
-        hosting_fee_per_gpu_second_micros=body.hosting_fee_per_gpu_second_micros,
+        hosting_fee_per_gpu_second_micros=body.hosting_fee_per_gpu_second_micros, version_id=version_id,
     )
     return PricingOut(**body.model_dump(), model=f"{partner.slug}/{model.slug}", effective_from=card.effective_from)
 

@@ -29,6 +29,7 @@ class PricingIn(BaseModel):
     included_units: float = Field(default=0, ge=0, description="revenue_share: monthly units without per-unit royalty")
     minimum_fee_micros: int = Field(default=0, ge=0, description="revenue_share: monthly minimum royalty")
     hosting_fee_per_gpu_second_micros: int = Field(default=0, ge=0, description="partner_priced: hosting fee")
+    version: int | None = Field(default=None, ge=1, description="Price only this version (default: every version)")
 
 
 class PricingOut(PricingIn):

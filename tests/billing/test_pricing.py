@@ -199,3 +199,20 @@ def test_only_succeeded_requests_are_charged(db: Session) -> None:
             billing.record_usage(db, request_id=f"req_{status}", account_id=f.account(db).id, model=model,
                                  version_id="v", units={"images": 1}, occurred_at=f.at("2026-09"), status=status)
     assert db.scalar(select(UsageRecord.id)) is None
+
+
+def test_a_version_can_have_its_own_price(db: Session) -> None:
+    from partners.models import ModelVersion
+
+    lab = f.partner(db)
+    model = f.model(db, lab, price=10_000)
+    v2 = ModelVersion(model_id=model.id, number=2, artifact_digest="sha256:y", artifact_size=1, manifest={})
+    db.add(v2)
+    db.flush()
+    billing.set_pricing(db, model, tier="open", unit="images", unit_price_micros=15_000, version_id=v2.id,
+                        effective_from=f.SINCE)
+    customer = f.account(db)
+    on_v2 = billing.record_usage(db, request_id="req_v2", account_id=customer.id, model=model, version_id=v2.id,
+                                 units={"images": 1}, occurred_at=f.at("2026-09"))
+    assert (on_v2.amount_micros, f.use(db, customer, model, f.at("2026-09")).amount_micros) == (15_000, 10_000)
+    assert billing.pricing_at(db, model.id, f.at("2026-09"), version_id=v2.id).price_card.unit_price_micros == 15_000
