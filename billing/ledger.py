@@ -24,10 +24,12 @@ PAYOUTS_IN_TRANSIT = "platform:payouts_in_transit"
 
 
 def customer_receivable(account_id: str) -> str:
+    """What a postpaid account owes."""
     return f"customer:{account_id}:receivable"
 
 
 def customer_credit(account_id: str) -> str:
+    """A prepaid account's credit (a liability: negative means credit held)."""
     return f"customer:{account_id}:credit"
 
 
@@ -37,10 +39,12 @@ def customer_account(account_id: str, billing_mode: str) -> str:
 
 
 def licensor_royalty_payable(licensor: str) -> str:
+    """Royalties owed to a licensor."""
     return f"licensor:{licensor}:royalty_payable"
 
 
 def partner_payable(partner_id: str) -> str:
+    """What is owed to a partner."""
     return f"partner:{partner_id}:payable"
 
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, column, func, insert, literal, or_, select, table
+from sqlalchemy import column, func, insert, literal, select, table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -18,9 +18,7 @@ from billing.models import (
     BillingPeriod,
     CreditBalance,
     LedgerEntry,
-    License,
     Payee,
-    PriceCard,
     Refund,
     UsageCounter,
     UsageRecord,
@@ -47,42 +45,8 @@ def _insert(session: Session, model: Any) -> Any:
 
 
 def account(session: Session, account_id: str) -> Account | None:
+    """An account by id."""
     return session.get(Account, account_id)
-
-
-def license_at(session: Session, model_id: str, when: dt.datetime) -> License | None:
-    return session.scalar(
-        select(License).where(License.model_id == model_id, License.effective_from <= when)
-        .order_by(License.effective_from.desc(), License.id.desc()).limit(1)
-    )
-
-
-def price_card_at(
-    session: Session, model_id: str, when: dt.datetime, *, version_id: str | None = None,
-    account_id: str | None = None,
-) -> PriceCard | None:
-    """The most specific card in force: account and version first, then the newest."""
-    return session.scalar(
-        select(PriceCard).where(
-            PriceCard.model_id == model_id, PriceCard.effective_from <= when,
-            or_(PriceCard.ends_at.is_(None), PriceCard.ends_at > when),
-            or_(PriceCard.version_id.is_(None), PriceCard.version_id == version_id) if version_id
-            else PriceCard.version_id.is_(None),
-            or_(PriceCard.account_id.is_(None), PriceCard.account_id == account_id) if account_id
-            else PriceCard.account_id.is_(None),
-        ).order_by(
-            case((PriceCard.account_id.is_(None), 1), else_=0),
-            case((PriceCard.version_id.is_(None), 1), else_=0),
-            PriceCard.effective_from.desc(), PriceCard.id.desc(),
-        ).limit(1)
-    )
-
-
-def insert_usage_if_new(session: Session, values: dict[str, Any]) -> bool:
-    """INSERT … ON CONFLICT (request_id, meter) DO NOTHING; True when a row was written."""
-    stmt = _insert(session, UsageRecord).values(**values).on_conflict_do_nothing(
-        index_elements=["request_id", "meter"])
-    return session.execute(stmt.returning(UsageRecord.id)).scalar() is not None
 
 
 USAGE_COLUMNS = [c.name for c in UsageRecord.__table__.columns]
@@ -129,14 +93,17 @@ def insert_usages(session: Session, rows: list[dict[str, Any]]) -> set[str]:
 
 
 def usage_of_request(session: Session, request_id: str) -> list[UsageRecord]:
+    """A request's usage records."""
     return list(session.scalars(select(UsageRecord).where(UsageRecord.request_id == request_id)))
 
 
 def usage_for_update(session: Session, usage_id: str) -> UsageRecord | None:
+    """A usage record, locked (refunds of one charge queue up)."""
     return session.scalar(select(UsageRecord).where(UsageRecord.id == usage_id).with_for_update())
 
 
 def refunded_total(session: Session, usage_id: str) -> int:
+    """How much of a charge was refunded so far."""
     return int(session.scalar(select(func.coalesce(func.sum(Refund.amount_micros), 0))
                               .where(Refund.usage_id == usage_id)) or 0)
 
@@ -149,6 +116,7 @@ def customer_leg(session: Session, transaction_id: str) -> str | None:
 
 
 def entries_of(session: Session, transaction_id: str) -> list[LedgerEntry]:
+    """A transaction's legs."""
     return list(session.scalars(select(LedgerEntry).where(LedgerEntry.transaction_id == transaction_id)
                                 .order_by(LedgerEntry.id)))
 
@@ -186,6 +154,7 @@ def add_entries(session: Session, entries: list[dict[str, Any]]) -> None:
 
 
 def credit_balance(session: Session, account_id: str) -> int:
+    """A prepaid account's stored credit."""
     return int(session.scalar(select(CreditBalance.balance_micros)
                               .where(CreditBalance.account_id == account_id)) or 0)
 
@@ -235,6 +204,7 @@ def lock_period(session: Session, period: str) -> BillingPeriod:
 
 
 def periods(session: Session) -> list[BillingPeriod]:
+    """Every billing period, oldest first."""
     return list(session.scalars(select(BillingPeriod).order_by(BillingPeriod.period)))
 
 
@@ -246,16 +216,8 @@ def unclosed_periods_before(session: Session, period: str) -> list[str]:
 
 # -- ledger reads ----------------------------------------------------------------------
 
-def transaction_sums(session: Session) -> list[tuple[str, int]]:
-    """Each ledger transaction's sum (all zero in a healthy ledger)."""
-    rows = session.execute(
-        select(LedgerEntry.transaction_id, func.sum(LedgerEntry.amount_micros))
-        .group_by(LedgerEntry.transaction_id)
-    )
-    return [(tid, int(total)) for tid, total in rows]
-
-
 def unbalanced_transactions(session: Session) -> list[str]:
+    """Transactions whose legs do not sum to zero (none, in healthy books)."""
     return list(session.scalars(select(LedgerEntry.transaction_id).group_by(LedgerEntry.transaction_id)
                                 .having(func.sum(LedgerEntry.amount_micros) != 0)))
 
@@ -283,6 +245,7 @@ def period_sums(session: Session, period: str, prefix: str) -> list[tuple[str, s
 # -- summaries -------------------------------------------------------------------------
 
 def usage_by_model_and_day(session: Session, account_id: str, since: dt.datetime, until: dt.datetime) -> list[Any]:
+    """An account's usage by model and day (by event time)."""
     day = func.date(UsageRecord.occurred_at)
     return list(session.execute(
         select(Partner.slug, Model.slug, day.label("day"), UsageRecord.meter, UsageRecord.currency,
@@ -341,5 +304,6 @@ def inflight_by_model(session: Session, account_id: str) -> list[tuple[str, int]
 
 
 def payee(session: Session, kind: str, ref: str) -> Payee | None:
+    """A payee by kind and ref."""
     return session.scalar(select(Payee).where(Payee.kind == kind, Payee.ref == ref))
 

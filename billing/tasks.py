@@ -65,6 +65,7 @@ def run_close(period: str, *, send: bool = True, now: dt.datetime | None = None,
 
 
 def still_pending(delivered: dict[str, Any]) -> bool:
+    """Whether a delivery left anything to retry."""
     return any(delivered.get(k, {}).get("pending", 0) or delivered.get(k, {}).get("draft", 0)
                for k in ("invoices", "payouts", "reports"))
 

@@ -37,6 +37,7 @@ def refund_lines(session: Session, period: str) -> list[Any]:
 
 
 def model_names(session: Session, model_ids: set[str]) -> dict[str, str]:
+    """Each model's `owner/slug`."""
     if not model_ids:
         return {}
     rows = session.execute(select(Model.id, Partner.slug, Model.slug).join(Partner, Partner.id == Model.partner_id)
@@ -65,6 +66,7 @@ def previous_statement_carries(session: Session, period: str) -> dict[tuple[str,
 
 
 def insert_invoices(session: Session, invoices: list[dict[str, Any]], lines: list[dict[str, Any]]) -> None:
+    """Write a close's invoices and their lines in bulk."""
     for start in range(0, len(invoices), 5_000):
         session.execute(insert(Invoice), invoices[start:start + 5_000])
     for start in range(0, len(lines), 5_000):
@@ -93,16 +95,19 @@ def licensor_usage(session: Session, period: str) -> list[Any]:
 
 
 def payees(session: Session) -> dict[tuple[str, str], Payee]:
+    """Every payee by (kind, ref)."""
     return {(p.kind, p.ref): p for p in session.scalars(select(Payee))}
 
 
 def partner_names(session: Session, partner_ids: set[str]) -> dict[str, str]:
+    """Partners' display names by id."""
     if not partner_ids:
         return {}
     return dict(session.execute(select(Partner.id, Partner.name).where(Partner.id.in_(partner_ids))).all())
 
 
 def insert_statements(session: Session, statements: list[dict[str, Any]], payouts: list[dict[str, Any]]) -> None:
+    """Write a close's statements and payouts in bulk."""
     if statements:
         session.execute(insert(Statement), statements)
     if payouts:
@@ -110,6 +115,7 @@ def insert_statements(session: Session, statements: list[dict[str, Any]], payout
 
 
 def insert_reports(session: Session, reports: list[dict[str, Any]]) -> None:
+    """Write a close's licensor usage reports."""
     if reports:
         session.execute(insert(LicensorReport), reports)
 
@@ -134,6 +140,7 @@ def royalties_of_model(session: Session, model_id: str, period: str) -> int:
 
 
 def contracts_in_force(session: Session, start: dt.datetime, end: dt.datetime) -> list[PoolContract]:
+    """Pool contracts that ran at some point in [start, end)."""
     return list(session.scalars(select(PoolContract).where(
         PoolContract.effective_from < end,
         or_(PoolContract.ended_at.is_(None), PoolContract.ended_at > start)).order_by(PoolContract.id)))
@@ -161,4 +168,5 @@ def pool_compliance(session: Session, *, account_id: str, pool: str, start: dt.d
 
 
 def add_sla_credit(session: Session, credit: SlaCredit) -> None:
+    """Record a pool's SLA result for a period."""
     session.add(credit)

@@ -21,6 +21,7 @@ def store_event(session: Session, event: dict[str, Any]) -> bool:
 
 
 def set_outcome(session: Session, event_id: str, outcome: str) -> None:
+    """Note what acting on a stored event did."""
     row = session.get(StripeEvent, event_id)
     if row is not None:
         row.outcome = outcome[:200]
@@ -32,31 +33,38 @@ def _locked(session: Session, model: Any, row_id: str, *, skip_locked: bool = Fa
 
 
 def topup_for_update(session: Session, topup_id: str) -> Topup | None:
+    """A top-up, locked."""
     return _locked(session, Topup, topup_id)
 
 
 def topup_by_intent(session: Session, payment_intent_id: str) -> Topup | None:
+    """The top-up a PaymentIntent pays for."""
     return session.scalar(select(Topup).where(Topup.payment_intent_id == payment_intent_id))
 
 
 def invoice_for_update(session: Session, invoice_id: str, *, skip_locked: bool = False) -> Invoice | None:
+    """An invoice, locked (or None when another worker holds it and `skip_locked`)."""
     return _locked(session, Invoice, invoice_id, skip_locked=skip_locked)
 
 
 def invoice_by_stripe_id(session: Session, stripe_invoice_id: str) -> Invoice | None:
+    """Our invoice for a Stripe invoice id."""
     return session.scalar(select(Invoice).where(Invoice.stripe_invoice_id == stripe_invoice_id))
 
 
 def invoice_lines(session: Session, invoice_id: str) -> list[InvoiceLine]:
+    """An invoice's lines in order."""
     return list(session.scalars(select(InvoiceLine).where(InvoiceLine.invoice_id == invoice_id)
                                 .order_by(InvoiceLine.position)))
 
 
 def payout_for_update(session: Session, payout_id: str, *, skip_locked: bool = False) -> Payout | None:
+    """A payout, locked (or None when another worker holds it and `skip_locked`)."""
     return _locked(session, Payout, payout_id, skip_locked=skip_locked)
 
 
 def payout_by_transfer(session: Session, transfer_id: str) -> Payout | None:
+    """The payout a Connect transfer carried."""
     return session.scalar(select(Payout).where(Payout.stripe_transfer_id == transfer_id))
 
 

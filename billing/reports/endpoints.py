@@ -71,6 +71,7 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 @router.get("/login", response_class=HTMLResponse, include_in_schema=False)
 def login_form(next: str = "/finance") -> HTMLResponse:
+    """The finance sign-in page."""
     return _page("login.html", error=None, next=next)
 
 
@@ -91,6 +92,7 @@ def login(request: Request, key: str = Form(...), next: str = Form("/finance"),
 
 @router.post("/logout", include_in_schema=False)
 def logout() -> Response:
+    """End the finance session."""
     response = RedirectResponse("/finance/login", status_code=303)
     response.delete_cookie(COOKIE, path="/finance")
     return response
@@ -112,6 +114,7 @@ def overview(period: str | None = None, user: FinanceUser = Depends(finance_page
 @router.get("/revenue-share", response_class=HTMLResponse, include_in_schema=False)
 def revenue_share_page(period: str | None = None, user: FinanceUser = Depends(finance_page),
                        session: Session = Depends(get_session)) -> HTMLResponse:
+    """Revenue share per partner and licensor for a period."""
     p = _period(session, period)
     return _page("revenue_share.html", page="share", period=p, status=reports.period_status(session, p),
                  user=user, rows=reports.payee_report(session, p))
@@ -120,6 +123,7 @@ def revenue_share_page(period: str | None = None, user: FinanceUser = Depends(fi
 @router.get("/reconciliation", response_class=HTMLResponse, include_in_schema=False)
 def reconciliation_page(period: str | None = None, user: FinanceUser = Depends(finance_page),
                         session: Session = Depends(get_session)) -> HTMLResponse:
+    """The period's reconciliation: usage to invoices, payables to payouts."""
     p = _period(session, period)
     return _page("reconciliation.html", page="recon", period=p, status=reports.period_status(session, p),
                  user=user, recon=reports.reconciliation(session, p))
@@ -127,6 +131,7 @@ def reconciliation_page(period: str | None = None, user: FinanceUser = Depends(f
 
 @router.get("/periods", response_class=HTMLResponse, include_in_schema=False)
 def periods_page(user: FinanceUser = Depends(finance_page), session: Session = Depends(get_session)) -> HTMLResponse:
+    """Every billing period and what its close wrote."""
     p = reports.default_period(session)
     return _page("periods.html", page="periods", period=p, status=reports.period_status(session, p), user=user,
                  rows=list(reversed(core_repo.periods(session))))
@@ -154,12 +159,14 @@ def _split_svg(totals: dict[str, int], period: str) -> str:
 @router.get("/charts/revenue.svg", include_in_schema=False)
 def revenue_chart(period: str | None = None, months: int = Query(12, ge=1, le=60),
                   _: FinanceUser = Depends(finance_api), session: Session = Depends(get_session)) -> Response:
+    """Revenue over time as SVG."""
     return Response(_revenue_svg(session, _period(session, period), months), media_type="image/svg+xml")
 
 
 @router.get("/charts/split.svg", include_in_schema=False)
 def split_chart(period: str | None = None, _: FinanceUser = Depends(finance_api),
                 session: Session = Depends(get_session)) -> Response:
+    """A period's share split as SVG."""
     p = _period(session, period)
     return Response(_split_svg(_totals(reports.revenue(session, p)["model"]), p), media_type="image/svg+xml")
 

@@ -7,16 +7,18 @@ from typing import Any
 from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
-from billing.close.models import Invoice, Payout, SlaCredit, Statement
+from billing.close.models import Invoice, Payout, Statement
 from billing.models import Account, CreditBalance, LedgerEntry, Payee, Refund, UsageRecord
 from billing.reports.models import FinanceKey
 
 
 def finance_key_by_digest(session: Session, digest: str) -> FinanceKey | None:
+    """A live finance key by its digest."""
     return session.scalar(select(FinanceKey).where(FinanceKey.digest == digest, FinanceKey.revoked_at.is_(None)))
 
 
 def finance_key(session: Session, key_id: str) -> FinanceKey | None:
+    """A live finance key by id."""
     key = session.get(FinanceKey, key_id)
     return key if key is not None and key.revoked_at is None else None
 
@@ -49,11 +51,13 @@ def customer_ledger(session: Session, period: str) -> list[tuple[str, str, str, 
 
 
 def invoices(session: Session, period: str) -> list[tuple[Invoice, str]]:
+    """A period's invoices and statements with account names."""
     return list(session.execute(select(Invoice, Account.name).join(Account, Account.id == Invoice.account_id)
                                 .where(Invoice.period == period).order_by(Account.name, Invoice.kind)))
 
 
 def statements(session: Session, period: str) -> list[tuple[Statement, Payee, Payout | None]]:
+    """A period's payee statements with their payees and payouts."""
     return list(session.execute(
         select(Statement, Payee, Payout).join(Payee, Payee.id == Statement.payee_id)
         .outerjoin(Payout, Payout.statement_id == Statement.id)
@@ -61,23 +65,22 @@ def statements(session: Session, period: str) -> list[tuple[Statement, Payee, Pa
 
 
 def statements_of_payee(session: Session, payee_id: str) -> list[tuple[Statement, Payout | None]]:
+    """A payee's statements, newest first, with payouts."""
     return list(session.execute(
         select(Statement, Payout).outerjoin(Payout, Payout.statement_id == Statement.id)
         .where(Statement.payee_id == payee_id).order_by(Statement.period.desc())))
 
 
 def account_names(session: Session, ids: set[str]) -> dict[str, str]:
+    """Accounts' names by id."""
     if not ids:
         return {}
     return dict(session.execute(select(Account.id, Account.name).where(Account.id.in_(ids))).all())
 
 
 def credit_balances(session: Session) -> dict[str, int]:
+    """Every prepaid account's stored credit balance."""
     return {a: int(b) for a, b in session.execute(select(CreditBalance.account_id, CreditBalance.balance_micros))}
-
-
-def sla_credits(session: Session, period: str) -> list[SlaCredit]:
-    return list(session.scalars(select(SlaCredit).where(SlaCredit.period == period)))
 
 
 def ledger_totals(session: Session) -> tuple[int, int]:

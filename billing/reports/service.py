@@ -22,6 +22,7 @@ NOT_CHARGES = close.NOT_CHARGES
 
 
 def period_status(session: Session, period: str) -> str:
+    """open, closing or closed."""
     row = session.get(BillingPeriod, periods.check(period))
     return row.status if row else "open"
 
