@@ -146,12 +146,12 @@ def revenue_share(period: str = typer.Option(..., help="Billing period, e.g. 202
 
 @app.command()
 def package(directory: Path = typer.Argument(..., exists=True, file_okay=False),
-            output: Path = typer.Option(..., "-o", "--output", help="Archive to write (OCI layout tar)")) -> None:
+            output: Path | None = typer.Option(None, "-o", "--output",
+                                               help="Archive to write (default: DIR.oci.tar)")) -> None:
     """Build a model package (OCI image archive) from a model directory or a Cog project."""
-    from partners.packaging import build_package
+    from partners.packaging import package_command
 
-    result = build_package(directory, output)
-    console.print(f"[green]wrote[/] {output} ({getattr(result, 'digest', '')})")
+    package_command(directory, output, console=console)
 
 
 if __name__ == "__main__":
