@@ -1,0 +1,431 @@
+"""Customer API under load: submit throughput, submit latency at a fixed rate, submit →
+succeeded overhead, and memory with 1,000 open event streams.
+
+The real stack: PostgreSQL, Redis (broker, events, limits), a Celery worker process, the
+API under uvicorn, and load from this process over real HTTP (a lean asyncio HTTP/1.1
+client, so the load generator takes as little of the machine as it can). Prints a table,
+writes bench/results/gateway_load.json and a chart.
+
+    .venv/bin/python bench/gateway_load.py [--api-workers 2] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = Path(tempfile.mkdtemp(prefix="mediagate-load-"))
+PORT = 8741
+os.environ.update(
+    MEDIAGATE_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:5432/mediagate_load",
+    MEDIAGATE_BROKER_URL="redis://127.0.0.1:6379/13", MEDIAGATE_REDIS_URL="redis://127.0.0.1:6379/13",
+    MEDIAGATE_DATA_DIR=str(DATA), MEDIAGATE_PUBLIC_URL=f"http://127.0.0.1:{PORT}",
+)
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from bench.common import machine, summary, write_json  # noqa: E402
+
+NOOP = ROOT / "bench" / "models" / "noop"
+MODEL = "bench/noop"
+TARGETS = {"throughput_rps": 1000, "submit_p50_ms": 5, "submit_p99_ms": 30, "overhead_p50_ms": 25,
+           "overhead_p99_ms": 100, "sse_rss_mib": 1024}
+
+
+def fresh_database() -> None:
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS mediagate_load WITH (FORCE)"))
+        conn.execute(text("CREATE DATABASE mediagate_load"))
+    admin.dispose()
+    from kit.migrate import upgrade
+
+    upgrade()
+
+
+def seed() -> str:
+    from billing import service as billing
+    from gateway import service as gateway
+    from gateway.models import AccountSettings
+    from kit.db import session_scope
+    from partners import service as partners
+    from partners.packaging import build_package
+
+    with session_scope() as s:
+        partner, _ = partners.create_partner(s, slug="bench", name="Bench")
+        model = partners.create_model(s, partner, slug="noop")
+        archive = DATA / "noop.oci.tar"
+        build_package(NOOP, archive)
+        data = archive.read_bytes()
+        partners.create_version(s, partner, model, archive=archive, digest=hashlib.sha256(data).hexdigest(),
+                                size=len(data))
+        partners.create_deployment(s, partner, model_slug="noop", version=None, pool="shared",
+                                   min_replicas=0, max_replicas=1, concurrency=8, keep_alive_s=3600)
+        billing.set_pricing(s, model, tier="open", unit="requests", unit_price_micros=100)
+        account = billing.create_account(s, name="bench")
+        # The load is one customer: limits out of the way, so the gateway itself is measured.
+        s.add(AccountSettings(account_id=account.id, rate_per_s=1e6, rate_burst=10**7, max_concurrency=10_000))
+        return gateway.issue_key(s, account)
+
+
+# -- a lean HTTP/1.1 client over asyncio streams ---------------------------------------------
+
+
+class Conn:
+    """One keep-alive connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls) -> Conn:
+        return cls(*await asyncio.open_connection("127.0.0.1", PORT))
+
+    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length) if length else b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def submit_body(i: int) -> bytes:
+    return json.dumps({"input": {"value": i}}).encode()
+
+
+async def overhead(headers: dict[str, str], n: int) -> tuple[list[float], list[float]]:
+    """Sequential submit → succeeded (Prefer: wait): what a request costs beyond the model."""
+    conn = await Conn.open()
+    total, queue = [], []
+    wait = {**headers, "Prefer": "wait=30"}
+    for i in range(n):
+        t0 = time.perf_counter()
+        status, body = await conn.request("POST", f"/v1/models/{MODEL}/requests", wait, submit_body(i))
+        total.append((time.perf_counter() - t0) * 1000)
+        env = json.loads(body)
+        assert status == 201 and env["status"] == "succeeded", body[:300]
+        queue.append(float(env["metrics"]["queue_ms"]))
+    conn.close()
+    return total, queue
+
+
+async def paced(headers: dict[str, str], rate: float, seconds: float, conns: int = 32) -> list[float]:
+    """Open-loop submits at a fixed rate; the latency of each."""
+    pool: asyncio.Queue[Conn] = asyncio.Queue()
+    for _ in range(conns):
+        pool.put_nowait(await Conn.open())
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(i: int) -> None:
+        nonlocal errors
+        conn = await pool.get()
+        t0 = time.perf_counter()
+        status, _ = await conn.request("POST", f"/v1/models/{MODEL}/requests", headers, submit_body(i))
+        latencies.append((time.perf_counter() - t0) * 1000)
+        errors += status != 201
+        pool.put_nowait(conn)
+
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait().close()
+    assert errors == 0, f"{errors} submits failed"
+    return latencies
+
+
+async def closed_loop(headers: dict[str, str], seconds: float, conns: int) -> tuple[int, float, int]:
+    """As many submits as `conns` connections can push for `seconds`; (accepted, elapsed, errors)."""
+    done = errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal done, errors
+        conn = await Conn.open()
+        i = 0
+        while time.perf_counter() < stop:
+            status, _ = await conn.request("POST", f"/v1/models/{MODEL}/requests", headers, submit_body(k * 10**6 + i))
+            i += 1
+            if status == 201:
+                done += 1
+            else:
+                errors += 1
+        conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(conns)))
+    return done, time.perf_counter() - t0, errors
+
+
+async def open_streams(headers: dict[str, str], n: int) -> list[asyncio.StreamWriter]:
+    """Submit `n` requests (no worker runs them) and hold one SSE stream open on each."""
+    conn = await Conn.open()
+    ids = []
+    for i in range(n):
+        status, body = await conn.request("POST", f"/v1/models/{MODEL}/requests", headers, submit_body(i))
+        assert status == 201, body[:200]
+        ids.append(json.loads(body)["id"])
+    conn.close()
+    writers = []
+
+    async def stream(request_id: str) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+        auth = headers["Authorization"]
+        writer.write(f"GET /v1/requests/{request_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"stream refused: {status!r} {(await reader.read(500))!r}")
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        await reader.readuntil(b"event: status")  # the replayed `queued` event: the stream is live
+        writers.append(writer)
+
+    for start in range(0, n, 100):
+        await asyncio.gather(*(stream(r) for r in ids[start:start + 100]))
+    return writers
+
+
+def rss_mib(pids: list[int]) -> float:
+    """Resident memory of processes and their children, MiB."""
+    total = 0
+    seen = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            todo.extend(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / 1024
+
+
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        out.add(p)
+        try:
+            todo.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
+def cpu_snapshot(pids: set[int] | None = None, match: str | None = None) -> dict[int, float]:
+    """CPU seconds (user + system) so far of the given processes, or of those whose command
+    line contains `match`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or (pids is not None and int(proc.name) not in pids):
+            continue
+        try:
+            if match and match not in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_healthy() -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{PORT}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit((DATA / "stack.log").read_text()[-5000:])
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--worker-threads", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--overhead-requests", type=int, default=500)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    console = Console()
+    import redis
+
+    redis.Redis.from_url(os.environ["MEDIAGATE_REDIS_URL"]).flushdb()
+    fresh_database()
+    headers = {"Authorization": f"Key {seed()}", "Content-Type": "application/json"}
+    log = DATA / "stack.log"
+    api_cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--port", str(PORT),
+               "--workers", str(args.api_workers), "--log-level", "warning", "--no-access-log",
+               "--no-server-header", "--backlog", "4096"]
+    worker_cmd = [sys.executable, "-m", "gateway.cli", "worker", "--concurrency", str(args.worker_threads)]
+    api, worker = start(api_cmd, log), start(worker_cmd, log)
+    results: dict = {}
+    try:
+        wait_healthy()
+
+        async def run_load() -> None:
+            warm, _ = await overhead(headers, 30)  # cold start of the replica, connection pools
+            total, queue = await overhead(headers, args.overhead_requests)
+            results["overhead_ms"], results["overhead_queue_ms"] = summary(total), summary(queue)
+            results["submit_at_200_ms"] = summary(await paced(headers, 200, args.seconds))
+            # At a rate this shared box sustains, the latency is the gateway's, not a backlog's.
+            results["submit_at_50_ms"] = summary(await paced(headers, 50, args.seconds))
+            def snapshots() -> dict[str, dict[int, float]]:
+                return {"API (uvicorn)": cpu_snapshot(_descendants(api.pid)),
+                        "Celery worker + runner": cpu_snapshot(_descendants(worker.pid)),
+                        "PostgreSQL": cpu_snapshot(match="postgres"), "Redis": cpu_snapshot(match="redis-server"),
+                        "load generator": cpu_snapshot({os.getpid()})}
+
+            before = snapshots()
+            done, elapsed, errors = await closed_loop(headers, args.seconds, args.connections)
+            after = snapshots()
+            cpu = {name: cpu_used(before[name], after[name]) * 1000 / max(done, 1) for name in before}
+            results["throughput"] = {"accepted": done, "seconds": elapsed, "rps": done / elapsed,
+                                     "errors": errors, "connections": args.connections,
+                                     "cpu_ms_per_submit": cpu, "load_average": os.getloadavg()}
+
+        asyncio.run(run_load())
+        stop(worker)  # from here requests stay queued, so their streams stay open
+        base_rss = rss_mib([api.pid])
+
+        async def run_streams() -> None:
+            writers = await open_streams(headers, args.streams)
+            await asyncio.sleep(2)
+            results["sse"] = {"streams": len(writers), "api_rss_mib": rss_mib([api.pid]),
+                              "api_rss_before_mib": base_rss}
+            for w in writers:
+                w.close()
+
+        asyncio.run(run_streams())
+    finally:
+        stop(api)
+        stop(worker)
+    report(console, args, results)
+
+
+def report(console: Console, args: argparse.Namespace, r: dict) -> None:
+    o, s, t, sse = r["overhead_ms"], r["submit_at_200_ms"], r["throughput"], r["sse"]
+    checks = {
+        "throughput": t["rps"] >= TARGETS["throughput_rps"],
+        "submit": s["p50"] <= TARGETS["submit_p50_ms"] and s["p99"] <= TARGETS["submit_p99_ms"],
+        "overhead": o["p50"] <= TARGETS["overhead_p50_ms"] and o["p99"] <= TARGETS["overhead_p99_ms"],
+        "sse": sse["api_rss_mib"] <= TARGETS["sse_rss_mib"],
+    }
+    table = Table(title=f"Customer API under load ({machine()}, {args.api_workers} API processes)")
+    for col in ("measure", "result", "target", "met"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    table.add_row("sustained submit throughput", f"{t['rps']:.0f} req/s", "≥ 1,000 req/s", _yes(checks["throughput"]))
+    table.add_row("submit latency at 200 req/s, p50 / p99", f"{s['p50']:.1f} / {s['p99']:.1f} ms", "≤ 5 / ≤ 30 ms",
+                  _yes(checks["submit"]))
+    light = r["submit_at_50_ms"]
+    table.add_row("  (for scale) submit latency at 50 req/s, p50 / p99", f"{light['p50']:.1f} / {light['p99']:.1f} ms",
+                  "", "")
+    table.add_row("submit → succeeded, no-op model, p50 / p99", f"{o['p50']:.1f} / {o['p99']:.1f} ms",
+                  "≤ 25 / ≤ 100 ms", _yes(checks["overhead"]))
+    table.add_row(f"API RSS with {sse['streams']} open SSE streams", f"{sse['api_rss_mib']:.0f} MiB "
+                  f"(idle {sse['api_rss_before_mib']:.0f})", "≤ 1,024 MiB", _yes(checks["sse"]))
+    console.print(table)
+    console.print("CPU per accepted submit during the throughput run (ms): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in t["cpu_ms_per_submit"].items())
+        + f"; load average {t['load_average'][0]:.1f} on 2 cores (other work shares this machine)")
+    path = write_json("gateway_load", {"date": dt.date.today().isoformat(), "machine": machine(),
+                                       "args": vars(args), "targets": TARGETS, "met": checks, **r})
+    chart(path, r)
+    console.print(f"wrote {path}")
+
+
+def _yes(ok: bool) -> str:
+    return "[green]yes[/]" if ok else "[red]no[/]"
+
+
+def chart(path: Path, r: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = ["p50", "p90", "p99"]
+    for label, key in (("submit at 200 req/s", "submit_at_200_ms"), ("submit → succeeded", "overhead_ms")):
+        axes[0].plot(names, [r[key][n] for n in names], marker="o", label=label)
+    axes[0].set_ylabel("ms")
+    axes[0].set_title("latency percentiles")
+    axes[0].legend()
+    axes[1].bar(["throughput (req/s)", "target"], [r["throughput"]["rps"], TARGETS["throughput_rps"]],
+                color=["tab:blue", "tab:gray"])
+    axes[1].set_title("sustained submits")
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()
