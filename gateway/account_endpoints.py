@@ -56,6 +56,7 @@ def create_endpoint(body: WebhookEndpointIn, account: Account = Depends(account_
     session.add(endpoint)
     session.flush()
     webhooks.account_secret(session, account.id)
+    forget("webhook-endpoints", account.id)
     return _out(endpoint)
 
 
@@ -105,6 +106,7 @@ def update_endpoint(body: WebhookEndpointPatch, endpoint_id: str = EndpointId,
     if body.enabled is not None:
         endpoint.enabled = body.enabled
     session.flush()
+    forget("webhook-endpoints", account.id)
     return _out(endpoint)
 
 
@@ -114,6 +116,7 @@ def delete_endpoint(endpoint_id: str = EndpointId, account: Account = Depends(ac
                     session: Session = Depends(get_session)) -> Response:
     """Remove a webhook endpoint; deliveries already made stay listed on their requests."""
     repo.delete_endpoint(session, _endpoint(session, account, endpoint_id))
+    forget("webhook-endpoints", account.id)
     return Response(status_code=204)
 
 

@@ -66,7 +66,8 @@ def _key(session: Session, token: str) -> KeyInfo | None:
     return cached("key", key_digest(token), load)
 
 
-def _account(authorization: str | None, request: Request, session: Session, scope: str) -> Account:
+def authenticate(authorization: str | None, state: dict, session: Session, scope: str) -> Account:
+    """The account behind a key with `scope`, after taking a token from the key's rate limit."""
     token = bearer_token(authorization)
     if token is None:
         raise Unauthorized("an API key is required: Authorization: Key <key>")
@@ -80,7 +81,7 @@ def _account(authorization: str | None, request: Request, session: Session, scop
         raise Unauthorized("the API key's account no longer exists")
     lim = account_limits(session, account.id)
     factor = 1 if scope == "requests:write" else READ_FACTOR
-    limits.enforce(request.scope.setdefault("state", {}), f"{'w' if factor == 1 else 'r'}:{key.id}",
+    limits.enforce(state, f"{'w' if factor == 1 else 'r'}:{key.id}",
                    rate_per_s=lim.rate_per_s * factor, burst=lim.burst * factor)
     return account
 
@@ -88,13 +89,13 @@ def _account(authorization: str | None, request: Request, session: Session, scop
 def account_writer(request: Request, authorization: str | None = Security(API_KEY),
                    session: Session = Depends(get_session)) -> Account:
     """The account behind a key with `requests:write`."""
-    return _account(authorization, request, session, "requests:write")
+    return authenticate(authorization, request.scope.setdefault("state", {}), session, "requests:write")
 
 
 def account_reader(request: Request, authorization: str | None = Security(API_KEY),
                    session: Session = Depends(get_session)) -> Account:
     """The account behind a key with `requests:read`."""
-    return _account(authorization, request, session, "requests:read")
+    return authenticate(authorization, request.scope.setdefault("state", {}), session, "requests:read")
 
 
 def admin(authorization: str | None = Security(ADMIN_KEY)) -> None:

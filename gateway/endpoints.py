@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from typing import Any, Literal
 
-from fastapi import Depends, Header, Path, Query
+from fastapi import Depends, Header, Path, Query, Security
+from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
@@ -16,7 +18,7 @@ from billing.models import Account
 from gateway import envelope as env
 from gateway import events, service, sse
 from gateway import repository as repo
-from gateway.auth import account_reader, account_writer
+from gateway.auth import API_KEY, account_reader, account_writer, authenticate
 from gateway.models import FINAL_STATUSES, Request
 from gateway.openapi import problems
 from gateway.schemas import (
@@ -70,10 +72,10 @@ class WaitThenEnvelope(JSONResponse):
             return req is None or req.status in FINAL_STATUSES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await events.wait_until(self._done, self.request_id, self.wait_s)
-        import asyncio
-
-        self.body = self.render(await asyncio.to_thread(self._render_now))
+        final = await events.wait_until(self._done, self.request_id, self.wait_s)
+        if final is None or "id" not in final:
+            final = await asyncio.to_thread(self._render_now)
+        self.body = self.render(final)
         self.init_headers()
         await super().__call__(scope, receive, send)
 
@@ -132,15 +134,25 @@ def cancel_request(request_id: str = RequestId, account: Account = Depends(accou
 @router.get("/requests/{request_id}/events", response_class=StreamingResponse, responses={
     200: {"description": sse.DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
     **problems(404)})
-def request_events(
+async def request_events(
+    request: HttpRequest,
     request_id: str = RequestId,
     last_event_id: str | None = Header(default=None, max_length=40, pattern=r"^\d+-\d+$",
                                        description="Resume after this event id (what the last `id:` line said)"),
-    account: Account = Depends(account_reader), session: Session = Depends(get_session),
+    authorization: str | None = Security(API_KEY),
 ) -> StreamingResponse:
     """Server-Sent Events of a request: `status`, `progress`, `log`, `output`, then `done`."""
-    req = service.get_request(session, account, request_id)
-    return StreamingResponse(sse.stream(req.id, account.id, last_event_id), media_type="text/event-stream",
+    state = request.scope.setdefault("state", {})
+
+    def owner() -> tuple[str, str]:
+        # One thread, one short transaction: an open stream holds no database connection,
+        # and a crowd of streams opening at once cannot starve the pool.
+        with session_scope() as session:
+            account = authenticate(authorization, state, session, "requests:read")
+            return account.id, service.get_request(session, account, request_id).id
+
+    account_id, found = await asyncio.to_thread(owner)
+    return StreamingResponse(sse.stream(found, account_id, last_event_id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,9 @@ def _sync_redis() -> Any:
     return redis.Redis.from_url(get_settings().redis_url, socket_timeout=SOCKET_TIMEOUT_S)
 
 
-_async_clients: dict[int, Any] = {}
+# Keyed by the loop itself (weakly): a client is bound to its loop, and a closed loop's id
+# may be reused by a new one.
+_async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def async_redis() -> Any:
@@ -47,27 +50,34 @@ def async_redis() -> Any:
     import redis.asyncio as aioredis
 
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(id(loop))
+    client = _async_clients.get(loop)
     if client is None:
-        client = _async_clients[id(loop)] = aioredis.Redis.from_url(get_settings().redis_url,
+        client = _async_clients[loop] = aioredis.Redis.from_url(get_settings().redis_url,
                                                                     socket_timeout=SOCKET_TIMEOUT_S)
     return client
 
 
 def publish(request_id: str, kind: str, data: dict[str, Any]) -> str | None:
     """Append an event now (best effort: the database stays the source of truth)."""
-    if not get_settings().redis_url:
-        return None
+    ids = publish_many(request_id, [(kind, data)])
+    return ids[0] if ids else None
+
+
+def publish_many(request_id: str, batch: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Append several events in order, in one round trip."""
+    if not get_settings().redis_url or not batch:
+        return []
     key = stream_key(request_id)
     try:
         pipe = _sync_redis().pipeline(transaction=False)
-        pipe.xadd(key, {"type": kind, "data": json.dumps(data, default=str)}, maxlen=MAXLEN,
-                  approximate=True)
+        for kind, data in batch:
+            pipe.xadd(key, {"type": kind, "data": json.dumps(data, default=str)}, maxlen=MAXLEN,
+                      approximate=True)
         pipe.expire(key, get_gateway_settings().events_ttl_s)
-        event_id, _ = pipe.execute()
-        return event_id.decode() if isinstance(event_id, bytes) else event_id
+        *ids, _ = pipe.execute()
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
     except Exception:  # noqa: BLE001 - a missed event is recovered from the database
-        return None
+        return []
 
 
 def publish_after_commit(session: Session, request_id: str, kind: str, data: dict[str, Any]) -> None:
@@ -98,31 +108,41 @@ def read_sync(request_id: str, after: str, *, block_ms: int | None, count: int =
     return decode(reply[0][1]) if reply else []
 
 
-async def last_id(request_id: str) -> str:
-    """The id of the stream's newest event, or "0" when it has none."""
-    newest = await async_redis().xrevrange(stream_key(request_id), count=1)
-    if not newest:
-        return "0"
-    raw = newest[0][0]
-    return raw.decode() if isinstance(raw, bytes) else raw
+async def replay(request_id: str, after: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every event after `after` that the stream holds now, without waiting."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    while True:
+        got = await read(request_id, after, block_ms=None, count=500)
+        out.extend(got)
+        if len(got) < 500:
+            return out
+        after = got[-1][0]
 
 
-async def wait_until(is_done: Callable[[], bool], request_id: str, timeout: float) -> None:
-    """Return when `is_done()` holds (checked on each event and at least every few seconds) or at timeout."""
+async def wait_until(is_done: Callable[[], bool], request_id: str, timeout: float) -> dict[str, Any] | None:
+    """Wait until the request is final or `timeout` passes; returns the `done` event's envelope when
+    the stream had it (None: read the request from the database)."""
+    from gateway.follow import follow
+
     deadline = time.monotonic() + timeout
     if not get_settings().redis_url:
         while not await asyncio.to_thread(is_done) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return
-    after = await last_id(request_id)
-    while not await asyncio.to_thread(is_done):
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            got = await read(request_id, after, block_ms=max(1, int(min(remaining, 5.0) * 1000)))
-            if not got:
-                break  # a quiet spell: look at the database again
-            after = got[-1][0]
-            if any(kind == "done" for _, kind, _ in got):
-                return
+        return None
+    # The stream holds the request's whole history, so reading it from the start also finds
+    # a `done` that came before we looked; the database is asked only when the stream is quiet.
+    history = await replay(request_id, "0")
+    for _, kind, data in history:
+        if kind == "done":
+            return data
+    if not history and await asyncio.to_thread(is_done):
+        return None
+    async with follow(request_id, history[-1][0] if history else "0") as follower:
+        while (remaining := deadline - time.monotonic()) > 0:
+            batch = await follower.next(min(remaining, 5.0))
+            for _, kind, data in batch:
+                if kind == "done":
+                    return data
+            if not batch and await asyncio.to_thread(is_done):
+                return None
+    return None

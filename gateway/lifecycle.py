@@ -19,18 +19,22 @@ def announce(session: Session, req: Request) -> None:
         data["error"] = req.error
     final = status in FINAL_STATUSES
     rendered: dict[str, Any] | None = None
-    if final or status == "running":
+    targets = webhooks.targets_for(session, req, status)
+    if final or targets:
         from gateway.envelope import envelope
 
         session.flush()
         rendered = envelope(session, req).model_dump(mode="json")
-    webhooks.queue_for(session, req, status, rendered)
+    if targets:
+        webhooks.queue_for(session, req, status, rendered, targets)
 
     def publish() -> None:
+        batch: list[tuple[str, dict[str, Any]]] = []
         if final and rendered is not None and rendered.get("output") is not None:
-            events.publish(req.id, "output", {"output": rendered["output"]})
-        events.publish(req.id, "status", data)
+            batch.append(("output", {"output": rendered["output"]}))
+        batch.append(("status", data))
         if final:
-            events.publish(req.id, "done", rendered or {"status": status})
+            batch.append(("done", rendered or {"status": status}))
+        events.publish_many(req.id, batch)
 
     after_commit(session, publish)

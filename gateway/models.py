@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kit.db import Base, utcnow
@@ -34,6 +34,9 @@ class Request(Base):
         Index("ix_requests_account_status", "account_id", "status"),
         Index("ix_requests_pool_started", "pool", "started_at"),
         Index("ix_requests_status_deadline", "status", "deadline_at"),
+        # Queue positions count only queued rows: a small index however long the history.
+        Index("ix_requests_queued", "pool", "priority", "created_at",
+              postgresql_where=text("status = 'queued'"), sqlite_where=text("status = 'queued'")),
         UniqueConstraint("account_id", "idempotency_key"),
     )
 

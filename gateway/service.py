@@ -46,9 +46,10 @@ def body_digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def validate_input(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+def validate_input(schema: dict[str, Any], data: dict[str, Any],
+                   validator: jsonschema.protocols.Validator | None = None) -> dict[str, Any]:
     """Check the input against the model's schema and fill in defaults; 422 names the field."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = validator or jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         path = ".".join(str(p) for p in error.absolute_path)
@@ -75,6 +76,7 @@ class Target:
     inputs_schema: dict[str, Any]
     license_tier: str
     currency: str
+    validator: Any  # compiled once per cached target
 
 
 def _target(session: Session, owner: str, model_slug: str) -> Target:
@@ -86,8 +88,9 @@ def _target(session: Session, owner: str, model_slug: str) -> Target:
         if deployment is None:
             raise NotFound(f"model {owner}/{model_slug} is not deployed")
         pricing = billing.pricing_at(session, model.id)
-        return Target(model.id, deployment.id, deployment.version_id, deployment.pool,
-                      deployment.version.inputs_schema, pricing.license.tier, pricing.price_card.currency)
+        schema = deployment.version.inputs_schema
+        return Target(model.id, deployment.id, deployment.version_id, deployment.pool, schema,
+                      pricing.license.tier, pricing.price_card.currency, jsonschema.Draft202012Validator(schema))
 
     return cached("target", f"{owner}/{model_slug}", load)
 
@@ -98,7 +101,7 @@ def submit(
     idempotency_key: str | None = None, priority: str = "normal", start_deadline_s: float | None = None,
 ) -> tuple[Request, bool]:
     """Queue a request for a model; returns (request, created). Enqueued only on commit."""
-    if moderation.is_account_suspended(session, account.id):
+    if cached("suspended", account.id, lambda: moderation.is_account_suspended(session, account.id)):
         raise Forbidden("this account is suspended pending a content review", type="account-suspended")
     events_filter = webhooks.normalise_events(webhook_events)
     digest = body_digest({"model": f"{owner}/{model_slug}", "input": input, "webhook": webhook,
@@ -114,7 +117,7 @@ def submit(
         raise Forbidden(f"{owner}/{model_slug} is licensed for commercial use only to enabled accounts")
     if webhook:
         webhooks.check_url(webhook)
-    filled = validate_input(target.inputs_schema, input)
+    filled = validate_input(target.inputs_schema, input, target.validator)
     request_id = new_id("req")
     verdict = moderation.check_input(session, account_id=account.id, model_id=target.model_id,
                                      input=filled, request_id=request_id)
@@ -133,16 +136,20 @@ def submit(
         req.status = "blocked"
         req.error = verdict.reason or "the input was blocked by content policy"
         req.completed_at = now
-    try:
-        # In the savepoint, so a lost race leaves nothing pending in the outer transaction.
-        with session.begin_nested():
-            session.add(req)
-            session.flush()
-    except IntegrityError as exc:  # a concurrent submit with the same Idempotency-Key won
-        existing = repo.request_by_idempotency_key(session, account.id, idempotency_key or "")
-        if existing is None or existing.body_digest != digest:
-            raise Conflict("this Idempotency-Key was used with a different body") from exc
-        return existing, False
+    if not idempotency_key:
+        session.add(req)
+        session.flush()
+    else:
+        try:
+            # In a savepoint, so a lost race leaves nothing pending in the outer transaction.
+            with session.begin_nested():
+                session.add(req)
+                session.flush()
+        except IntegrityError as exc:  # a concurrent submit with the same Idempotency-Key won
+            existing = repo.request_by_idempotency_key(session, account.id, idempotency_key)
+            if existing is None or existing.body_digest != digest:
+                raise Conflict("this Idempotency-Key was used with a different body") from exc
+            return existing, False
     if verdict.blocked:
         lifecycle.announce(session, req)
     else:

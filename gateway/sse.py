@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway import events
 from gateway import repository as repo
+from gateway.follow import follow
 from gateway.models import FINAL_STATUSES
 from kit.db import session_scope
 from kit.settings import get_settings
@@ -68,25 +69,30 @@ async def stream(request_id: str, account_id: str, last_event_id: str | None) ->
         return
     yield b"retry: 1000\n\n"
     after = last_event_id or "0"
-    block: int | None = None  # the first read answers at once: replay what exists
-    while True:
-        got = await events.read(request_id, after, block_ms=block)
-        if not got:
-            # Nothing new: a request that is over (its stream lost or expired) ends here
-            # from the database, the source of truth; otherwise keep the line open.
-            final = await asyncio.to_thread(_final_envelope, request_id, account_id)
-            if final is not None:
-                yield frame("status", {"status": final["status"]})
-                yield frame("done", final)
-                return
-            if block is not None:
-                yield b": keep-alive\n\n"
-            block = KEEPALIVE_MS
-            continue
-        for event_id, kind, data in got:
-            after = event_id
-            if kind not in events.PUBLIC_EVENTS:
-                continue
+    history = await events.replay(request_id, after)
+    for event_id, kind, data in history:
+        after = event_id
+        if kind in events.PUBLIC_EVENTS:
             yield frame(kind, data, event_id)
-            if kind == "done":
-                return
+        if kind == "done":
+            return
+    async with follow(request_id, after) as follower:
+        quiet = not history
+        while True:
+            if quiet:
+                # Nothing new: a request that is over (its stream lost or expired) ends here
+                # from the database, the source of truth; otherwise keep the line open.
+                final = await asyncio.to_thread(_final_envelope, request_id, account_id)
+                if final is not None:
+                    yield frame("status", {"status": final["status"]})
+                    yield frame("done", final)
+                    return
+            batch = await follower.next(KEEPALIVE_MS / 1000)
+            quiet = not batch
+            if quiet:
+                yield b": keep-alive\n\n"
+            for event_id, kind, data in batch:
+                if kind in events.PUBLIC_EVENTS:
+                    yield frame(kind, data, event_id)
+                if kind == "done":
+                    return

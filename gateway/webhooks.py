@@ -28,6 +28,7 @@ import httpx
 from sqlalchemy.orm import Session
 
 from gateway import repository as repo
+from gateway.cache import cached
 from gateway.config import get_gateway_settings
 from gateway.models import FINAL_STATUSES, AccountSettings, Request, WebhookAttempt
 from kit.db import session_scope, utcnow
@@ -122,18 +123,31 @@ def _wants(filter_: list[str] | None, event: str) -> bool:
     return event in (filter_ if filter_ is not None else TERMINAL)
 
 
-def queue_for(session: Session, req: Request, status: str, rendered: dict[str, Any] | None) -> None:
-    """Record deliveries for a status change to every interested URL; sent after commit."""
+def _endpoints(session: Session, account_id: str) -> list[tuple[str, str, list[str] | None]]:
+    # Read on every status change of every request: cached briefly, like keys and prices.
+    return cached("webhook-endpoints", account_id, lambda: [
+        (e.url, e.id, e.events or None) for e in repo.endpoints_of(session, account_id) if e.enabled])
+
+
+def targets_for(session: Session, req: Request, status: str) -> list[tuple[str, str | None]]:
+    """The URLs (and account endpoint ids) that want this status change of the request."""
     event = STATUS_EVENT.get(status)
-    if event is None or rendered is None:
-        return
+    if event is None:
+        return []
     targets: list[tuple[str, str | None]] = []
     if req.webhook and _wants(req.webhook_events, event):
         targets.append((req.webhook, None))
-    for endpoint in repo.endpoints_of(session, req.account_id):
-        if endpoint.enabled and _wants(endpoint.events or None, event):
-            targets.append((endpoint.url, endpoint.id))
-    if not targets:
+    for url, endpoint_id, events in _endpoints(session, req.account_id):
+        if _wants(events, event):
+            targets.append((url, endpoint_id))
+    return targets
+
+
+def queue_for(session: Session, req: Request, status: str, rendered: dict[str, Any] | None,
+              targets: list[tuple[str, str | None]]) -> None:
+    """Record deliveries of a status change to its targets; sent after commit."""
+    event = STATUS_EVENT.get(status)
+    if event is None or rendered is None or not targets:
         return
     now = utcnow()
     payload = {"type": event, "timestamp": now.isoformat(), "data": rendered}

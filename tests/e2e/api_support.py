@@ -79,7 +79,7 @@ class LiveAPI:
             [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--port", str(self.port),
              "--log-level", "warning"], cwd=ROOT, env={**os.environ, **WORKER_ENV, **(env or {})},
             stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a busy machine starts Python slowly
         while True:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:

@@ -76,7 +76,7 @@ def test_cancel_running_reaches_the_model_fast(api, tmp_path) -> None:  # type: 
     assert r.status_code == 200 and r.json()["status"] == "running"  # signaled; ends when it stops
     body = wait_for(api, w.customer, req["id"], timeout=10)
     assert body["status"] == "canceled" and body["cost"]["amount_micros"] == 0
-    assert time.monotonic() - t0 < 2.0  # the Redis event, not a slow poll
+    assert time.monotonic() - t0 < 3.0  # the Redis event; the database is only looked at every 5 s
     assert _usage_count() == 0
 
 
