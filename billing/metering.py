@@ -216,7 +216,8 @@ def record_batch(session: Session, items: list[UsageItem]) -> dict[str, str]:
             "units": p.item.units, "transaction_id": txn,
         })
         customer = ledger.customer_account(p.item.account_id, p.account.billing_mode)
-        memo = f"usage {p.item.request_id}" + (f" (late, from {p.event_period})" if p.period != p.event_period else "")
+        # Usage legs point at their usage record; only late ones say more.
+        memo = f"late usage from {p.event_period}" if p.period != p.event_period else ""
         entry_rows.append([
             {"id": next(legs), "transaction_id": txn, "ledger_account": name, "amount_micros": amt,
              "currency": card.currency, "period": p.period, "kind": "usage", "usage_id": usage_id,

@@ -8,6 +8,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from sqlalchemy import column, func, insert, literal, select, table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -67,14 +68,24 @@ def _copy_rows(cursor: Any, table_name: str, columns: list[str], rows: list[dict
 def insert_usages(session: Session, rows: list[dict[str, Any]]) -> set[str]:
     """Many usage rows at once, duplicates skipped; the ids that were written.
 
-    On PostgreSQL the rows are COPied into a temporary table and moved over with one
-    INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING: bulk ingestion's fast path.
+    On PostgreSQL the rows are COPied straight in (bulk ingestion's fast path); if a
+    concurrent writer charged one of them first, they go through a temporary table and one
+    INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING instead.
     """
     if not rows:
         return set()
     if session.get_bind().dialect.name == "postgresql" and len(rows) > 50:
+        raw = session.connection().connection.dbapi_connection
+        try:
+            # The caller skipped requests already charged, so a conflict here means a
+            # concurrent writer won a race: then the slower path below sorts it out.
+            with session.begin_nested(), raw.cursor() as cur:  # type: ignore[union-attr]
+                _copy_rows(cur, "usage_records", USAGE_COLUMNS, rows, json_columns=("units",))
+            return {r["id"] for r in rows}
+        except psycopg.errors.UniqueViolation:
+            pass
         cols = ", ".join(USAGE_COLUMNS)
-        with session.connection().connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+        with raw.cursor() as cur:  # type: ignore[union-attr]
             cur.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage "
                         "(LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
             _copy_rows(cur, "usage_stage", USAGE_COLUMNS, rows, json_columns=("units",))

@@ -279,3 +279,33 @@ def test_transfer_refused_by_stripe_is_owed_again(committed, stripe_fakes) -> No
         assert "No such destination" in payout.last_error
         assert -core_repo.balances(s, ledger.partner_payable(lab_id))[ledger.partner_payable(lab_id)] == 500_000
         assert billing.ledger_is_balanced(s)
+
+
+def test_customer_tops_up_with_a_saved_card_over_http(live_app, stripe_fakes) -> None:  # type: ignore[no-untyped-def]
+    from gateway.service import issue_key
+
+    with session_scope() as s:
+        account = f.account(s, mode="prepaid")
+        customer = payments.ensure_customer(s, account, StripeGateway.from_settings())
+        key = issue_key(s, account)
+        postpaid_key = issue_key(s, f.account(s))
+    card = _card_on_file(_client(stripe_fakes), customer)
+    auth = {"Authorization": f"Key {key}"}
+    r = httpx.post(f"{live_app.base}/v1/billing/topups", json={"amount_cents": 5_000, "payment_method": card},
+                   headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "succeeded" and r.json()["payment_intent"].startswith("pi_")
+    balance = httpx.get(f"{live_app.base}/v1/billing/balance", headers=auth).json()
+    assert balance == {"billing_mode": "prepaid", "currency": "usd", "credit_micros": 50_000_000}
+
+    def webhook_seen() -> bool:
+        with session_scope() as s:
+            return s.scalar(select(StripeEvent.outcome).where(StripeEvent.type == "payment_intent.succeeded")) \
+                == "already credited"
+
+    wait_for(webhook_seen, what="payment_intent.succeeded to arrive and credit nothing more")
+    assert httpx.get(f"{live_app.base}/v1/billing/balance", headers=auth).json()["credit_micros"] == 50_000_000
+    refused = httpx.post(f"{live_app.base}/v1/billing/topups", json={"amount_cents": 5_000},
+                         headers={"Authorization": f"Key {postpaid_key}"})
+    assert refused.status_code == 422 and "prepaid" in refused.json()["detail"]
+    assert httpx.post(f"{live_app.base}/v1/billing/topups", json={"amount_cents": 5_000}).status_code == 401
