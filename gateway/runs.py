@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
+import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -19,30 +22,48 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from billing import service as billing
-from gateway import events
+from gateway import events, lifecycle
 from gateway import repository as repo
+from gateway.auth import account_limits
+from gateway.config import get_gateway_settings
 from gateway.models import FINAL_STATUSES, File, Request
+from gateway.service import PRIORITIES, RUN_TASK
 from kit.db import session_scope, utcnow
 from kit.errors import AppError
 from kit.settings import get_settings
 from kit.storage import get_storage
+from kit.tasks import enqueue, pool_queue
 from moderation import service as moderation
+from partners import logs as partner_logs
 from partners import repository as partners_repo
 from partners.models import Model
-from partners.packaging import PackageLimits, validate_stream
-from partners.service import artifact_key
-from partners.tenancy.runner import DeploymentSpec, ModelFailed, ReplicaError, ReplicaPool
+from partners.tenancy import packages
+from partners.tenancy.runner import (
+    DeploymentSpec,
+    ModelFailed,
+    PackageLayers,
+    ReplicaError,
+    ReplicaPool,
+)
 
 CANCEL_POLL_S = 0.5
+CANCEL_DB_CHECK_S = 5.0
+
+
+def _outputs_root() -> Path:
+    """Where a worker keeps a request's output files between the sandbox and storage."""
+    root = get_settings().data_dir / "outputs"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 log = logging.getLogger(__name__)
 
 
 @functools.cache
 def replica_pool() -> ReplicaPool:
     """This worker process's warm replicas."""
-    settings = get_settings()
-    return ReplicaPool(settings.data_dir / "replicas", setup_timeout=settings.runner_setup_timeout_s,
-                       python=settings.runner_python or None)
+    return ReplicaPool(setup_timeout=get_settings().runner_setup_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -54,12 +75,16 @@ class Claim:
     queued_ms: int
 
 
-def _materialiser(partner_id: str, digest: str):  # type: ignore[no-untyped-def]
-    def materialise(target: Path) -> None:
-        with get_storage().open(artifact_key(partner_id, digest)) as f:
-            validate_stream(f, PackageLimits()).extract_to(target)
+def _package_opener(partner_id: str, package: dict[str, Any], deployment_id: str):  # type: ignore[no-untyped-def]
+    def open_package() -> PackageLayers:
+        # Its own transaction: the decryption's audit record lands even if the request fails.
+        with session_scope() as session:
+            validated, layers = packages.open_layers(
+                session, partner_id, package, actor=f"worker:{socket.gethostname()}",
+                deployment_id=deployment_id)
+        return PackageLayers(layers, validated.root, validated.total_size)
 
-    return materialise
+    return open_package
 
 
 def claim(session: Session, request_id: str) -> Claim | None:
@@ -71,18 +96,24 @@ def claim(session: Session, request_id: str) -> Claim | None:
     if req.status == "queued" and req.deadline_at is not None and now > req.deadline_at:
         req.status, req.completed_at = "expired", now
         req.error = "the request did not start before its Request-Timeout deadline"
-        events.publish_after_commit(session, req.id, "status", {"status": "expired"})
+        lifecycle.announce(session, req)
+        return None
+    if req.status == "queued" and not _under_concurrency_limit(session, req):
+        # Over the account's limit: stays queued and is looked at again shortly, never dropped.
+        enqueue(session, RUN_TASK, req.id, queue=pool_queue(req.pool),
+                countdown=get_gateway_settings().requeue_delay_s, priority=PRIORITIES[req.priority])
         return None
     deployment = partners_repo.deployment(session, req.deployment_id)
     version = partners_repo.version(session, req.version_id)
     model = session.get(Model, req.model_id)
     assert deployment is not None and version is not None and model is not None
     req.status, req.started_at = "running", req.started_at or now
+    req.queue_ms = int((req.started_at - req.created_at).total_seconds() * 1000)
     req.attempts += 1
-    events.publish_after_commit(session, req.id, "status", {"status": "running"})
+    lifecycle.announce(session, req)
     spec = DeploymentSpec(
         deployment_id=deployment.id,
-        package_dir=_materialiser(model.partner_id, version.artifact_digest),
+        open_package=_package_opener(model.partner_id, version.package, deployment.id),
         manifest=version.manifest,
         max_replicas=deployment.max_replicas,
         concurrency=deployment.concurrency,
@@ -92,13 +123,41 @@ def claim(session: Session, request_id: str) -> Claim | None:
     return Claim(req.id, req.account_id, dict(req.input), spec, queued_ms)
 
 
+def _under_concurrency_limit(session: Session, req: Request) -> bool:
+    repo.lock_account(session, req.account_id)  # two workers must not both take the last slot
+    return repo.running_count(session, req.account_id) < account_limits(session, req.account_id).max_concurrency
+
+
+def _cancel_requested(request_id: str) -> bool:
+    with session_scope() as session:
+        req = session.get(Request, request_id)
+        return req is not None and req.cancel_requested
+
+
 def _watch_cancel(request_id: str, replica: Any, stop: threading.Event) -> None:
-    while not stop.wait(CANCEL_POLL_S):
-        with session_scope() as session:
-            req = session.get(Request, request_id)
-            if req is not None and req.cancel_requested:
+    # The `cancel` event in the request's stream arrives at once; the database (the truth)
+    # is looked at every few seconds in case that event was lost.
+    if not get_settings().redis_url:
+        while not stop.wait(CANCEL_POLL_S):
+            if _cancel_requested(request_id):
                 replica.cancel(request_id)
                 return
+        return
+    after, last_db_check = "0", time.monotonic()
+    while not stop.is_set():
+        try:
+            got = events.read_sync(request_id, after, block_ms=int(CANCEL_POLL_S * 1000))
+        except Exception:  # noqa: BLE001 - Redis away: the database check below still runs
+            got = []
+            stop.wait(CANCEL_POLL_S)
+        if got:
+            after = got[-1][0]
+        signaled = any(kind == "cancel" for _, kind, _ in got)
+        if not signaled and time.monotonic() - last_db_check > CANCEL_DB_CHECK_S:
+            last_db_check, signaled = time.monotonic(), _cancel_requested(request_id)
+        if signaled and not stop.is_set():
+            replica.cancel(request_id)
+            return
 
 
 def execute(request_id: str) -> None:
@@ -118,7 +177,7 @@ def execute(request_id: str) -> None:
                     exc, exc.partner_detail or "")
         _fail(request_id, f"the model could not start: {exc}")
         return
-    output_dir = replica.workdir / "outputs" / request_id
+    output_dir = Path(tempfile.mkdtemp(prefix=f"{request_id}-", dir=_outputs_root()))
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_cancel, args=(request_id, replica, stop), daemon=True)
     watcher.start()
@@ -126,6 +185,9 @@ def execute(request_id: str) -> None:
 
     def forward(event: dict[str, Any]) -> None:
         events.publish(request_id, event["type"], {k: v for k, v in event.items() if k not in ("type", "id")})
+        if event["type"] == "log":  # the partner sees its model's request logs too
+            partner_logs.log_line(claimed.spec.deployment_id, str(event.get("message", "")),
+                                  replica_id=replica.replica_id, request_id=request_id)
 
     try:
         result = replica.predict(request_id, claimed.inputs, output_dir,
@@ -143,6 +205,10 @@ def execute(request_id: str) -> None:
     run_ms = int((time.perf_counter() - started) * 1000)
     try:
         _succeed(request_id, result, output_dir, run_ms)
+    except Exception:
+        # Never leave the request `running`: it fails uncharged (the usage rolled back with it).
+        log.exception("request %s could not be finished", request_id)
+        _fail(request_id, "the result could not be recorded; nothing was charged")
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
 
@@ -156,7 +222,7 @@ def _fail(request_id: str, message: str) -> None:
         req.status = "canceled" if canceled else "failed"
         req.error = None if canceled else message[:4000]
         req.completed_at = utcnow()
-        events.publish_after_commit(session, request_id, "status", {"status": req.status})
+        lifecycle.announce(session, req)
 
 
 def _store_outputs(session: Session, req: Request, value: Any, output_dir: Path) -> Any:
@@ -186,7 +252,7 @@ def _succeed(request_id: str, result: dict[str, Any], output_dir: Path, run_ms: 
         now = utcnow()
         if req.cancel_requested:
             req.status, req.completed_at = "canceled", now
-            events.publish_after_commit(session, request_id, "status", {"status": "canceled"})
+            lifecycle.announce(session, req)
             return
         files = sorted(p for p in output_dir.glob("*") if p.is_file()) if output_dir.exists() else []
         verdict = moderation.check_output(session, account_id=req.account_id, model_id=req.model_id,
@@ -197,8 +263,11 @@ def _succeed(request_id: str, result: dict[str, Any], output_dir: Path, run_ms: 
         if verdict.blocked:
             req.status = "blocked"
             req.error = verdict.reason or "the output was blocked by content policy"
-            events.publish_after_commit(session, request_id, "status", {"status": "blocked"})
+            lifecycle.announce(session, req)
             return
+        for checked in verdict.files:  # blurred stand-ins take the originals' place
+            if checked.action == "replace" and checked.replace_with is not None:
+                os.replace(checked.replace_with, checked.path)
         model = session.get(Model, req.model_id)
         units = result.get("units") or {}
         try:
@@ -209,8 +278,8 @@ def _succeed(request_id: str, result: dict[str, Any], output_dir: Path, run_ms: 
                                              occurred_at=now)
         except AppError as exc:  # e.g. the model reported unusable units: fail, charge nothing
             req.status, req.error = "failed", f"the result could not be recorded: {exc.message}"
-            events.publish_after_commit(session, request_id, "status", {"status": "failed"})
+            lifecycle.announce(session, req)
             return
         req.output, req.units, req.cost_micros = output, units, usage.amount_micros
         req.status = "succeeded"
-        events.publish_after_commit(session, request_id, "status", {"status": "succeeded"})
+        lifecycle.announce(session, req)
