@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import inspect
 import os
 import socket
@@ -18,6 +19,14 @@ from engine.manifest import Manifest
 from engine.runner.protocol import ProtocolError, recv_frame, send_frame
 from engine.sdk.io import OutputWriter, Prediction
 from engine.sdk.model import Model
+
+
+def _provide_cog() -> None:
+    """Serve `engine.sdk.cog` as `cog` unless the real package is installed."""
+    if importlib.util.find_spec("cog") is None:
+        from engine.sdk import cog
+
+        sys.modules["cog"] = cog
 
 
 class Runner:
@@ -36,6 +45,8 @@ class Runner:
         """Import the entrypoint and run its setup, recording a traceback on failure."""
         try:
             sys.path.insert(0, str(self.package_dir))
+            os.chdir(self.package_dir)  # models open their weights by relative path, as under Cog
+            _provide_cog()
             module = importlib.import_module(self.manifest.module)
             cls = getattr(module, self.manifest.class_name)
             model = cls()
@@ -68,7 +79,7 @@ class Runner:
         try:
             # Models written for Cog (BasePredictor/BaseRunner) get the same emitters.
             model._emit, model._cancel = emit, cancel  # type: ignore[attr-defined]
-            fn = getattr(model, "predict", None) or model.run  # type: ignore[attr-defined]
+            fn = getattr(model, self.manifest.method)
             result = fn(**message.get("input", {}))
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)

@@ -36,14 +36,18 @@ def api(committed: Engine) -> Iterator[TestClient]:
 class World:
     """A partner with a deployed, priced model, and a customer key: set up through the API."""
 
-    def __init__(self, api: TestClient, tmp: Path, *, model_dir: Path, slug: str, pricing: dict,
-                 pool: str = "shared", max_replicas: int = 1) -> None:
-        r = api.post("/v1/admin/partners", json={"slug": "acme", "name": "Acme Labs"}, headers=ADMIN)
+    def __init__(self, api: TestClient, tmp: Path, *, model_dir: Path | None = None, slug: str,
+                 pricing: dict, pool: str = "shared", max_replicas: int = 1,
+                 archive: bytes | None = None, partner_slug: str = "acme") -> None:
+        r = api.post("/v1/admin/partners", json={"slug": partner_slug, "name": "Acme Labs"}, headers=ADMIN)
         assert r.status_code == 201, r.text
         self.partner = {"Authorization": f"Bearer {r.json()['api_key']}"}
         r = api.post("/v1/partner/models", json={"slug": slug, "title": slug}, headers=self.partner)
         assert r.status_code == 201, r.text
-        r = api.post(f"/v1/partner/models/{slug}/versions", content=package_bytes(model_dir, tmp),
+        if archive is None:
+            assert model_dir is not None
+            archive = package_bytes(model_dir, tmp)
+        r = api.post(f"/v1/partner/models/{slug}/versions", content=archive,
                      headers={**self.partner, "Content-Type": "application/octet-stream"})
         assert r.status_code == 201, r.text
         self.version = r.json()
@@ -57,7 +61,7 @@ class World:
         assert r.status_code == 201, r.text
         self.account_id = r.json()["id"]
         self.customer = {"Authorization": f"Key {r.json()['api_key']}"}
-        self.model = f"acme/{slug}"
+        self.model = f"{partner_slug}/{slug}"
 
 
 @pytest.fixture
