@@ -212,6 +212,20 @@ def run_variant(name: str, fn) -> dict[str, Any]:
         return {"variant": name, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def pick_block_kwargs(path: str) -> dict[str, dict[str, Any]]:
+    """Per mode, the optimize() arguments of the fastest block variant in a blocks result."""
+    picks: dict[str, tuple[float, dict[str, Any]]] = {}
+    for row in json.loads(Path(path).read_text()).get("rows", []):
+        if "error" in row or "ms" not in row:
+            continue
+        best = picks.get(row["mode"])
+        if best is None or row["ms"] < best[0]:
+            picks[row["mode"]] = (row["ms"], row.get("kwargs", {}))
+    chosen = {mode: kw for mode, (_, kw) in picks.items()}
+    log("picked from blocks", chosen)
+    return chosen
+
+
 def save_partial(args: argparse.Namespace, part: str, result: dict[str, Any]) -> None:
     """Write what is measured so far, so a run cut short by its time limit still reports."""
     if not args.out:
@@ -348,17 +362,21 @@ def flux_part(args: argparse.Namespace) -> dict[str, Any]:
     keep(run_variant("eager", lambda: measure("eager", lambda p: None)))
     cache = args.cache_dir
     extra = json.loads(args.optimize_kwargs) if args.optimize_kwargs else {}
+    picks = pick_block_kwargs(args.pick_from) if args.pick_from else {}
+    result["picked_kwargs"] = picks
+    kw_exact = {**extra, **picks.get("exact", {})}
+    kw_fast = {**extra, **picks.get("fast", {})}
     keep(
         run_variant(
             "exact",
-            lambda: measure("exact", lambda p: optimize(p, "exact", cache_dir=cache, **extra)),
+            lambda: measure("exact", lambda p: optimize(p, "exact", cache_dir=cache, **kw_exact)),
         )
     )
 
     fast_holder: dict[str, Any] = {}
 
     def fast_run():
-        row = measure("fast", lambda p: optimize(p, "fast", cache_dir=cache, **extra))
+        row = measure("fast", lambda p: optimize(p, "fast", cache_dir=cache, **kw_fast))
         fast_holder["pipe"] = row["_pipe"]
         return row
 
@@ -436,17 +454,21 @@ def blocks_part(args: argparse.Namespace) -> dict[str, Any]:
         "part": "blocks",
         "config": "FLUX.1-dev width, 1 double + 1 single block",
     }
-    variants = [
-        ("exact/inductor", "exact", ()),
-        ("exact/qk_rmsnorm_rope", "exact", ("qk_rmsnorm_rope",)),
-        ("fast/inductor", "fast", ()),
-        ("fast/fp8_linear", "fast", ("fp8_linear",)),
-    ]
+    variants = (
+        [(v["name"], v["mode"], v.get("kwargs", {})) for v in json.loads(args.block_variants)]
+        if args.block_variants
+        else [
+            ("exact/inductor", "exact", {"kernels": []}),
+            ("exact/qk_rmsnorm_rope", "exact", {"kernels": ["qk_rmsnorm_rope"]}),
+            ("fast/inductor", "fast", {"kernels": []}),
+            ("fast/fp8_linear", "fast", {"kernels": ["fp8_linear"]}),
+        ]
+    )
     rows = []
     ref = None
-    for name, mode, kern in variants:
+    for name, mode, kw in variants:
 
-        def one(mode=mode, kern=kern):
+        def one(mode=mode, kw=kw):
             nonlocal ref
             torch._dynamo.reset()
             free(device)
@@ -457,7 +479,7 @@ def blocks_part(args: argparse.Namespace) -> dict[str, Any]:
             with torch.no_grad():
                 eager_out = model(**inp)[0].float()
                 eager_ms = time_calls(lambda: model(**inp), device, iters=args.iters, warmup=1)
-            optimize(model, mode, kernels=kern, cuda_graphs=False, cache_dir=args.cache_dir)
+            optimize(model, mode, **{"cuda_graphs": False, "cache_dir": args.cache_dir, **kw})
             with torch.no_grad():
                 t0 = time.perf_counter()
                 out = model(**inp)[0].float()
@@ -466,7 +488,7 @@ def blocks_part(args: argparse.Namespace) -> dict[str, Any]:
                 ms = time_calls(lambda: model(**inp), device, iters=args.iters, warmup=2)
             return {
                 "mode": mode,
-                "kernels": list(kern),
+                "kwargs": kw,
                 "ms": ms,
                 "eager_ms": eager_ms,
                 "compile_s": first,
@@ -484,10 +506,11 @@ def blocks_part(args: argparse.Namespace) -> dict[str, Any]:
 
 def _kernel_class(name: str) -> str:
     low = name.lower()
-    if any(k in low for k in ("fmha", "flash", "attention", "sdpa", "attn")):
-        return "attention"
+    # Inductor names its kernels after every op fused in, attention's neighbours included.
     if low.startswith("triton") or "triton_" in low:
         return "fused elementwise (inductor)"
+    if any(k in low for k in ("fmha", "flash", "attention", "sdpa", "attn")):
+        return "attention"
     if any(
         k in low for k in ("gemm", "xmma", "nvjet", "cutlass", "f8f8", "cublas", "matmul", "gemv")
     ):
@@ -908,15 +931,16 @@ def wan_table(res: dict[str, Any]) -> list[str]:
 
 def blocks_table(res: dict[str, Any]) -> list[str]:
     lines = [
-        "| variant | ms (1 double + 1 single) | eager ms | compile s | rel L2 vs eager |",
-        "|---|---|---|---|---|",
+        "| variant | ms (1 double + 1 single) | eager ms | compile s | rel L2 vs eager | optimize() arguments |",
+        "|---|---|---|---|---|---|",
     ]
     for r in res.get("rows", []):
         if "error" in r:
-            lines.append(f"| {r['variant']} | error: {r['error'][:80]} | | | |")
+            lines.append(f"| {r['variant']} | error: {r['error'][:80]} | | | | |")
             continue
+        kw = json.dumps(r.get("kwargs", r.get("kernels", {})))
         lines.append(
-            f"| {r['variant']} | {fmt(r['ms'], '.3f')} | {fmt(r['eager_ms'], '.3f')} | {fmt(r['compile_s'])} | {fmt(r['drift']['rel_l2'], '.4f')} |"
+            f"| {r['variant']} | {fmt(r['ms'], '.3f')} | {fmt(r['eager_ms'], '.3f')} | {fmt(r['compile_s'])} | {fmt(r['drift']['rel_l2'], '.4f')} | `{kw}` |"
         )
     return lines
 
@@ -1046,6 +1070,10 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=0)
     parser.add_argument("--probe-timeout", type=int, default=240)
     parser.add_argument("--probe-mode", default="fast")
+    parser.add_argument("--block-variants", default="", help="JSON list of {name, mode, kwargs}")
+    parser.add_argument(
+        "--pick-from", default="", help="blocks result JSON: use its fastest kwargs per mode"
+    )
     parser.add_argument(
         "--probes", default="", help="JSON list of compile probes (see DEFAULT_PROBES)"
     )

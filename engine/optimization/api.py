@@ -66,7 +66,9 @@ class OptimizationReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (hook objects left out)."""
         # Not asdict(): it deep-copies every field, and captured CUDA graphs cannot be copied.
-        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "hooks"}
+        d = {
+            f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "hooks"
+        }
         graphs = self.hooks.get("cuda_graphs")
         if graphs:
             d["cuda_graph_decisions"] = [dec for h in graphs for dec in h.stats.decisions]
@@ -134,6 +136,7 @@ def optimize(
     dynamic: bool | None = None,
     cuda_graphs: str | bool = "auto",
     attention: str = "auto",
+    attention_op: bool = True,
     attention_seq_len: int = 4608,
     fuse_qkv: bool = True,
     fp8_backend: str | None = None,
@@ -200,7 +203,14 @@ def optimize(
             model, device=device, seq_len=attention_seq_len, requested=attention
         )
         report.attention_probe_ms = probe
-        if backend is not None and hasattr(model, "set_attention_backend"):
+        routed = 0
+        if attention_op and "qk_rmsnorm_rope" not in use_kernels:
+            from engine.optimization.sdpa import use_sdpa_processors
+
+            routed = use_sdpa_processors(model, backend)
+        if routed:
+            report.attention_backend = f"sdpa_bshd:{backend or 'native'}"
+        elif backend is not None and hasattr(model, "set_attention_backend"):
             model.set_attention_backend(backend)
             report.attention_backend = backend
 

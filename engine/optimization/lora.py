@@ -86,15 +86,110 @@ def compiled_frame_count() -> int:
     return int(sum(counters["frames"].values())) if "frames" in counters else 0
 
 
+def _slot_layers(model: nn.Module, adapter_name: str) -> dict[str, Any]:
+    """Module name -> peft LoRA layer holding `adapter_name` (cached on the model)."""
+    cache = model.__dict__.setdefault("_mediagate_lora_layers", {})
+    if adapter_name not in cache:
+        cache[adapter_name] = {
+            name: m
+            for name, m in model.named_modules()
+            if hasattr(m, "lora_A")
+            and isinstance(getattr(m, "lora_A", None), nn.ModuleDict)
+            and adapter_name in m.lora_A
+        }
+    return cache[adapter_name]
+
+
+@torch.no_grad()
+def _swap_into_slot(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    adapter_name: str,
+    alphas: dict[str, float] | None,
+) -> None:
+    layers = _slot_layers(model, adapter_name)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        for kind in ("lora_A", "lora_B"):
+            marker = f".{kind}."
+            if marker in key:
+                module = key.split(marker)[0]
+                pairs.setdefault(module, {})[kind] = value
+                break
+        else:
+            raise ValueError(f"not a LoRA weight in peft layout: {key}")
+    unknown = sorted(set(pairs) - set(layers))
+    if unknown:
+        raise ValueError(f"the adapter targets layers outside the LoRA slot: {unknown[:5]}")
+    for name, layer in layers.items():
+        a_slot = layer.lora_A[adapter_name].weight
+        b_slot = layer.lora_B[adapter_name].weight
+        pair = pairs.get(name)
+        if pair is None:
+            # Layers the adapter leaves alone contribute nothing (B = 0).
+            b_slot.zero_()
+            continue
+        a, b = pair["lora_A"], pair["lora_B"]
+        rank = a.shape[0]
+        if rank > a_slot.shape[0]:
+            raise ValueError(f"adapter rank {rank} exceeds the slot's rank {a_slot.shape[0]}")
+        a_slot[:rank].copy_(a, non_blocking=True)
+        a_slot[rank:].zero_()
+        b_slot[:, :rank].copy_(b, non_blocking=True)
+        b_slot[:, rank:].zero_()
+        alpha = (alphas or {}).get(name, rank)
+        scaling = layer.scaling[adapter_name]
+        if isinstance(scaling, torch.Tensor):
+            scaling.fill_(alpha / rank)
+        else:
+            layer.scaling[adapter_name] = alpha / rank
+
+
 def hotswap_lora(
-    target: Any, state_dict: dict[str, torch.Tensor], *, adapter_name: str = SLOT
+    target: Any,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    adapter_name: str = SLOT,
+    alphas: dict[str, float] | None = None,
+    via_diffusers: bool = False,
 ) -> float:
-    """Swap `state_dict`'s LoRA into the slot of a pipeline or model; returns seconds taken."""
+    """Swap `state_dict`'s LoRA into the slot of a pipeline or model; returns seconds taken.
+
+    The weights are copied straight into the slot's tensors (peft's hot-swap rules: smaller
+    ranks zero-padded, untouched layers zeroed, scaling alpha/rank updated in place), which
+    takes milliseconds where diffusers' loader re-validates the whole adapter on each swap.
+    A pipeline's state dict is first converted by diffusers (Kohya and other layouts).
+    `via_diffusers=True` uses diffusers' own `hotswap=True` loader instead.
+    """
     start = time.perf_counter()
-    if hasattr(target, "load_lora_weights"):
-        target.load_lora_weights(state_dict, adapter_name=adapter_name, hotswap=True)
+    if via_diffusers:
+        if hasattr(target, "load_lora_weights"):
+            target.load_lora_weights(state_dict, adapter_name=adapter_name, hotswap=True)
+        else:
+            target.load_lora_adapter(
+                state_dict, prefix=None, adapter_name=adapter_name, hotswap=True
+            )
     else:
-        target.load_lora_adapter(state_dict, prefix=None, adapter_name=adapter_name, hotswap=True)
+        model = target
+        if hasattr(target, "load_lora_weights"):
+            model = getattr(target, "transformer", None) or target.unet
+            prefix = "transformer." if getattr(target, "transformer", None) is not None else "unet."
+            converted = target.lora_state_dict(state_dict)
+            sd = converted[0] if isinstance(converted, tuple) else converted
+            network_alphas = (
+                converted[1] if isinstance(converted, tuple) and len(converted) > 1 else None
+            )
+            others = [k for k in sd if not k.startswith(prefix)]
+            if others:
+                raise ValueError(f"hot-swap covers the denoiser only, got {others[:3]}")
+            state_dict = {k[len(prefix) :]: v for k, v in sd.items()}
+            if network_alphas and alphas is None:
+                alphas = {
+                    k[len(prefix) :].removesuffix(".alpha"): float(v)
+                    for k, v in network_alphas.items()
+                    if k.startswith(prefix)
+                }
+        _swap_into_slot(model, state_dict, adapter_name, alphas)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start

@@ -1,0 +1,165 @@
+"""Attention on sequence-major (B, S, H, D) tensors, kept sequence-major under torch.compile.
+
+cuDNN's fused attention on Hopper runs faster when q, k and v are laid out (B, S, H, D)
+in memory and handed to SDPA as (B, H, S, D) views (measured on an H200 at FLUX's shape:
+0.40 ms against 0.51 ms for head-major copies). Eager diffusers gets that layout for free;
+inside a compiled graph inductor picks the layout of the buffers that feed SDPA and
+chooses head-major, which costs FLUX ~3 ms per step. Wrapping the call in an opaque op
+makes inductor produce the inputs in the layout they were traced with, sequence-major.
+
+`FluxSDPAProcessor` and `WanSDPAProcessor` are diffusers' processors with their attention
+call routed through this op; everything else in them is unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_BACKENDS = {
+    "_native_cudnn": "CUDNN_ATTENTION",
+    "_native_flash": "FLASH_ATTENTION",
+    "_native_efficient": "EFFICIENT_ATTENTION",
+    "_native_math": "MATH",
+}
+
+
+@torch.library.custom_op("mediagate::sdpa_bshd", mutates_args=())
+def sdpa_bshd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "native"
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for (B, S, H, D) inputs; output (B, S, H, D)."""
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+    name = _BACKENDS.get(backend)
+    if name is None:
+        out = F.scaled_dot_product_attention(qh, kh, vh)
+    else:
+        with torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, name)):
+            out = F.scaled_dot_product_attention(qh, kh, vh)
+    return out.transpose(1, 2).contiguous()
+
+
+@sdpa_bshd.register_fake
+def _sdpa_bshd_fake(q, k, v, backend="native"):
+    return q.new_empty(q.shape[:-1] + (v.shape[-1],))
+
+
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None
+) -> torch.Tensor:
+    return sdpa_bshd(q, k, v, backend or "native")
+
+
+class FluxSDPAProcessor:
+    """diffusers' FluxAttnProcessor, attention through `sdpa_bshd`."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, backend: str | None = None) -> None:
+        self.backend = backend
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        from diffusers.models.embeddings import apply_rotary_emb
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+        if attention_mask is not None:
+            raise NotImplementedError("FluxSDPAProcessor handles unmasked attention only")
+        query, key, value, e_query, e_key, e_value = _get_qkv_projections(
+            attn, hidden_states, encoder_hidden_states
+        )
+        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
+        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        if attn.added_kv_proj_dim is not None:
+            e_query = attn.norm_added_q(e_query.unflatten(-1, (-1, attn.head_dim)))
+            e_key = attn.norm_added_k(e_key.unflatten(-1, (-1, attn.head_dim)))
+            e_value = e_value.unflatten(-1, (-1, attn.head_dim))
+            query = torch.cat([e_query, query], dim=1)
+            key = torch.cat([e_key, key], dim=1)
+            value = torch.cat([e_value, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        hidden_states = _attention(query, key, value, self.backend).flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is not None:
+            s_txt = encoder_hidden_states.shape[1]
+            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+                [s_txt, hidden_states.shape[1] - s_txt], dim=1
+            )
+            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
+            return hidden_states, encoder_hidden_states
+        return hidden_states
+
+
+class WanSDPAProcessor:
+    """diffusers' WanAttnProcessor (text-to-video: no image branch), attention through `sdpa_bshd`."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, backend: str | None = None) -> None:
+        self.backend = backend
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if attn.add_k_proj is not None or attention_mask is not None:
+            raise NotImplementedError(
+                "WanSDPAProcessor handles unmasked text-to-video attention only"
+            )
+        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = _wan_rope(query, *rotary_emb)
+            key = _wan_rope(key, *rotary_emb)
+        hidden_states = _attention(query, key, value, self.backend).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](hidden_states))
+
+
+def _wan_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    # The rotation of WanAttnProcessor, verbatim in effect: interleaved pairs, fp32 tables.
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+def use_sdpa_processors(model: torch.nn.Module, backend: str | None) -> int:
+    """Route this instance's FLUX / Wan attention through `sdpa_bshd`; returns how many modules."""
+    from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
+    from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, FluxAttention) and type(module.processor) is FluxAttnProcessor:
+            module.set_processor(FluxSDPAProcessor(backend))
+            n += 1
+        elif (
+            isinstance(module, WanAttention)
+            and type(module.processor) is WanAttnProcessor
+            and module.add_k_proj is None
+        ):
+            module.set_processor(WanSDPAProcessor(backend))
+            n += 1
+    return n
