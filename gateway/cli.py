@@ -59,6 +59,7 @@ def worker(pools: str = typer.Option("shared", help="SLA pools to serve, comma s
     from kit.settings import get_settings
 
     threads = concurrency or get_settings().worker_concurrency
+    os.environ["MEDIAGATE_WORKER_POOLS"] = pools  # the replica keeper warms these pools' deployments
     celery_app.worker_main(["worker", "--pool", "threads", "--concurrency", str(threads),
                             "--queues", _queues(pools), "--loglevel", "INFO", "--without-gossip",
                             "--without-mingle", "--without-heartbeat"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from celery import signals
 
 from billing import tasks as billing_tasks  # noqa: F401  - registers billing tasks and beat
@@ -10,6 +12,7 @@ from kit.db import assert_migrated
 from kit.tasks import get_celery
 from kit.telemetry import setup_tracing
 from moderation import service as moderation
+from partners.tenancy import deployments
 
 app = get_celery()
 
@@ -23,9 +26,12 @@ def _check_schema(**_: object) -> None:
 
 @signals.worker_ready.connect
 def _start_housekeeping(**_: object) -> None:
+    from gateway.runs import replica_pool
     from gateway.sweeps import start_ticker
 
     start_ticker()
+    pools = [p for p in os.environ.get("MEDIAGATE_WORKER_POOLS", "shared").split(",") if p]
+    deployments.start_keeper(replica_pool(), pools)
 
 
 @signals.worker_shutdown.connect

@@ -235,13 +235,48 @@ class ReplicaPool:
         with self._cond:
             return list(self._replicas.get(deployment_id, []))
 
-    def reap_idle(self, keep_alive: dict[str, float]) -> int:
-        """Stop replicas idle longer than their deployment's keep-alive."""
-        now = time.monotonic()
+    def deployment_ids(self) -> set[str]:
+        with self._cond:
+            return {dep for dep, replicas in self._replicas.items() if replicas}
+
+    def prewarm(self, spec: DeploymentSpec, count: int) -> int:
+        """Start replicas until `count` are up (or starting); returns how many were started."""
+        started = 0
+        while True:
+            with self._cond:
+                up = len(self._replicas.get(spec.deployment_id, [])) + self._starting.get(spec.deployment_id, 0)
+                if up >= min(count, spec.max_replicas):
+                    return started
+                self._starting[spec.deployment_id] = self._starting.get(spec.deployment_id, 0) + 1
+            try:
+                replica = start_replica(spec, setup_timeout=self.setup_timeout)
+            finally:
+                with self._cond:
+                    self._starting[spec.deployment_id] -= 1
+            with self._cond:
+                self._replicas.setdefault(spec.deployment_id, []).append(replica)
+                self._cond.notify_all()
+            started += 1
+
+    def retire(self, deployment_id: str) -> None:
+        """Stop a deployment's idle replicas now; busy ones finish their request first."""
+        with self._cond:
+            replicas = self._replicas.get(deployment_id, [])
+            idle = [r for r in replicas if r.in_flight == 0]
+            for r in idle:
+                replicas.remove(r)
+        for r in idle:
+            r.stop()
+
+    def reap_idle(self, keep_alive: dict[str, float], floors: dict[str, int] | None = None) -> int:
+        """Stop replicas idle past their deployment's keep-alive, keeping each warm floor."""
+        now, floors = time.monotonic(), floors or {}
         stopped: list[Replica] = []
         with self._cond:
             for dep, replicas in self._replicas.items():
-                for r in list(replicas):
+                for r in sorted(replicas, key=lambda r: r.last_used):
+                    if len(replicas) <= floors.get(dep, 0):
+                        break
                     if r.in_flight == 0 and now - r.last_used > keep_alive.get(dep, 300.0):
                         replicas.remove(r)
                         stopped.append(r)
