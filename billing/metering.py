@@ -111,7 +111,7 @@ class _Priced:
     item: UsageItem
     card: PriceCard
     license: License
-    account: Account
+    billing_mode: str
     checked: dict[str, Decimal]
     quantity: Decimal
     billable: Decimal
@@ -124,13 +124,13 @@ class _Priced:
 def _price_items(session: Session, items: list[UsageItem]) -> list[_Priced]:
     book = PriceBook.load(session, {i.model_id for i in items})
     account_ids = {i.account_id for i in items}
-    accounts = {a.id: a for a in session.scalars(select(Account).where(Account.id.in_(account_ids)))}
+    modes = dict(session.execute(select(Account.id, Account.billing_mode).where(Account.id.in_(account_ids))).all())
     priced = []
     for item in items:
         if item.occurred_at.tzinfo is None:
             raise InvalidInput("occurred_at must be timezone-aware")
-        account = accounts.get(item.account_id)
-        if account is None:
+        mode = modes.get(item.account_id)
+        if mode is None:
             raise NotFound(f"no account {item.account_id}")
         checked = pricing.check_units(item.units)
         card = book.card(item.model_id, item.occurred_at, version_id=item.version_id, account_id=item.account_id)
@@ -139,7 +139,7 @@ def _price_items(session: Session, items: list[UsageItem]) -> list[_Priced]:
             raise NotFound("this model has no price card yet and cannot be called")
         if card.unit not in checked:
             raise InvalidInput(f"the model reported no {card.unit!r} units")
-        priced.append(_Priced(item, card, lic, account, checked, checked[card.unit],
+        priced.append(_Priced(item, card, lic, mode, checked, checked[card.unit],
                               pricing.billable_quantity(card.unit, checked), periods.period_of(item.occurred_at)))
     return priced
 
@@ -209,13 +209,13 @@ def record_batch(session: Session, items: list[UsageItem]) -> dict[str, str]:
             "id": usage_id, "request_id": p.item.request_id, "meter": card.unit, "quantity": p.quantity,
             "billable_quantity": p.billable, "account_id": p.item.account_id, "model_id": p.item.model_id,
             "partner_id": p.item.partner_id, "version_id": p.item.version_id, "price_card_id": card.id,
-            "license_id": lic.id, "tier": lic.tier, "billing_mode": p.account.billing_mode, "licensor": licensor,
+            "license_id": lic.id, "tier": lic.tier, "billing_mode": p.billing_mode, "licensor": licensor,
             "amount_micros": amount, "platform_micros": split.platform, "royalty_micros": split.royalty,
             "partner_micros": split.partner, "currency": card.currency, "period": p.period,
             "event_period": p.event_period, "occurred_at": p.item.occurred_at, "ingested_at": now,
             "units": p.item.units, "transaction_id": txn,
         })
-        customer = ledger.customer_account(p.item.account_id, p.account.billing_mode)
+        customer = ledger.customer_account(p.item.account_id, p.billing_mode)
         # Usage legs point at their usage record; only late ones say more.
         memo = f"late usage from {p.event_period}" if p.period != p.event_period else ""
         entry_rows.append([

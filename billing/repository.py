@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Json
 from sqlalchemy import column, func, insert, literal, select, table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -54,14 +54,24 @@ USAGE_COLUMNS = [c.name for c in UsageRecord.__table__.columns]
 LEDGER_COLUMNS = [c.name for c in LedgerEntry.__table__.columns]
 
 
+_COPY_TYPES: dict[str, list[int]] = {}
+
+
 def _copy_rows(cursor: Any, table_name: str, columns: list[str], rows: list[dict[str, Any]],
                json_columns: tuple[str, ...] = ()) -> None:
+    """COPY rows in PostgreSQL's binary format (no text formatting or parsing per value)."""
+    cols = ", ".join(columns)
+    key = f"{table_name}({cols})"
+    if key not in _COPY_TYPES:
+        cursor.execute(f"SELECT {cols} FROM {table_name} LIMIT 0")
+        _COPY_TYPES[key] = [d.type_code for d in cursor.description]
     json_at = [columns.index(c) for c in json_columns]
-    with cursor.copy(f"COPY {table_name} ({', '.join(columns)}) FROM STDIN") as copy:
+    with cursor.copy(f"COPY {table_name} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_COPY_TYPES[key])
         for row in rows:
             values = [row[c] for c in columns]
             for i in json_at:
-                values[i] = json.dumps(values[i])
+                values[i] = Json(values[i])
             copy.write_row(values)
 
 
@@ -154,14 +164,24 @@ def add_entries(session: Session, entries: list[dict[str, Any]]) -> None:
             moves[(holder, e["currency"])] -= e["amount_micros"]
     if moves:
         now = utcnow()
+        # Sorted, so concurrent batches lock balance rows in the same order.
+        rows = sorted(moves.items())
+        if session.get_bind().dialect.name == "postgresql":
+            with session.connection().connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+                cur.execute(
+                    "INSERT INTO credit_balances (account_id, currency, balance_micros, updated_at) "
+                    "SELECT a, c, m, %s FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS t(a, c, m) "
+                    "ON CONFLICT (account_id) DO UPDATE SET balance_micros = credit_balances.balance_micros "
+                    "+ excluded.balance_micros, updated_at = excluded.updated_at",
+                    [now, [a for (a, _), _ in rows], [c for (_, c), _ in rows], [m for _, m in rows]])
+            return
         stmt = _insert(session, CreditBalance)
         stmt = stmt.on_conflict_do_update(
             index_elements=["account_id"],
             set_={"balance_micros": CreditBalance.balance_micros + stmt.excluded.balance_micros,
                   "updated_at": stmt.excluded.updated_at})
-        # Sorted, so concurrent batches lock balance rows in the same order.
         session.execute(stmt, [{"account_id": a, "currency": c, "balance_micros": m, "updated_at": now}
-                               for (a, c), m in sorted(moves.items())])
+                               for (a, c), m in rows])
 
 
 def credit_balance(session: Session, account_id: str) -> int:
@@ -177,8 +197,19 @@ def bump_counters(session: Session, bumps: list[tuple[str, str, str, Decimal]]) 
     """
     if not bumps:
         return {}
+    rows = sorted(bumps)
+    if session.get_bind().dialect.name == "postgresql":
+        # One fixed statement over arrays: a multi-row VALUES would be compiled afresh each time.
+        with session.connection().connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(
+                "INSERT INTO usage_counters (scope, key, period, quantity) "
+                "SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::numeric[]) "
+                "ON CONFLICT (scope, key, period) DO UPDATE SET quantity = usage_counters.quantity + "
+                "excluded.quantity RETURNING scope, key, period, quantity",
+                [[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]])
+            return {(sc, k, p): Decimal(q) for sc, k, p, q in cur.fetchall()}
     stmt = _insert(session, UsageCounter).values(
-        [{"scope": sc, "key": k, "period": p, "quantity": q} for sc, k, p, q in sorted(bumps)])
+        [{"scope": sc, "key": k, "period": p, "quantity": q} for sc, k, p, q in rows])
     stmt = stmt.on_conflict_do_update(
         index_elements=["scope", "key", "period"],
         set_={"quantity": UsageCounter.quantity + stmt.excluded.quantity},
