@@ -11,7 +11,6 @@ import functools
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -37,11 +36,10 @@ from moderation import service as moderation
 from partners import logs as partner_logs
 from partners import repository as partners_repo
 from partners.models import Model
-from partners.tenancy import packages
+from partners.tenancy.deployments import replica_spec
 from partners.tenancy.runner import (
     DeploymentSpec,
     ModelFailed,
-    PackageLayers,
     ReplicaError,
     ReplicaPool,
 )
@@ -75,18 +73,6 @@ class Claim:
     queued_ms: int
 
 
-def _package_opener(partner_id: str, package: dict[str, Any], deployment_id: str):  # type: ignore[no-untyped-def]
-    def open_package() -> PackageLayers:
-        # Its own transaction: the decryption's audit record lands even if the request fails.
-        with session_scope() as session:
-            validated, layers = packages.open_layers(
-                session, partner_id, package, actor=f"worker:{socket.gethostname()}",
-                deployment_id=deployment_id)
-        return PackageLayers(layers, validated.root, validated.total_size)
-
-    return open_package
-
-
 def claim(session: Session, request_id: str) -> Claim | None:
     """Move a queued request to running; None when there is nothing (more) to do."""
     req = repo.request_for_update(session, request_id)
@@ -104,21 +90,12 @@ def claim(session: Session, request_id: str) -> Claim | None:
                 countdown=get_gateway_settings().requeue_delay_s, priority=PRIORITIES[req.priority])
         return None
     deployment = partners_repo.deployment(session, req.deployment_id)
-    version = partners_repo.version(session, req.version_id)
-    model = session.get(Model, req.model_id)
-    assert deployment is not None and version is not None and model is not None
+    assert deployment is not None
     req.status, req.started_at = "running", req.started_at or now
     req.queue_ms = int((req.started_at - req.created_at).total_seconds() * 1000)
     req.attempts += 1
     lifecycle.announce(session, req)
-    spec = DeploymentSpec(
-        deployment_id=deployment.id,
-        open_package=_package_opener(model.partner_id, version.package, deployment.id),
-        manifest=version.manifest,
-        max_replicas=deployment.max_replicas,
-        concurrency=deployment.concurrency,
-        keep_alive_s=deployment.keep_alive_s,
-    )
+    spec = replica_spec(session, deployment)
     queued_ms = int((now - req.created_at).total_seconds() * 1000)
     return Claim(req.id, req.account_id, dict(req.input), spec, queued_ms)
 
