@@ -19,6 +19,9 @@ from gateway.config import get_gateway_settings
 from kit.db import session_scope, utcnow
 from kit.settings import get_settings
 from kit.storage import get_storage
+from partners import logs as partner_logs
+from partners import members as partner_members
+from partners import uploads as partner_uploads
 
 log = logging.getLogger(__name__)
 LOCK_KEY = "mediagate:sweep"
@@ -76,6 +79,14 @@ def purge_expired_files(limit: int = 500) -> int:
     return deleted
 
 
+def purge_partner_leftovers() -> None:
+    """Abandoned upload sessions, old deployment logs and expired portal sessions."""
+    with session_scope() as session:
+        partner_uploads.purge_expired(session)
+        partner_logs.prune(session)
+        partner_members.prune_sessions(session)
+
+
 @functools.cache
 def _redis() -> Any:
     import redis
@@ -106,6 +117,7 @@ def tick() -> None:
     webhooks.send_due()
     if _ticks % RETENTION_EVERY == 1:
         purge_expired_files()
+        purge_partner_leftovers()
 
 
 def start_ticker() -> threading.Event:
