@@ -16,7 +16,7 @@ from gateway.admin import router as admin_router
 from gateway.auth import account_writer
 from gateway.endpoints import router as customer_router
 from kit.db import assert_migrated
-from kit.telemetry import TracingMiddleware, setup_tracing
+from kit.telemetry import setup_tracing
 from kit.web import install_error_handlers
 from partners.endpoints import router as partner_router
 
@@ -43,7 +43,6 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     app.include_router(portal_router)
     app.include_router(billing_customer_router(account_writer))
     app.add_middleware(limits.CustomerEdges)
-    app.add_middleware(TracingMiddleware)  # outermost: the span covers the whole request
     openapi.install(app)
 
     @app.get("/healthz", tags=["health"])

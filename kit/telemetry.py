@@ -1,4 +1,8 @@
-"""OpenTelemetry: one tracer provider per process; context carried through task headers."""
+"""OpenTelemetry: one tracer provider per process; context carried through task headers.
+
+FastAPI opens the server span of each HTTP request itself (continuing a caller's
+`traceparent`); Celery tasks and sandbox calls join that trace through `inject`/`extract`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
 )
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kit.settings import get_settings
 
@@ -51,24 +54,3 @@ def extract(carrier: dict[str, Any] | None) -> Any:
     """A context from headers made by `inject()`."""
     return propagate.extract(carrier or {})
 
-
-class TracingMiddleware:
-    """A server span per HTTP request, continuing a caller's `traceparent` if it sent one."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.tracer = trace.get_tracer("mediagate.http")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        name = f"{scope['method']} {scope['path']}"
-        with self.tracer.start_as_current_span(name, context=extract(headers), kind=trace.SpanKind.SERVER) as span:
-            async def send_with_status(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    span.set_attribute("http.response.status_code", message["status"])
-                await send(message)
-
-            await self.app(scope, receive, send_with_status)
