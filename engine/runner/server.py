@@ -18,7 +18,7 @@ from typing import Any
 from engine.manifest import Manifest
 from engine.runner.protocol import ProtocolError, recv_frame, send_frame
 from engine.sdk.io import OutputWriter, Prediction
-from engine.sdk.model import Model
+from engine.sdk.model import Model, RequestContext, bind_request, unbind_request
 
 
 def _provide_cog() -> None:
@@ -76,9 +76,8 @@ class Runner:
         model = self.model
         assert model is not None
         started = time.perf_counter()
+        token = bind_request(RequestContext(emit, cancel))
         try:
-            # Models written for Cog (BasePredictor/BaseRunner) get the same emitters.
-            model._emit, model._cancel = emit, cancel  # type: ignore[attr-defined]
             fn = getattr(model, self.manifest.method)
             result = fn(**message.get("input", {}))
             if inspect.iscoroutine(result):
@@ -98,6 +97,7 @@ class Runner:
             emit({"type": "error", "message": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(), "canceled": cancel.is_set()})
         finally:
+            unbind_request(token)
             self.cancels.pop(request_id, None)
 
     def handle(self, conn: socket.socket) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from typing import Any
 
 Emit = Callable[[dict[str, Any]], None]
@@ -38,11 +40,29 @@ class Input:
         }
 
 
+@dataclass(frozen=True)
+class RequestContext:
+    """Where one running request's progress and logs go, and its cancel flag."""
+
+    emit: Emit
+    cancel: threading.Event
+
+
+# Per request, not per model: a replica may run several requests at once, each in its thread.
+_current: ContextVar[RequestContext | None] = ContextVar("mediagate_request", default=None)
+
+
+def bind_request(context: RequestContext) -> Token[RequestContext | None]:
+    """Make `context` the running request's for this thread (the runner calls this)."""
+    return _current.set(context)
+
+
+def unbind_request(token: Token[RequestContext | None]) -> None:
+    _current.reset(token)
+
+
 class Model:
     """Base class of a partner's model. Override `setup` and `predict`."""
-
-    _emit: Emit | None = None
-    _cancel: threading.Event | None = None
 
     def setup(self) -> None:
         """Load weights and build pipelines; runs once before the first request."""
@@ -53,15 +73,18 @@ class Model:
 
     def progress(self, done: int, total: int, message: str | None = None) -> None:
         """Report progress (e.g. a denoising step); customers see it as SSE `progress` events."""
-        if self._emit is not None:
-            self._emit({"type": "progress", "done": int(done), "total": int(total), "message": message})
+        context = _current.get()
+        if context is not None:
+            context.emit({"type": "progress", "done": int(done), "total": int(total), "message": message})
 
     def log(self, message: str) -> None:
         """A log line for this request, visible to the customer and the partner."""
-        if self._emit is not None:
-            self._emit({"type": "log", "message": str(message)})
+        context = _current.get()
+        if context is not None:
+            context.emit({"type": "log", "message": str(message)})
 
     @property
     def canceled(self) -> bool:
         """True once the customer canceled the running request; stop early if you can."""
-        return self._cancel is not None and self._cancel.is_set()
+        context = _current.get()
+        return context is not None and context.cancel.is_set()

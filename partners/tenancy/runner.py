@@ -110,11 +110,23 @@ class Replica:
         self, request_id: str, inputs: dict[str, Any], dest: Path, *, timeout: float,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Run one request; its output files are copied into `dest` (never followed links)."""
+        """Run one request; its output files are copied into `dest` (never followed links).
+
+        `timeout` bounds the whole request, not each silence: a model that keeps reporting
+        progress past its deadline is stopped too.
+        """
+        deadline = time.monotonic() + timeout
+
+        def watched(event: dict[str, Any]) -> None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("past the request's deadline")
+            if on_event is not None:
+                on_event(event)
+
         try:
             with tracer.start_as_current_span("sandbox.predict", attributes={
                     "mediagate.request_id": request_id, "mediagate.deployment_id": self.deployment_id}):
-                frame = self.sandbox.predict(request_id, inputs, timeout=timeout, on_event=on_event)
+                frame = self.sandbox.predict(request_id, inputs, timeout=timeout, on_event=watched)
         except TimeoutError as exc:
             raise ReplicaError(f"the model did not finish within {timeout:.0f} s") from exc
         except (ProtocolError, OSError, SandboxError) as exc:

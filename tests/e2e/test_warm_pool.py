@@ -44,3 +44,21 @@ def test_min_replicas_are_warm_before_any_request_and_retired_on_rollout(api, wo
                  headers=w.partner)
     assert r.status_code == 201, r.text
     assert _wait_for(lambda: all(x["state"] == "stopped" for x in _replicas(api, w, dep))), _replicas(api, w, dep)
+
+
+def test_one_replica_serves_concurrent_requests_each_with_its_own_progress(api, worker, flaky_world) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    w = flaky_world
+    r = api.patch(f"/v1/partner/deployments/{w.deployment['id']}", json={"concurrency": 2}, headers=w.partner)
+    assert r.status_code == 200, r.text
+
+    def run(seconds: float) -> dict:
+        time.sleep(0.5 if seconds < 1 else 0)  # the short one starts second and ends first
+        return api.post(f"/v1/models/{w.model}/requests", headers={**w.customer, "Prefer": "wait=60"},
+                        json={"input": {"mode": "sleep", "seconds": seconds}}).json()
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(run, [2.5, 0.5])
+    assert a["status"] == b["status"] == "succeeded", (a["error"], b["error"])
+    assert a["output"]["runner_pid"] == b["output"]["runner_pid"]  # one replica, two at once
