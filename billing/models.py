@@ -156,9 +156,9 @@ class LedgerEntry(Base):
 
     __tablename__ = "ledger_entries"
     # Few indexes on purpose: every usage appends about three legs, and each index is a write.
+    # A period's legs are read whole at close (a sequential scan), so no (period, …) index.
     __table_args__ = (
         Index("ix_ledger_entries_ledger_account", "ledger_account", "period"),
-        Index("ix_ledger_entries_period_account", "period", "ledger_account"),
         Index("ix_ledger_entries_ref", "ref", postgresql_where=text("ref IS NOT NULL"),
               sqlite_where=text("ref IS NOT NULL")),
     )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 01:25:56.493437
+Create Date: 2026-11-22 01:45:20.546089
 """
 from collections.abc import Sequence
 
@@ -819,7 +819,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
         batch_op.create_index('ix_ledger_entries_ledger_account', ['ledger_account', 'period'], unique=False)
-        batch_op.create_index('ix_ledger_entries_period_account', ['period', 'ledger_account'], unique=False)
         batch_op.create_index('ix_ledger_entries_ref', ['ref'], unique=False, postgresql_where=sa.text('ref IS NOT NULL'), sqlite_where=sa.text('ref IS NOT NULL'))
         batch_op.create_index(batch_op.f('ix_ledger_entries_transaction_id'), ['transaction_id'], unique=False)
 
@@ -912,7 +911,6 @@ def downgrade() -> None:
     with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_ledger_entries_transaction_id'))
         batch_op.drop_index('ix_ledger_entries_ref', postgresql_where=sa.text('ref IS NOT NULL'), sqlite_where=sa.text('ref IS NOT NULL'))
-        batch_op.drop_index('ix_ledger_entries_period_account')
         batch_op.drop_index('ix_ledger_entries_ledger_account')
 
     op.drop_table('ledger_entries')
