@@ -136,7 +136,7 @@ def optimize(
     dynamic: bool | None = None,
     cuda_graphs: str | bool = "auto",
     attention: str = "auto",
-    attention_op: bool = True,
+    attention_op: bool = False,
     attention_seq_len: int = 4608,
     fuse_qkv: bool = True,
     fp8_backend: str | None = None,
@@ -200,7 +200,11 @@ def optimize(
                     report.notes.append(f"{name}: QKV not fused ({exc})")
 
         backend, probe = attn_mod.choose_attention_backend(
-            model, device=device, seq_len=attention_seq_len, requested=attention
+            model,
+            device=device,
+            seq_len=attention_seq_len,
+            requested=attention,
+            via_op=attention_op,
         )
         report.attention_probe_ms = probe
         routed = 0

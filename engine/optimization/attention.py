@@ -16,16 +16,23 @@ CUDA_CANDIDATES = ("_native_cudnn", "_native_flash", "_native_efficient", "nativ
 
 
 def _time_backend(
-    name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, iters: int
+    name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, iters: int, via_op: bool
 ) -> float:
+    # Time the call the model will make: diffusers' dispatch (whose cuDNN path copies q, k
+    # and v head-major first) or our sequence-major op.
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
+    from engine.optimization.sdpa import sdpa_bshd
+
+    def call():
+        return sdpa_bshd(q, k, v, name) if via_op else dispatch_attention_fn(q, k, v, backend=name)
+
     for _ in range(2):
-        dispatch_attention_fn(q, k, v, backend=name)
+        call()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
-        dispatch_attention_fn(q, k, v, backend=name)
+        call()
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / iters
@@ -39,6 +46,7 @@ def probe_attention_backends(
     device: torch.device,
     dtype: torch.dtype = torch.bfloat16,
     iters: int = 5,
+    via_op: bool = False,
 ) -> dict[str, float]:
     """Milliseconds per call of each available backend at (1, seq_len, heads, head_dim)."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -49,7 +57,7 @@ def probe_attention_backends(
     timings: dict[str, float] = {}
     for name in CUDA_CANDIDATES:
         try:
-            timings[name] = _time_backend(name, q, k, v, iters)
+            timings[name] = _time_backend(name, q, k, v, iters, via_op)
         except Exception:  # a backend this build or GPU lacks is simply not a candidate
             continue
     return timings
@@ -67,7 +75,12 @@ def attention_shape(model: torch.nn.Module) -> tuple[int, int] | None:
 
 
 def choose_attention_backend(
-    model: torch.nn.Module, *, device: torch.device, seq_len: int = 4608, requested: str = "auto"
+    model: torch.nn.Module,
+    *,
+    device: torch.device,
+    seq_len: int = 4608,
+    requested: str = "auto",
+    via_op: bool = False,
 ) -> tuple[str | None, dict[str, float]]:
     """The backend to set on `model` (None keeps diffusers' default) and the probe's timings."""
     if requested != "auto":
