@@ -262,9 +262,11 @@ def record_batch(session: Session, items: list[UsageItem]) -> dict[str, str]:
 def _charged_requests(session: Session, request_ids: list[str]) -> set[str]:
     """Which of these requests already have a usage record."""
     if session.get_bind().dialect.name == "postgresql":
-        # One array parameter instead of thousands of IN placeholders to render and parse.
+        # One array parameter instead of thousands of IN placeholders to render and parse;
+        # never a prepared generic plan, which cannot see the array's size and scans the table.
         with session.connection().connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
-            cur.execute("SELECT request_id FROM usage_records WHERE request_id = ANY(%s)", [request_ids])
+            cur.execute("SELECT request_id FROM usage_records WHERE request_id = ANY(%s)", [request_ids],
+                        prepare=False)
             return {r[0] for r in cur.fetchall()}
     found: set[str] = set()
     for start in range(0, len(request_ids), 5_000):

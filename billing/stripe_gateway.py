@@ -16,7 +16,7 @@ from typing import Any
 
 import stripe
 
-from billing.settings import get_billing_settings
+from billing.settings import DEV_STRIPE_KEY, get_billing_settings
 from kit.errors import AppError
 
 
@@ -45,6 +45,8 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
         raise StripeUnavailable(f"Stripe is unreachable: {exc.user_message or exc}") from exc
+    except (stripe.AuthenticationError, stripe.PermissionError) as exc:  # our configuration, not the object
+        raise StripeUnavailable(f"Stripe refused our API key: {exc.user_message or exc}") from exc
     except stripe.IdempotencyError as exc:  # our bug: the same key with other parameters
         raise StripeRejected(f"Stripe refused a reused idempotency key: {exc.user_message or exc}") from exc
     except stripe.StripeError as exc:
@@ -180,6 +182,12 @@ class StripeGateway:
             raise AppError(f"the Stripe signature does not verify: {exc}", 400, type="bad-signature") from exc
         # Kept exactly as Stripe sent it (the SDK's objects turn decimal strings into Decimals).
         return json.loads(payload)
+
+
+def configured() -> bool:
+    """Whether Stripe has been set up (a real key, or a base URL such as a test stand-in)."""
+    s = get_billing_settings()
+    return s.stripe_api_key != DEV_STRIPE_KEY or bool(s.stripe_api_base)
 
 
 @functools.cache

@@ -18,6 +18,7 @@ from billing.payments import repository as payments_repo
 from billing.payments import service as payments
 from billing.settings import get_billing_settings
 from billing.stripe_gateway import StripeGateway, get_gateway
+from billing.stripe_gateway import configured as stripe_configured
 from kit.db import session_scope
 from kit.tasks import get_celery
 
@@ -34,6 +35,9 @@ def deliver(period: str | None = None, *, gateway: StripeGateway | None = None) 
     """Send whatever a close left pending: invoices, payouts, licensor reports."""
     with session_scope() as session:
         pending = payments_repo.outbox(session, period)
+    if gateway is None and not stripe_configured():
+        # Nothing is sent to Stripe until it is set up; the rows wait, pending.
+        pending["invoices"], pending["payouts"] = [], []
     if pending["invoices"] or pending["payouts"]:
         gateway = gateway or get_gateway()
     outcome: dict[str, dict[str, int]] = {k: {} for k in pending}
