@@ -237,8 +237,9 @@ def save_partial(args: argparse.Namespace, part: str, result: dict[str, Any]) ->
 
 
 def add_rates(row: dict[str, Any], flops: dict[str, float], peaks: dict[str, float]) -> None:
-    ms = row.get("ms_step_pipeline") if row.get("variant") == "turbo" else row.get("ms_step")
-    if not ms:
+    # Step caching skips work, so FLOP rates would count work not done: none for turbo.
+    ms = row.get("ms_step")
+    if not ms or row.get("variant") == "turbo":
         return
     peak = peaks.get("bf16_tflops") or 0.0
     row["tflops"] = flops["total"] / ms / 1e9
@@ -1033,7 +1034,8 @@ def chart(results: list[dict[str, Any]], path: Path) -> Path | None:
     if not values:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(names, values, color=["#999", "#999", "#4a7", "#27a", "#a52"][: len(names)])
+    palette = {"eager": "#999", "compile": "#777", "exact": "#4a7", "fast": "#27a", "turbo": "#a52"}
+    ax.bar(names, values, color=[palette.get(n, "#555") for n in names])
     floor = next((r.get("floor_ms") for r in flux["rows"] if r.get("floor_ms")), None)
     if floor:
         ax.axhline(

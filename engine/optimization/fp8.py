@@ -108,21 +108,27 @@ def quantize_linears(
     LoRA adapter matrices (peft's `lora_A` / `lora_B`) stay in bf16: they are tiny, and a
     hot-swap writes new values into them. The base layer under a LoRA wrapper is quantized.
     """
+    # Collect names only: holding the modules themselves would keep every replaced bf16
+    # weight alive until the end, doubling peak memory while a 12B model is converted.
+    targets = [
+        (name, child_name)
+        for name, module in model.named_modules()
+        for child_name, child in module.named_children()
+        if type(child) is nn.Linear
+    ]
     replaced: list[str] = []
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is not nn.Linear:
-                continue
-            full = f"{name}.{child_name}" if name else child_name
-            parts = full.split(".")
-            if "lora_A" in parts or "lora_B" in parts or "lora_magnitude_vector" in parts:
-                continue
-            if not _eligible(child) or not include(full, child):
-                continue
-            setattr(
-                module,
-                child_name,
-                FP8Linear.from_linear(child, backend=backend, fast_accum=fast_accum),
-            )
-            replaced.append(full)
+    for name, child_name in targets:
+        full = f"{name}.{child_name}" if name else child_name
+        parts = full.split(".")
+        if "lora_A" in parts or "lora_B" in parts or "lora_magnitude_vector" in parts:
+            continue
+        parent = model.get_submodule(name)
+        child = getattr(parent, child_name)
+        if not _eligible(child) or not include(full, child):
+            continue
+        setattr(
+            parent, child_name, FP8Linear.from_linear(child, backend=backend, fast_accum=fast_accum)
+        )
+        del child
+        replaced.append(full)
     return replaced
