@@ -27,9 +27,10 @@ def artifact_store() -> ArtifactStore:
     return ArtifactStore(get_storage(), LocalKeyManager.from_settings())
 
 
-def store_package(session: Session, partner_id: str, archive: Path, package: ValidatedPackage) -> None:
+def store_package(session: Session, partner_id: str, archive: Path, package: ValidatedPackage, *,
+                  store: ArtifactStore | None = None) -> None:
     """Encrypt and store every layer of a validated package (deduplicated by digest)."""
-    store = artifact_store()
+    store = store or artifact_store()
     with tarfile.open(archive, mode="r:*") as tar:
         for layer in package.layers:
             if store.has_blob(session, partner_id, layer.digest):

@@ -7,6 +7,7 @@ deployment's `max_replicas`, each serving up to `concurrency` requests at once.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -24,6 +25,7 @@ from partners.tenancy.sandbox import Sandbox, SandboxError, SandboxSetupFailed
 from partners.tenancy.sandbox_spec import LayerSource, SandboxSpec
 
 tracer = trace.get_tracer("mediagate.replicas")
+log = logging.getLogger(__name__)
 GiB = 1 << 30
 MiB = 1 << 20
 
@@ -160,13 +162,21 @@ class Replica:
 
     def stop(self) -> None:
         self.sandbox.stop()
-        logs.report_replica(self.deployment_id, self.replica_id, "stopped")
+        _report(self.deployment_id, self.replica_id, "stopped")
+
+
+def _report(deployment_id: str, replica_id: str, state: str, detail: str | None = None) -> None:
+    # The partner's view of its replicas must never stop a replica from serving.
+    try:
+        logs.report_replica(deployment_id, replica_id, state, detail=detail)
+    except Exception:  # noqa: BLE001 - logged, and the replica carries on
+        log.exception("could not record replica %s of %s as %s", replica_id, deployment_id, state)
 
 
 def start_replica(spec: DeploymentSpec, *, setup_timeout: float) -> Replica:
     """Open the package, start a sandbox on it and wait until the model has set up."""
     replica_id = new_id("rep")
-    logs.report_replica(spec.deployment_id, replica_id, "starting")
+    _report(spec.deployment_id, replica_id, "starting")
     package = spec.open_package()
 
     def ship(stream: str, line: str) -> None:
@@ -180,13 +190,13 @@ def start_replica(spec: DeploymentSpec, *, setup_timeout: float) -> Replica:
             sandbox.wait_ready(setup_timeout)
     except SandboxSetupFailed as exc:
         sandbox.stop()
-        logs.report_replica(spec.deployment_id, replica_id, "failed", detail=exc.traceback)
+        _report(spec.deployment_id, replica_id, "failed", exc.traceback)
         raise ReplicaError("the model failed to set up", partner_detail=exc.traceback) from exc
     except SandboxError as exc:
         sandbox.stop()
-        logs.report_replica(spec.deployment_id, replica_id, "failed", detail=exc.logs)
+        _report(spec.deployment_id, replica_id, "failed", exc.logs)
         raise ReplicaError(str(exc), partner_detail=exc.logs) from exc
-    logs.report_replica(spec.deployment_id, replica_id, "ready")
+    _report(spec.deployment_id, replica_id, "ready")
     return Replica(spec.deployment_id, replica_id, sandbox, spec.concurrency)
 
 
