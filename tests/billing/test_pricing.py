@@ -117,6 +117,7 @@ def test_commercial_use_is_enforced_before_running(db: Session) -> None:
     assert billing.authorize_request(db, hobbyist, schnell.id).estimate_micros == 40_000
     with pytest.raises(NotFound):
         billing.authorize_request(db, hobbyist, partner_model_without_price(db, lab).id)
+    assert billing.authorize_request(db, f.account(db), dev.id).pricing is None  # nothing to check
 
 
 def partner_model_without_price(db: Session, lab):  # type: ignore[no-untyped-def]
