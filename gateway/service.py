@@ -113,8 +113,8 @@ def submit(
                 raise Conflict("this Idempotency-Key was used with a different body")
             return existing, False
     target = _target(session, owner, model_slug)
-    if target.license_tier == "revenue_share" and not account.commercial_use:
-        raise Forbidden(f"{owner}/{model_slug} is licensed for commercial use only to enabled accounts")
+    # Licensed for this account (403) and, when prepaid, covered by its credit (402).
+    billing.authorize_request(session, account, target.model_id, version_id=target.version_id)
     if webhook:
         webhooks.check_url(webhook)
     filled = validate_input(target.inputs_schema, input, target.validator)

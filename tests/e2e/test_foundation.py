@@ -149,3 +149,24 @@ def test_blocked_input_is_not_run_or_charged(api, worker, art_world) -> None:  #
     assert body["moderation"]["input"] == "blocked" and body["cost"]["amount_micros"] == 0
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(UsageRecord)) == 0
+
+
+def test_license_and_credit_are_checked_before_a_request_is_queued(api, worker, flaky_world) -> None:  # type: ignore[no-untyped-def]
+    from tests.e2e.conftest import ADMIN
+
+    w = flaky_world
+    url = f"/v1/models/{w.model}/requests"
+    hobbyist = api.post("/v1/admin/accounts", json={"name": "Hobbyist", "commercial_use": False},
+                        headers=ADMIN).json()
+    r = api.post(url, headers={"Authorization": f"Key {hobbyist['api_key']}"}, json={"input": {}})
+    assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json", r.text
+
+    prepaid = api.post("/v1/admin/accounts", json={"name": "Prepaid", "billing_mode": "prepaid"},
+                       headers=ADMIN).json()
+    r = api.post(url, headers={"Authorization": f"Key {prepaid['api_key']}"}, json={"input": {}})
+    assert r.status_code == 402 and r.json()["type"].endswith("/insufficient-credit"), r.text
+    with session_scope() as s:
+        from gateway.models import Request
+
+        assert s.scalar(select(func.count()).select_from(Request).where(
+            Request.account_id.in_([hobbyist["id"], prepaid["id"]]))) == 0
