@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import hashlib
 import json
 import os
 import resource
@@ -37,50 +36,13 @@ os.environ.update(
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.common import machine, summary, write_json  # noqa: E402
+from bench.stack import fresh_database, seed_noop  # noqa: E402
 
-NOOP = ROOT / "bench" / "models" / "noop"
 MODEL = "bench/noop"
 TARGETS = {"throughput_rps": 1000, "submit_p50_ms": 5, "submit_p99_ms": 30, "overhead_p50_ms": 25,
            "overhead_p99_ms": 100, "sse_rss_mib": 1024}
-
-
-def fresh_database() -> None:
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS mediagate_load WITH (FORCE)"))
-        conn.execute(text("CREATE DATABASE mediagate_load"))
-    admin.dispose()
-    from kit.migrate import upgrade
-
-    upgrade()
-
-
-def seed() -> str:
-    from billing import service as billing
-    from gateway import service as gateway
-    from gateway.models import AccountSettings
-    from kit.db import session_scope
-    from partners import service as partners
-    from partners.packaging import build_package
-
-    with session_scope() as s:
-        partner, _ = partners.create_partner(s, slug="bench", name="Bench")
-        model = partners.create_model(s, partner, slug="noop")
-        archive = DATA / "noop.oci.tar"
-        build_package(NOOP, archive)
-        data = archive.read_bytes()
-        partners.create_version(s, partner, model, archive=archive, digest=hashlib.sha256(data).hexdigest(),
-                                size=len(data))
-        partners.create_deployment(s, partner, model_slug="noop", version=None, pool="shared",
-                                   min_replicas=0, max_replicas=1, concurrency=8, keep_alive_s=3600)
-        billing.set_pricing(s, model, tier="open", unit="requests", unit_price_micros=100)
-        account = billing.create_account(s, name="bench")
-        # The load is one customer: limits out of the way, so the gateway itself is measured.
-        s.add(AccountSettings(account_id=account.id, rate_per_s=1e6, rate_burst=10**7, max_concurrency=10_000))
-        return gateway.issue_key(s, account)
 
 
 # -- a lean HTTP/1.1 client over asyncio streams ---------------------------------------------
@@ -318,8 +280,9 @@ def main() -> None:
     import redis
 
     redis.Redis.from_url(os.environ["MEDIAGATE_REDIS_URL"]).flushdb()
-    fresh_database()
-    headers = {"Authorization": f"Key {seed()}", "Content-Type": "application/json"}
+    fresh_database("mediagate_load")
+    headers = {"Authorization": f"Key {seed_noop(DATA, concurrency=8, unlimited=True)}",
+               "Content-Type": "application/json"}
     log = DATA / "stack.log"
     api_cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--port", str(PORT),
                "--workers", str(args.api_workers), "--log-level", "warning", "--no-access-log",

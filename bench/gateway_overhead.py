@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import os
 import signal
 import subprocess
@@ -34,44 +33,9 @@ import httpx  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import track  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.common import machine, summary, write_json  # noqa: E402
-
-NOOP = ROOT / "bench" / "models" / "noop"
-
-
-def fresh_database() -> None:
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS mediagate_bench WITH (FORCE)"))
-        conn.execute(text("CREATE DATABASE mediagate_bench"))
-    admin.dispose()
-    from kit.migrate import upgrade
-
-    upgrade()
-
-
-def seed() -> str:
-    from billing import service as billing
-    from gateway import service as gateway
-    from kit.db import session_scope
-    from partners import service as partners
-    from partners.packaging import build_package
-
-    with session_scope() as s:
-        partner, _ = partners.create_partner(s, slug="bench", name="Bench")
-        model = partners.create_model(s, partner, slug="noop")
-        archive = DATA / "noop.oci.tar"
-        build_package(NOOP, archive)
-        data = archive.read_bytes()
-        partners.create_version(s, partner, model, archive=archive, digest=hashlib.sha256(data).hexdigest(),
-                                size=len(data))
-        partners.create_deployment(s, partner, model_slug="noop", version=None, pool="shared",
-                                   min_replicas=0, max_replicas=1, concurrency=4, keep_alive_s=3600)
-        billing.set_pricing(s, model, tier="open", unit="requests", unit_price_micros=100)
-        account = billing.create_account(s, name="bench")
-        return gateway.issue_key(s, account)
+from bench.stack import NOOP, fresh_database, seed_noop  # noqa: E402
 
 
 def direct_runner(n: int) -> list[float]:
@@ -105,8 +69,8 @@ def main() -> None:
     import redis
 
     redis.Redis.from_url(os.environ["MEDIAGATE_REDIS_URL"]).flushdb()
-    fresh_database()
-    key = seed()
+    fresh_database("mediagate_bench")
+    key = seed_noop(DATA, concurrency=4, unlimited=False)
     env = dict(os.environ)
     log = open(DATA / "stack.log", "wb")
     procs = [
