@@ -14,12 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from billing import repository as repo
 from billing import service
 from billing.close.models import Invoice
 from billing.models import Account
 from billing.payments import service as payments
-from billing.reports import repository as reports_repo
 from billing.reports import service as reports_service
 from billing.reports.endpoints import router as finance_router
 from billing.schemas import BalanceOut, PricingIn, PricingOut, StatementOut, TopupIn, TopupOut
@@ -60,37 +58,17 @@ def set_pricing(
     return PricingOut(**body.model_dump(), model=f"{partner.slug}/{model.slug}", effective_from=card.effective_from)
 
 
-def _statement_out(stm: Any, payee: Any, payout: Any) -> StatementOut:
-    status = reports_service.payout_status(stm, payee, payout)
-    return StatementOut(
-        period=stm.period, currency=stm.currency, requests=stm.requests, gross_micros=stm.gross_micros,
-        fees_micros=stm.fees_micros, royalties_micros=stm.royalties_micros, credits_micros=stm.credits_micros,
-        refunds_micros=stm.refunds_micros, net_micros=stm.net_micros, carried_in_micros=stm.carried_in_micros,
-        payable_micros=stm.payable_micros, payout_cents=stm.payout_cents, carried_out_micros=stm.carried_out_micros,
-        payout_status=status, transfer=payout.stripe_transfer_id if payout is not None else None, lines=stm.lines)
-
-
-def _partner_statements(session: Session, partner: Partner) -> list[StatementOut]:
-    out = []
-    # A partner's own earnings, and royalties owed to it when its models' licenses name it.
-    for kind, ref in (("partner", partner.id), ("licensor", partner.slug)):
-        payee = repo.payee(session, kind, ref)
-        if payee is not None:
-            out += [_statement_out(s, payee, p) for s, p in reports_repo.statements_of_payee(session, payee.id)]
-    return sorted(out, key=lambda s: s.period, reverse=True)
-
-
 @partner_router.get("/statements", response_model=list[StatementOut])
 def statements(partner: Partner = Depends(current_partner), session: Session = Depends(get_session)) -> list[StatementOut]:
     """The partner's monthly statements: gross, fees, royalties, refunds, net, payout and carry."""
-    return _partner_statements(session, partner)
+    return reports_service.partner_statements(session, partner)
 
 
 @partner_router.get("/statements/{period}", response_model=list[StatementOut])
 def statement(period: str, partner: Partner = Depends(current_partner),
               session: Session = Depends(get_session)) -> list[StatementOut]:
     """The partner's statement(s) for one closed period, with lines per model."""
-    found = [s for s in _partner_statements(session, partner) if s.period == period]
+    found = [s for s in reports_service.partner_statements(session, partner) if s.period == period]
     if not found:
         raise NotFound(f"no statement for {period}; statements are written when a period closes")
     return found

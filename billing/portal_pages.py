@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from billing import service as billing
+from billing.reports import service as reports_service
 from kit.db import get_session, utcnow
 from kit.errors import InvalidInput
 from kit.web import router as api_router
@@ -128,6 +129,22 @@ EARNINGS = templates.from_string("""\
   <p class="muted">Amounts are exact to the micro-unit as metered; payouts round to cents when a period closes, carrying remainders forward.
     Open-license models earn the platform only; revenue-share models pay the licensor a royalty; partner-priced models pay you the price less the platform fee.</p>
 </section>
+<section class="card">
+  <h2>Statements</h2>
+  {% if statements %}
+  <table id="statements">
+    <thead><tr><th>Period</th><th class="num">Requests</th><th class="num">Gross</th><th class="num">Fees</th><th class="num">Royalties</th>
+      <th class="num">Credits</th><th class="num">Refunds</th><th class="num">Net</th><th class="num">Paid out</th><th class="num">Carried</th><th>Payout</th></tr></thead>
+    <tbody>{% for st in statements %}
+      <tr><td>{{ st.period }}</td><td class="num">{{ st.requests }}</td><td class="num">{{ st.gross_micros | money(st.currency) }}</td>
+        <td class="num">{{ st.fees_micros | money(st.currency) }}</td><td class="num">{{ st.royalties_micros | money(st.currency) }}</td>
+        <td class="num">{{ st.credits_micros | money(st.currency) }}</td><td class="num">{{ st.refunds_micros | money(st.currency) }}</td>
+        <td class="num"><strong>{{ st.net_micros | money(st.currency) }}</strong></td><td class="num">{{ (st.payout_cents * 10000) | money(st.currency) }}</td>
+        <td class="num">{{ st.carried_out_micros | money(st.currency) }}</td><td>{{ st.payout_status | replace('_', ' ') }}</td></tr>
+    {% endfor %}</tbody>
+  </table>
+  {% else %}<p class="empty">No statements yet: one is written for each month when it closes.</p>{% endif %}
+</section>
 {% endblock %}
 """)
 
@@ -156,7 +173,8 @@ def earnings_page(request: Request, period: str | None = Query(None), user: Port
                       empty="no earnings in these months")
     html = EARNINGS.render(request=request, user=user, csrf=user.csrf, path=request.url.path, period=period,
                            periods=periods, rows=rows, total=total, currency=currency, chart=chart,
-                           six_months=int(sum(monthly) * 1_000_000))
+                           six_months=int(sum(monthly) * 1_000_000),
+                           statements=reports_service.partner_statements(session, user.partner))
     return HTMLResponse(html)
 
 

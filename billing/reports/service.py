@@ -13,9 +13,11 @@ from billing.close import repository as close_repo
 from billing.close import service as close
 from billing.models import BillingPeriod
 from billing.reports import repository as repo
+from billing.schemas import StatementOut
 from billing.service import revenue_share_report
 from kit.db import utcnow
 from kit.money import MICROS_PER_CENT
+from partners.models import Partner
 
 SUMS = ("requests", "gross_micros", "refunds_micros", "platform_micros", "royalty_micros", "partner_micros")
 NOT_CHARGES = close.NOT_CHARGES
@@ -185,3 +187,24 @@ def reconciliation(session: Session, period: str) -> dict[str, Any]:
     return {"period": period, "status": status, "customers": customers, "customer_totals": customer_totals,
             "payees": payees, "payee_totals": payee_totals, "checks": checks,
             "ok": all(c["ok"] for c in checks)}
+
+
+def _statement_out(stm: Any, payee: Any, payout: Any) -> StatementOut:
+    status = payout_status(stm, payee, payout)
+    return StatementOut(
+        period=stm.period, currency=stm.currency, requests=stm.requests, gross_micros=stm.gross_micros,
+        fees_micros=stm.fees_micros, royalties_micros=stm.royalties_micros, credits_micros=stm.credits_micros,
+        refunds_micros=stm.refunds_micros, net_micros=stm.net_micros, carried_in_micros=stm.carried_in_micros,
+        payable_micros=stm.payable_micros, payout_cents=stm.payout_cents, carried_out_micros=stm.carried_out_micros,
+        payout_status=status, transfer=payout.stripe_transfer_id if payout is not None else None, lines=stm.lines)
+
+
+def partner_statements(session: Session, partner: Partner) -> list[StatementOut]:
+    """The partner's closed-period statements, newest first (as payee and as licensor)."""
+    out = []
+    # A partner's own earnings, and royalties owed to it when its models' licenses name it.
+    for kind, ref in (("partner", partner.id), ("licensor", partner.slug)):
+        payee = core_repo.payee(session, kind, ref)
+        if payee is not None:
+            out += [_statement_out(s, payee, p) for s, p in repo.statements_of_payee(session, payee.id)]
+    return sorted(out, key=lambda s: s.period, reverse=True)

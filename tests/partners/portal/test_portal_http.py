@@ -190,3 +190,39 @@ def test_earnings_come_from_billing_and_only_ones_own(api: TestClient, tmp_path)
     sign_in(api, "ada@acme.test")
     page = api.get("/portal/earnings")
     assert page.status_code == 200 and "$0.0720" in page.text and "acme/art" in page.text
+
+
+def test_closed_periods_show_as_statements_on_the_earnings_page(api: TestClient, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from billing import service as billing
+    from billing.close.service import close_period
+    from kit.db import session_scope
+    from partners.models import Model
+    from tests.support import ROOT, package_bytes
+
+    a = onboard(api, "acme", email="ada@acme.test")
+    api.post("/v1/partner/models", json={"slug": "art"}, headers=a)
+    version = api.post("/v1/partner/models/art/versions",
+                       content=package_bytes(ROOT / "examples" / "procedural-art", tmp_path),
+                       headers={**a, "Content-Type": "application/octet-stream"}).json()
+    api.put("/v1/partner/models/art/pricing", json={"tier": "partner_priced", "unit": "megapixels",
+                                                    "unit_price_micros": 30_000, "platform_fee_bps": 2_000},
+            headers=a)
+    account = api.post("/v1/admin/accounts", json={"name": "C"}, headers=ADMIN).json()["id"]
+    when = dt.datetime(2026, 10, 15, tzinfo=dt.UTC)
+    with session_scope() as s:
+        model = s.query(Model).filter_by(slug="art").one()
+        billing.set_pricing(s, model, tier="partner_priced", unit="megapixels", unit_price_micros=30_000,
+                            platform_fee_bps=2_000, effective_from=when - dt.timedelta(days=1))
+        billing.record_usage(s, request_id="req_oct", account_id=account, model=model,
+                             version_id=version["id"], units={"megapixels": 2}, occurred_at=when)
+    with session_scope() as s:
+        close_period(s, "2026-10", now=dt.datetime(2026, 11, 2, tzinfo=dt.UTC))
+
+    (statement,) = api.get("/v1/partner/statements", headers=a).json()
+    assert statement["period"] == "2026-10" and statement["net_micros"] == 48_000
+    sign_in(api, "ada@acme.test")
+    page = api.get("/portal/earnings")
+    assert page.status_code == 200 and 'id="statements"' in page.text and "2026-10" in page.text
+    assert "$0.0480" in page.text
