@@ -217,14 +217,16 @@ class Sandbox:
         ]
         if os.geteuid() == 0 and self.host_uid is None:
             args += ["--cap-drop", "ALL"]
+        # /tmp first: a runtime that lives under /tmp (a checkout there) is bound on top of it,
+        # where a later tmpfs would hide it.
+        args += ["--size", str(spec.tmp_tmpfs_bytes), "--tmpfs", "/tmp"]
         args += self._system_args()
         args += ["--proc", "/proc", "--dev", "/dev",
                  "--size", str(spec.shm_bytes), "--tmpfs", "/dev/shm"]
         if spec.gpu:
             for node in spec.gpu_devices if spec.gpu_devices is not None else gpu_device_nodes():
                 args += ["--dev-bind", node, node]
-        args += ["--size", str(spec.package_tmpfs_bytes), "--tmpfs", PKG_DIR,
-                 "--size", str(spec.tmp_tmpfs_bytes), "--tmpfs", "/tmp"]
+        args += ["--size", str(spec.package_tmpfs_bytes), "--tmpfs", PKG_DIR]
         if spec.scratch_dir is not None:
             args += ["--bind", str(spec.scratch_dir), SCRATCH_DIR]
         else:
