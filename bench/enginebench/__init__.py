@@ -1,0 +1,1 @@
+"""The engine benchmark's parts; `bench/engine.py` runs them."""

@@ -1,0 +1,89 @@
+"""Where a step's time goes, by kernel class."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from bench.enginebench.common import (
+    env_info,
+    free,
+    optimize,
+    run_variant,
+    save_partial,
+    sync,
+    time_calls,
+)
+
+# ---------------------------------------------------------------------------- where the time goes
+
+
+def _kernel_class(name: str) -> str:
+    low = name.lower()
+    # Inductor names its kernels after every op fused in, attention's neighbours included.
+    if low.startswith("triton") or "triton_" in low:
+        return "fused elementwise (inductor)"
+    if any(k in low for k in ("fmha", "flash", "attention", "sdpa", "attn")):
+        return "attention"
+    if any(
+        k in low for k in ("gemm", "xmma", "nvjet", "cutlass", "f8f8", "cublas", "matmul", "gemv")
+    ):
+        return "matmul"
+    return "other"
+
+
+def profile_part(args: argparse.Namespace) -> dict[str, Any]:
+    """GPU time of one FLUX transformer step by kernel class, per mode (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.pipelines import build_flux_transformer, flux_transformer_inputs
+
+    device = torch.device(args.device)
+    result: dict[str, Any] = {"env": env_info(device), "part": "profile", "rows": []}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for mode in ("eager", "exact", "fast"):
+
+        def one(mode=mode):
+            torch._dynamo.reset()
+            free(device)
+            model = build_flux_transformer(args.size, device=device, dtype=torch.bfloat16, seed=0)
+            inp = flux_transformer_inputs(model, height=args.resolution, width=args.resolution)
+            if mode != "eager":
+                optimize(model, mode, cuda_graphs=False, cache_dir=args.cache_dir)
+            with torch.no_grad():
+                for _ in range(3):
+                    model(**inp)
+                sync(device)
+                ms = time_calls(lambda: model(**inp), device, iters=5, warmup=0)
+                with profile(activities=activities) as prof:
+                    for _ in range(2):
+                        model(**inp)
+                    sync(device)
+            classes: dict[str, float] = {}
+            top: dict[str, float] = {}
+            for evt in prof.key_averages():
+                t = (
+                    getattr(evt, "device_time_total", None)
+                    or getattr(evt, "cuda_time_total", 0)
+                    or 0
+                )
+                if t <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA:
+                    continue
+                ms_evt = t / 1e3 / 2
+                classes[_kernel_class(evt.key)] = classes.get(_kernel_class(evt.key), 0.0) + ms_evt
+                top[evt.key[:90]] = ms_evt
+            busy = sum(classes.values())
+            return {
+                "mode": mode,
+                "ms_step": ms,
+                "kernel_ms": busy,
+                "gaps_ms": ms - busy,
+                "classes_ms": classes,
+                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:12]),
+            }
+
+        result["rows"].append(run_variant(f"profile {mode}", one))
+        save_partial(args, "profile", result)
+    return result
