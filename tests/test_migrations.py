@@ -55,3 +55,16 @@ def test_postgres_migrates_from_empty_and_matches_models() -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+def test_sqlite_downgrades_to_empty_and_back(tmp_path: Path) -> None:
+    from alembic import command
+
+    from kit.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'roundtrip.db'}"
+    upgrade(url)
+    command.downgrade(alembic_config(url), "base")
+    assert [t for t in inspect(make_engine(url)).get_table_names() if t != "alembic_version"] == []
+    upgrade(url)
+    assert _diff(make_engine(url)) == []
