@@ -51,14 +51,18 @@ def _attention(
     return sdpa_bshd(q, k, v, backend or "native")
 
 
-class FluxSDPAProcessor:
-    """diffusers' FluxAttnProcessor, attention through `sdpa_bshd`."""
+class _SDPAProcessor:
+    """What diffusers expects of a processor, with the attention backend to call."""
 
     _attention_backend = None
     _parallel_config = None
 
     def __init__(self, backend: str | None = None) -> None:
         self.backend = backend
+
+
+class FluxSDPAProcessor(_SDPAProcessor):
+    """diffusers' FluxAttnProcessor, attention through `sdpa_bshd`."""
 
     def __call__(
         self,
@@ -101,14 +105,8 @@ class FluxSDPAProcessor:
         return hidden_states
 
 
-class WanSDPAProcessor:
+class WanSDPAProcessor(_SDPAProcessor):
     """diffusers' WanAttnProcessor (text-to-video: no image branch), attention through `sdpa_bshd`."""
-
-    _attention_backend = None
-    _parallel_config = None
-
-    def __init__(self, backend: str | None = None) -> None:
-        self.backend = backend
 
     def __call__(
         self,
