@@ -173,6 +173,12 @@ def queued_count(session: Session, pool: str) -> int:
                           .where(Request.status == "queued", Request.pool == pool)) or 0
 
 
+def running_in_pool(session: Session, pool: str) -> int:
+    """How many of a pool's requests are running now (what its autoscaler counts as busy)."""
+    return session.scalar(select(func.count()).select_from(Request)
+                          .where(Request.status == "running", Request.pool == pool)) or 0
+
+
 # -- webhooks ------------------------------------------------------------------------------
 
 
