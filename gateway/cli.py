@@ -1,4 +1,4 @@
-"""The `mediagate` command line: serve, worker, migrate, demo, up, report, package."""
+"""The `mediagate` command line: serve, worker, beat, autoscale, migrate, demo, up, report, package."""
 
 from __future__ import annotations
 
@@ -106,6 +106,82 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat: the periodic tasks (billing's period close)."""
+    from gateway.worker import app as celery_app
+    from kit.settings import get_settings
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", "--loglevel", "INFO",
+                      "--schedule", str(settings.data_dir / "celerybeat-schedule")])
+
+
+@app.command()
+def autoscale(
+    pools: str = typer.Option("shared", help="SLA pools to scale, comma separated"),
+    interval: float = typer.Option(15.0, help="Seconds between rounds"),
+    window: float = typer.Option(60.0, help="Seconds of history for run time and start rate"),
+    min_replicas: int = typer.Option(1, help="Fewest workers per pool"),
+    max_replicas: int = typer.Option(10, help="Most workers per pool"),
+    concurrency: int = typer.Option(0, help="Requests one worker runs at once (default from settings)"),
+    cooldown: float = typer.Option(300.0, help="Seconds a lower count must hold before scaling down"),
+    target_ms: int = typer.Option(2000, help="Queue-wait target of pools without a pool row"),
+    config: Path | None = typer.Option(None, help="JSON of per-pool overrides, e.g. "
+                                       '{"gold": {"min_replicas": 2, "max_replicas": 40}}'),
+    output: Path | None = typer.Option(None, help="Write the desired counts to this JSON file"),
+    command: str | None = typer.Option(None, help="Run on each change, e.g. 'kubectl scale "
+                                       "deployment/mediagate-worker-{pool} --replicas={replicas}'"),
+    once: bool = typer.Option(False, help="One round, then exit"),
+) -> None:
+    """Compute each pool's desired worker replicas from its queue and SLA, in a loop."""
+    import datetime as dt
+
+    from gateway import autoscale as scaling
+    from kit.db import assert_migrated
+    from kit.settings import get_settings
+
+    assert_migrated()
+    names = [p.strip() for p in pools.split(",") if p.strip()]
+    overrides = json.loads(config.read_text()) if config else {}
+    base = scaling.PoolPolicy(pool="*", min_replicas=min_replicas, max_replicas=max_replicas,
+                              concurrency=concurrency or get_settings().worker_concurrency,
+                              target_queue_s=target_ms / 1000, cooldown_s=cooldown)
+    policies = scaling.policies_from(names, base, overrides, scaling.pool_targets(names))
+    scaler = scaling.Autoscaler(policies, now=time.monotonic(),
+                                current=scaling.read_state(output) if output else {})
+    apply = scaling.command_applier(command) if command else None
+    applied: set[str] = set()
+    while True:
+        decisions = [scaler.decide(name, scaling.observe(name, window_s=window), now=time.monotonic())
+                     for name in names]
+        for d in decisions:
+            # The first round applies too: the cluster may not be where the state file says.
+            if apply and (d.desired != d.current or d.pool not in applied):
+                if apply(d):
+                    applied.add(d.pool)
+                else:
+                    scaler.set_current(d.pool, d.current)
+        if output:
+            scaling.write_state(output, decisions, at=dt.datetime.now(dt.UTC).isoformat())
+        _print_decisions(decisions)
+        if once:
+            return
+        time.sleep(interval)
+
+
+def _print_decisions(decisions: list) -> None:
+    table = Table(title=time.strftime("pool replicas, %H:%M:%S"))
+    for col in ("pool", "queued", "running", "run s", "started/s", "now", "recommended", "desired", "why"):
+        table.add_column(col, justify="left" if col in ("pool", "why") else "right")
+    for d in decisions:
+        run_s = "-" if d.load.run_s is None else f"{d.load.run_s:.2f}"
+        table.add_row(d.pool, str(d.load.queued), str(d.load.running), run_s, f"{d.load.started_per_s:.2f}",
+                      str(d.current), str(d.recommended), str(d.desired), d.reason)
+    console.print(table)
 
 
 @report_app.command("revenue-share")
