@@ -37,6 +37,13 @@ def topup_for_update(session: Session, topup_id: str) -> Topup | None:
     return _locked(session, Topup, topup_id)
 
 
+def insert_topup_if_new(session: Session, values: dict[str, Any]) -> bool:
+    """Add a top-up row unless its id exists (waiting for an uncommitted one to land or go)."""
+    stmt = _insert(session, Topup).values(**values).on_conflict_do_nothing(index_elements=["id"]) \
+        .returning(Topup.id)
+    return session.execute(stmt).scalar() is not None
+
+
 def topup_by_intent(session: Session, payment_intent_id: str) -> Topup | None:
     """The top-up a PaymentIntent pays for."""
     return session.scalar(select(Topup).where(Topup.payment_intent_id == payment_intent_id))

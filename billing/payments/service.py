@@ -170,8 +170,9 @@ def onboard_payee(session: Session, payee: Payee, gateway: StripeGateway, *, ema
 def send_payout(session: Session, payout_id: str, gateway: StripeGateway) -> str:
     """Transfer a pending payout to the payee's connected account, at most once.
 
-    The transfer is keyed by the payout id; after a failed attempt we first look for a
-    transfer already made under it (keys expire, transfer groups do not).
+    The transfer is keyed by the payout id, and we first look for a transfer already made
+    under it: idempotency keys expire after 24 h, transfer groups do not, and an attempt that
+    died before it could record anything (not even that it was made) leaves no trace here.
     """
     payout = repo.payout_for_update(session, payout_id, skip_locked=True)
     if payout is None or payout.status != "pending":
@@ -179,7 +180,7 @@ def send_payout(session: Session, payout_id: str, gateway: StripeGateway) -> str
     payout.attempts += 1
     description = f"mediagate statement {payout.period}"
     try:
-        transfer = gateway.find_transfer(payout.id) if payout.attempts > 1 else None
+        transfer = gateway.find_transfer(payout.id)
         transfer = transfer or gateway.create_transfer(amount_cents=payout.amount_cents, currency=payout.currency,
                                                        destination=payout.destination, payout_id=payout.id,
                                                        description=description)
@@ -239,9 +240,12 @@ def handle_event(session: Session, event: dict[str, Any]) -> str:
 
 def _intent_succeeded(session: Session, intent: dict[str, Any]) -> str:
     topup = repo.topup_by_intent(session, intent.get("id", ""))
-    topup_id = topup.id if topup else (intent.get("metadata") or {}).get("topup_id")
+    metadata = intent.get("metadata") or {}
+    topup_id = topup.id if topup else metadata.get("topup_id")
     if not topup_id:
         return "ignored: not a top-up"
+    if topup is None:
+        _topup_from_stripe(session, intent, topup_id, metadata.get("account_id"))
     try:
         credited = credit_topup(session, topup_id, amount_cents=int(intent.get("amount") or 0),
                                 currency=str(intent.get("currency") or ""))
@@ -250,6 +254,27 @@ def _intent_succeeded(session: Session, intent: dict[str, Any]) -> str:
     except Conflict as exc:
         return f"refused: {exc.message}"
     return "credited" if credited else "already credited"
+
+
+def _topup_from_stripe(session: Session, intent: dict[str, Any], topup_id: str, account_id: str | None) -> None:
+    """Keep the top-up Stripe charged for even when our side never committed it.
+
+    A card charged at once whose answer was lost (a Stripe 500 or a timeout after the charge)
+    fails the top-up call, and its row rolls back with it; Stripe's record, signed and
+    carrying our ids in its metadata, is then what says the money arrived. Inserting waits
+    for a top-up call still in flight, so whichever lands first is the one credited.
+    """
+    account = session.get(Account, account_id) if account_id else None
+    if account is None:
+        return
+    amount = int(intent.get("amount") or 0)
+    if amount <= 0:
+        return
+    repo.insert_topup_if_new(session, {
+        "id": topup_id, "account_id": account.id, "amount_cents": amount,
+        "currency": str(intent.get("currency") or account.currency), "status": "pending",
+        "payment_intent_id": intent.get("id"), "created_at": utcnow(),
+        "last_error": "recorded from Stripe's payment_intent.succeeded: the top-up call did not complete"})
 
 
 def _intent_failed(session: Session, intent: dict[str, Any]) -> str:
