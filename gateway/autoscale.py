@@ -248,3 +248,61 @@ def command_applier(template: str, *, timeout_s: float = 60.0) -> Callable[[Deci
         return done.returncode == 0
 
     return apply
+
+
+class KubernetesScale:
+    """A pool's worker Deployment read and scaled through its `scale` subresource.
+
+    In a pod it finds the API server, namespace and service-account token where Kubernetes
+    puts them; the token is read on every call, as the kubelet rotates it.
+    """
+
+    ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+    def __init__(self, deployment: str = "mediagate-worker-{pool}", *, namespace: str | None = None,
+                 api_url: str | None = None, token_file: Path | None = None, ca_file: Path | None = None,
+                 timeout_s: float = 10.0) -> None:
+        self.deployment = deployment
+        self.namespace = namespace or (self.ACCOUNT / "namespace").read_text().strip()
+        if api_url is None:
+            host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+            api_url = f"https://{host}:{port}"
+        self.api_url = api_url.rstrip("/")
+        self.token_file = token_file or self.ACCOUNT / "token"
+        default_ca = self.ACCOUNT / "ca.crt"
+        self.verify: str | bool = str(ca_file or default_ca) if (ca_file or default_ca.exists()) else True
+        self.timeout_s = timeout_s
+
+    def _url(self, pool: str) -> str:
+        name = self.deployment.format(pool=pool)
+        return f"{self.api_url}/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}/scale"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token_file.read_text().strip()}", "Accept": "application/json"}
+
+    def replicas(self, pool: str) -> int | None:
+        """The Deployment's replica count now (None when it cannot be read)."""
+        import httpx
+
+        try:
+            r = httpx.get(self._url(pool), headers=self._headers(), verify=self.verify, timeout=self.timeout_s)
+            r.raise_for_status()
+            return int(r.json()["spec"].get("replicas", 0))
+        except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+            log.warning("reading the replicas of pool %s failed: %s", pool, exc)
+            return None
+
+    def apply(self, decision: Decision) -> bool:
+        """Set the Deployment's replicas to the decision; True when the API server took it."""
+        import httpx
+
+        try:
+            r = httpx.patch(self._url(decision.pool), json={"spec": {"replicas": decision.desired}},
+                            headers={**self._headers(), "Content-Type": "application/merge-patch+json"},
+                            verify=self.verify, timeout=self.timeout_s)
+        except (httpx.HTTPError, OSError) as exc:
+            log.warning("scaling pool %s failed: %s", decision.pool, exc)
+            return False
+        if r.status_code >= 300:
+            log.warning("scaling pool %s failed (%s): %s", decision.pool, r.status_code, r.text[:500])
+        return r.status_code < 300

@@ -31,12 +31,23 @@ def _queues(pools: str) -> str:
 
 
 @app.command()
-def migrate() -> None:
+def migrate(check: bool = typer.Option(False, "--check", help="Only tell whether the database is at "
+                                       "the latest migration (exit 1 if not); change nothing")) -> None:
     """Bring the database schema up to date."""
     from kit import migrate as migrations
     from kit.settings import get_settings
 
     settings = get_settings()
+    if check:
+        from kit.db import DatabaseNotMigrated, assert_migrated
+
+        try:
+            assert_migrated()
+        except DatabaseNotMigrated as exc:
+            console.print(f"[yellow]{exc}[/]")
+            raise typer.Exit(1) from None
+        console.print("[green]database is at the latest migration[/]")
+        return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.db_url)
     console.print(f"[green]database is at the latest migration[/] ({settings.db_url.split('@')[-1]})")
@@ -83,7 +94,7 @@ def demo(base_url: str = "http://127.0.0.1:8000") -> None:
 def up(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Migrate, seed the demo, and run the API with a worker: the whole service on one machine."""
     os.environ.setdefault("MEDIAGATE_PUBLIC_URL", f"http://{host}:{port}")
-    migrate()
+    migrate(check=False)
     demo(base_url=f"http://{host}:{port}")
     env = dict(os.environ)
     procs = [
@@ -135,6 +146,8 @@ def autoscale(
     output: Path | None = typer.Option(None, help="Write the desired counts to this JSON file"),
     command: str | None = typer.Option(None, help="Run on each change, e.g. 'kubectl scale "
                                        "deployment/mediagate-worker-{pool} --replicas={replicas}'"),
+    kubernetes: str | None = typer.Option(None, help="Scale these Deployments from inside the cluster, "
+                                          "e.g. 'mediagate-worker-{pool}'"),
     once: bool = typer.Option(False, help="One round, then exit"),
 ) -> None:
     """Compute each pool's desired worker replicas from its queue and SLA, in a loop."""
@@ -151,9 +164,13 @@ def autoscale(
                               concurrency=concurrency or get_settings().worker_concurrency,
                               target_queue_s=target_ms / 1000, cooldown_s=cooldown)
     policies = scaling.policies_from(names, base, overrides, scaling.pool_targets(names))
-    scaler = scaling.Autoscaler(policies, now=time.monotonic(),
-                                current=scaling.read_state(output) if output else {})
+    current = scaling.read_state(output) if output else {}
     apply = scaling.command_applier(command) if command else None
+    if kubernetes:
+        cluster = scaling.KubernetesScale(kubernetes)
+        apply = cluster.apply
+        current = {name: n for name in names if (n := cluster.replicas(name)) is not None}
+    scaler = scaling.Autoscaler(policies, now=time.monotonic(), current=current)
     applied: set[str] = set()
     while True:
         decisions = [scaler.decide(name, scaling.observe(name, window_s=window), now=time.monotonic())

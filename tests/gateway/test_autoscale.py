@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from collections import deque
@@ -288,3 +289,76 @@ def test_autoscale_command_reads_the_pool_writes_desired_counts_and_runs_the_sca
     assert pools["shared"]["desired"] == 1 and pools["shared"]["load"]["queued"] == 0
     assert sorted(calls.read_text().split()) == [f"gold={gold['desired']}", "shared=1"]
     assert "gold" in done.stdout and "scale up" in done.stdout
+
+
+class FakeScaleAPI:
+    """The Kubernetes API server's `deployments/{name}/scale` endpoints, over real HTTP."""
+
+    def __init__(self, replicas: dict[str, int], token: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from threading import Thread
+
+        self.replicas, self.patches = dict(replicas), []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _name(self) -> str | None:
+                m = re.fullmatch(r"/apis/apps/v1/namespaces/mg/deployments/([\w-]+)/scale", self.path)
+                ok = m and self.headers["Authorization"] == f"Bearer {token}" and m.group(1) in fake.replicas
+                if not ok:
+                    self.send_response(404 if m else 401)
+                    self.end_headers()
+                    return None
+                return m.group(1)
+
+            def _reply(self, name: str) -> None:
+                body = json.dumps({"kind": "Scale", "spec": {"replicas": fake.replicas[name]}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if (name := self._name()) is not None:
+                    self._reply(name)
+
+            def do_PATCH(self) -> None:  # noqa: N802
+                if (name := self._name()) is None:
+                    return
+                assert self.headers["Content-Type"] == "application/merge-patch+json"
+                patch = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.patches.append((name, patch))
+                fake.replicas[name] = patch["spec"]["replicas"]
+                self._reply(name)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_kubernetes_scale_reads_and_patches_the_worker_deployments(tmp_path: Path) -> None:
+    from gateway.autoscale import Decision, KubernetesScale
+
+    api = FakeScaleAPI({"mediagate-worker-gold": 2}, token="t0k3n")
+    try:
+        token = tmp_path / "token"
+        token.write_text("t0k3n\n")
+        cluster = KubernetesScale("mediagate-worker-{pool}", namespace="mg", api_url=api.url, token_file=token)
+        assert cluster.replicas("gold") == 2
+        assert cluster.replicas("missing") is None
+        load = PoolLoad(queued=0, running=0)
+        assert cluster.apply(Decision("gold", 2, 5, 5, "scale up", load))
+        assert api.patches == [("mediagate-worker-gold", {"spec": {"replicas": 5}})]
+        assert cluster.replicas("gold") == 5
+        token.write_text("rotated")  # read on every call: a rotated token is used at once
+        assert not cluster.apply(Decision("gold", 5, 6, 6, "scale up", load))
+    finally:
+        api.close()
