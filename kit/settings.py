@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     runner_python: str = ""
 
     file_url_ttl_s: int = 3600
+    # Strict-Transport-Security max-age on every answer; unset means a year in production and
+    # none elsewhere (a plain-HTTP development server must not pin browsers to HTTPS).
+    hsts_max_age_s: int | None = Field(default=None, ge=0)
     telemetry_exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
 
