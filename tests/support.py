@@ -24,11 +24,14 @@ def package_bytes(model_dir: Path, tmp: Path) -> bytes:
 class WorkerProcess:
     """A real Celery worker (`mediagate worker`) in its own process."""
 
-    def __init__(self, pools: str = "shared", concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+    def __init__(self, pools: str = "shared", concurrency: int = 2, env: dict[str, str] | None = None,
+                 prefix: list[str] | None = None) -> None:
+        """`prefix` runs the worker through another command that execs it (e.g. `ip netns exec NAME`)."""
         self.log = Path(os.environ.get("MEDIAGATE_DATA_DIR", "/tmp")) / f"worker-{time.time_ns()}.log"
         self._file = open(self.log, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "worker", "--pools", pools, "--concurrency", str(concurrency)],
+            [*(prefix or []), sys.executable, "-m", "gateway.cli", "worker", "--pools", pools,
+             "--concurrency", str(concurrency)],
             cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._file, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
