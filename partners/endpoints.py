@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
-from pathlib import Path
-
 from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from kit.db import get_session
-from kit.errors import InvalidInput, NotFound, PayloadTooLarge
-from kit.settings import get_settings
+from kit.errors import InvalidInput, NotFound
 from kit.web import router as make_router
 from partners import repository as repo
 from partners import service
 from partners.auth import Actor, current_actor, current_partner
+from partners.body_stream import RequestBody
 from partners.member_endpoints import router as org_router
 from partners.models import Deployment, Partner
 from partners.schemas import (
@@ -65,29 +60,17 @@ async def upload_version(
     model_slug: str, request: Request, partner: Partner = Depends(current_partner),
     session: Session = Depends(get_session),
 ) -> VersionOut:
-    """Upload a model package (OCI archive) as the model's next version; streamed to disk."""
+    """Upload a model package (OCI archive) as the model's next version.
+
+    The body is validated and encrypted into the artifact store as it streams, in one pass:
+    it is never written to disk in plaintext, and a rejected package leaves nothing stored.
+    """
     model = await run_in_threadpool(service.get_model, session, partner, model_slug)
-    incoming = get_settings().data_dir / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=incoming, prefix="upload-")
-    digest, size = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_UPLOAD_BYTES:
-                    raise PayloadTooLarge(f"packages are limited to {MAX_UPLOAD_BYTES} bytes")
-                digest.update(chunk)
-                out.write(chunk)
-        if size == 0:
-            raise InvalidInput("the request body is empty; send the package archive as the body")
-        version = await run_in_threadpool(
-            service.create_version, session, partner, model, archive=Path(tmp),
-            digest=digest.hexdigest(), size=size,
-        )
-        return VersionOut.model_validate(version)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    body = RequestBody(request.stream(), limit=MAX_UPLOAD_BYTES)
+    if not await body.start():
+        raise InvalidInput("the request body is empty; send the package archive as the body")
+    version = await run_in_threadpool(service.create_version_from_stream, session, partner, model, body)
+    return VersionOut.model_validate(version)
 
 
 @router.get("/models/{model_slug}/versions", response_model=list[VersionOut])

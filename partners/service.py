@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -15,8 +16,8 @@ from kit.errors import Conflict, InvalidInput, NotFound
 from kit.keys import key_digest, new_key
 from partners import repository as repo
 from partners.models import Deployment, DeploymentEvent, Model, ModelVersion, Partner, PartnerKey
-from partners.packaging import PackageLimits, validate_stream
-from partners.tenancy.packages import store_package
+from partners.packaging import PackageLimits
+from partners.tenancy.packages import ingest_package
 
 
 def create_partner(session: Session, *, slug: str, name: str) -> tuple[Partner, str]:
@@ -62,20 +63,38 @@ def create_version(
     session: Session, partner: Partner, model: Model, *, archive: Path, digest: str, size: int,
     limits: PackageLimits | None = None,
 ) -> ModelVersion:
-    """Validate an uploaded package and store it as the model's next version."""
+    """Validate a package archive on disk and store it as the model's next version."""
     with open(archive, "rb") as f:
-        package = validate_stream(f, limits or PackageLimits())
-    store_package(session, partner.id, archive, package)
-    version = ModelVersion(
-        model_id=model.id,
-        number=repo.next_version_number(session, model.id),
-        artifact_digest=f"sha256:{digest}",
-        artifact_size=size,
-        manifest=package.manifest.to_dict(),
-        package=package.to_dict(),
-    )
-    session.add(version)
-    session.flush()
+        version = create_version_from_stream(session, partner, model, f, expected_digest=digest,
+                                             limits=limits)
+    if version.artifact_size != size:
+        raise InvalidInput(f"the archive has {version.artifact_size} bytes, not {size}")
+    return version
+
+
+def create_version_from_stream(
+    session: Session, partner: Partner, model: Model, source: BinaryIO | Iterable[bytes], *,
+    expected_digest: str | None = None, limits: PackageLimits | None = None,
+) -> ModelVersion:
+    """Validate an upload as it streams, encrypting its blobs into the store in the same pass,
+    and make it the model's next version. Nothing is stored if it is rejected."""
+    stored = ingest_package(session, partner.id, source, expected_digest=expected_digest,
+                            limits=limits)
+    package = stored.package
+    try:
+        version = ModelVersion(
+            model_id=model.id,
+            number=repo.next_version_number(session, model.id),
+            artifact_digest=stored.digest,
+            artifact_size=stored.size,
+            manifest=package.manifest.to_dict(),
+            package=package.to_dict(),
+        )
+        session.add(version)
+        session.flush()
+    except BaseException:
+        stored.discard()
+        raise
     return version
 
 

@@ -3,7 +3,10 @@
 `POST /v1/partner/uploads` opens a session; `PATCH` appends bytes at the current offset
 (`Upload-Offset: N`, or `Content-Range: bytes N-M/TOTAL`); `HEAD` tells the offset after a
 broken connection; completing with the expected SHA-256 validates the package and makes it
-the model's next version. Bytes go straight to a private file, so memory stays flat.
+the model's next version. Bytes are encrypted before they reach the upload's private file
+(`partners.tenancy.spool`: a key per upload, wrapped by the KMS), so memory stays flat and no
+plaintext waits on disk; completing streams them back decrypted through the validator into
+the artifact store in one pass, checking the SHA-256 as they go.
 
 The file on disk is the truth for the offset: an exclusive `flock` serialises writers across
 API processes, and a chunk cut off mid-way keeps what arrived so the client resumes there.
@@ -13,9 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
-import hashlib
-import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -30,6 +30,8 @@ from partners import repository as repo
 from partners import service
 from partners.models import ModelVersion, Partner, UploadSession
 from partners.packaging import PackageRejected
+from partners.tenancy.packages import ArchiveDigestMismatch, artifact_store
+from partners.tenancy.spool import SpoolAppender, SpoolBusy, UploadSpool
 
 MAX_UPLOAD_BYTES = 64 * 1024**3
 UPLOAD_TTL = dt.timedelta(hours=24)
@@ -48,16 +50,19 @@ class OffsetMismatch(Conflict):
 
 
 def part_path(upload: UploadSession) -> Path:
-    """Where the upload's bytes collect; private to the API's data directory."""
+    """Where the upload's (encrypted) bytes collect; private to the API's data directory."""
     return get_settings().data_dir / "uploads" / upload.partner_id / f"{upload.id}.part"
+
+
+def spool_of(upload: UploadSession) -> UploadSpool:
+    """The upload's encrypted spool file."""
+    return UploadSpool(part_path(upload), upload_id=upload.id, partner_id=upload.partner_id,
+                       keys=artifact_store().key_manager)
 
 
 def current_offset(upload: UploadSession) -> int:
     """How many bytes the server holds for this upload."""
-    try:
-        return part_path(upload).stat().st_size
-    except FileNotFoundError:
-        return 0
+    return spool_of(upload).offset()
 
 
 def create_upload(session: Session, partner: Partner, *, model_slug: str, size: int | None = None) -> UploadSession:
@@ -72,10 +77,7 @@ def create_upload(session: Session, partner: Partner, *, model_slug: str, size: 
                            updated_at=now, expires_at=now + UPLOAD_TTL)
     session.add(upload)
     session.flush()
-    path = part_path(upload)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    os.close(fd)
+    spool_of(upload).create()
     return upload
 
 
@@ -117,21 +119,15 @@ def parse_chunk_headers(upload_offset: str | None, content_range: str | None) ->
 
 
 @contextlib.contextmanager
-def _locked_part(upload: UploadSession) -> Iterator[int]:
-    path = part_path(upload)
+def _locked_part(upload: UploadSession) -> Iterator[SpoolAppender]:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        with spool_of(upload).locked() as spool:
+            yield spool
     except FileNotFoundError as exc:
         raise Conflict(f"upload {upload.id} is {upload.status}; start a new one") from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise Conflict("another chunk of this upload is being written; retry when it is done",
-                           headers={"Retry-After": "1"}) from exc
-        yield fd
-    finally:
-        os.close(fd)
+    except SpoolBusy as exc:
+        raise Conflict("another chunk of this upload is being written; retry when it is done",
+                       headers={"Retry-After": "1"}) from exc
 
 
 def _check_open(upload: UploadSession) -> None:
@@ -156,41 +152,28 @@ async def append_chunk(upload: UploadSession, chunk: ChunkRange, body: AsyncIter
         elif upload.size != chunk.total:
             raise InvalidInput(f"this upload was declared as {upload.size} bytes, the chunk says {chunk.total}")
     limit = upload.size if upload.size is not None else MAX_UPLOAD_BYTES
-    with _locked_part(upload) as fd:
-        start = os.fstat(fd).st_size
+    with _locked_part(upload) as spool:
+        start = spool.offset
         if chunk.start != start:
             raise OffsetMismatch(start, chunk.start)
+        mark = spool.mark()
         written = 0
         try:
             async for data in body:
                 if chunk.length is not None and written + len(data) > chunk.length:
-                    os.ftruncate(fd, start)
+                    spool.rollback(mark)
                     raise InvalidInput("the chunk is longer than its Content-Range says")
                 if start + written + len(data) > limit:
-                    os.ftruncate(fd, start)
+                    spool.rollback(mark)
                     raise PayloadTooLarge(f"the upload would pass its size of {limit} bytes")
-                _write_all(fd, data)
+                spool.write(data)
                 written += len(data)
         finally:
-            os.fsync(fd)
-        offset = start + written
+            spool.flush()  # a chunk cut off keeps what arrived
+        offset = spool.offset
     upload.received = offset
     upload.updated_at = utcnow()
     return offset
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def complete_upload(session: Session, partner: Partner, upload_id: str, *, sha256: str) -> ModelVersion:
@@ -211,21 +194,19 @@ def complete_upload(session: Session, partner: Partner, upload_id: str, *, sha25
             raise Conflict("this upload was completed with a different digest")
         return version
     _check_open(upload)
-    path = part_path(upload)
-    with _locked_part(upload):
-        size = current_offset(upload)
+    with _locked_part(upload) as spool:
+        size = spool.offset
         if size == 0:
             raise InvalidInput("nothing has been uploaded yet")
         if upload.size is not None and size != upload.size:
             raise InvalidInput(f"only {size} of {upload.size} bytes have arrived; send the rest first",
                                offset=size)
-        actual = _sha256_of(path)
-        if actual != sha256:
-            _finish(upload, "failed", f"the bytes received hash to sha256:{actual}, not sha256:{sha256}")
-            raise UploadFailed(upload.error or "", digest=f"sha256:{actual}")
         try:
-            version = service.create_version(session, partner, upload.model, archive=path,
-                                             digest=actual, size=size)
+            version = service.create_version_from_stream(session, partner, upload.model, spool.reader(),
+                                                         expected_digest=sha256)
+        except ArchiveDigestMismatch as exc:
+            _finish(upload, "failed", str(exc))
+            raise UploadFailed(upload.error or "", digest=exc.actual) from None
         except PackageRejected as exc:
             _finish(upload, "rejected", str(exc))
             raise
@@ -240,8 +221,9 @@ class UploadFailed(AppError):
 
 def _finish(upload: UploadSession, status: str, error: str | None) -> None:
     upload.status, upload.error, upload.updated_at = status, error, utcnow()
-    upload.received = current_offset(upload)
-    part_path(upload).unlink(missing_ok=True)
+    spool = spool_of(upload)
+    upload.received = spool.offset()
+    spool.delete()
 
 
 def abort_upload(session: Session, partner: Partner, upload_id: str) -> UploadSession:

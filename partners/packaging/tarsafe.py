@@ -88,7 +88,7 @@ class Counting:
                  wrap_errors: tuple[str | None, str | None] | None = None) -> None:
         self._src = src
         self.hashers = list(hashers)
-        self._tee = tee
+        self.tee = tee
         self._limit = limit
         self._on_limit = on_limit
         self._wrap = wrap_errors
@@ -116,8 +116,8 @@ class Counting:
             raise self._on_limit()
         for h in self.hashers:
             h.update(data)
-        if self._tee is not None:
-            self._tee(data)
+        if self.tee is not None:
+            self.tee(data)
         return data
 
     def drain(self) -> None:

@@ -3,7 +3,9 @@
 `validate_stream(fileobj)` reads the archive once, front to back, in 1 MiB chunks: every
 blob is hashed as it passes, gzip layers are inflated incrementally with the ratio checked
 as they grow, and every tar entry of every layer is checked before any byte of it is kept.
-Nothing is written to disk. What comes back is a `ValidatedPackage`: the manifest with
+Nothing is written to disk here; a `BlobSink` may take each blob as it passes (to encrypt it
+into the artifact store in the same pass) and is told to drop them all if the package is
+rejected. What comes back is a `ValidatedPackage`: the manifest with
 its derived schemas, the layers and blobs to store, and the final file tree (after
 whiteouts) with sizes, modes and digests. `ValidatedPackage.extract_to(dest)` later
 writes that tree into a directory (the sandbox's private tmpfs), reading the layers again
@@ -236,6 +238,11 @@ class _Walker:
         self.layout_hint: str | None = None
         self.raw: Counting | None = None
         self.rejected_blobs = 0
+        # A plain directory archive is its own single layer: it streams into the sink as a
+        # whole until the archive shows it is an image layout instead (then its blobs do).
+        writer = sink.open_blob("") if sink is not None else None
+        if writer is not None:
+            self.writers[""] = writer
 
     # -- budgets ---------------------------------------------------------------------------
 
@@ -282,6 +289,10 @@ class _Walker:
                 self.layout_hint = member.name
                 if self.raw is not None:
                     self.raw.hashers.clear()
+                    self.raw.tee = None
+                archive_writer = self.writers.pop("", None)
+                if archive_writer is not None:
+                    archive_writer.discard()
             entry = classify(member, path, limits, layer=label)
             if not path:
                 continue  # the layer's own root directory ("./")
@@ -426,10 +437,12 @@ class _Walker:
         head = _read_exact(source, HEAD)
         if not head:
             raise malformed("the archive is empty", ARCHIVE)
+        archive_writer = self.writers.get("")
         raw = Counting(Prefixed(head, source), hashers=[archive_hash], limit=limits.max_archive_bytes,
                        on_limit=lambda: PackageRejected(
                            f"the archive is larger than {limits.max_archive_bytes} bytes",
-                           entry=ARCHIVE, reason="size-limit"))
+                           entry=ARCHIVE, reason="size-limit"),
+                       tee=archive_writer.write if archive_writer is not None else None)
         self.raw = raw
         gzipped = head.startswith(b"\x1f\x8b")
         diff_hash = hashlib.sha256()
@@ -461,6 +474,8 @@ class _Walker:
             config: dict[str, Any] = {}
             blobs = (BlobInfo(archive_digest, raw.count, media, "archive", ""),)
             fmt, manifest_digest = "directory", None
+            if archive_writer is not None:
+                archive_writer.commit(archive_digest, raw.count)
         else:
             layers = tuple(LayerInfo(ref.digest, ref.size, ref.media_type,
                                      self.blobs[ref.path].diff_id or "", ref.path) for ref in image.layers)
@@ -549,9 +564,10 @@ def validate_stream(source: BinaryIO | Iterable[bytes] | bytes, limits: PackageL
 
     Memory stays flat whatever the archive's size. With `sink`, every blob-like member is
     also handed to `sink.open_blob(path)` as it streams (to encrypt and store it in the
-    same pass): on success the sink keeps exactly the blobs in `ValidatedPackage.blobs`,
-    except a plain directory archive's single "archive" blob, which is the upload itself;
-    on rejection every writer is discarded. If `source` is seekable, the
+    same pass), and the archive itself to `sink.open_blob("")` until it shows it is an image
+    layout (a plain directory archive is its own single layer, path ""): on success the sink
+    keeps exactly the blobs in `ValidatedPackage.blobs`; on rejection every writer is
+    discarded. If `source` is seekable, the
     package can later `extract_to()` from it without `open_blob`, while it stays open.
     """
     limits = limits or PackageLimits()

@@ -233,6 +233,58 @@ class EncryptingReader(io.RawIOBase):
         return b"".join(parts)
 
 
+class ChunkSealer:
+    """The same ciphertext as `EncryptingReader`, for plaintext that is pushed rather than pulled.
+
+    `feed()` returns the ciphertext that is final already (the header, then every chunk that
+    more plaintext has followed); `finish()` seals the last chunk. A full chunk waits until
+    the next byte or `finish()`, because its AAD says whether it is the last one.
+    """
+
+    def __init__(self, *, blob_key: bytes, header: bytes, chunk_size: int) -> None:
+        self._aead = AESGCM(blob_key)
+        self._header = header
+        self._chunk_size = chunk_size
+        self._buffer = bytearray()
+        self._index = 0
+        self._started = False
+        self.size = 0
+
+    def _seal(self, data: bytes | bytearray, final: bool) -> bytes:
+        aad = self._header + _CHUNK_AAD.pack(self._index, final)
+        sealed = self._aead.encrypt(_NONCE.pack(self._index, final), data, aad)
+        self._index += 1
+        return sealed
+
+    def _head(self) -> list[bytes]:
+        if self._started:
+            return []
+        self._started = True
+        return [self._header]
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Take more plaintext; returns the ciphertext pieces now ready to be written."""
+        out = self._head()
+        self.size += len(data)
+        chunk = self._chunk_size
+        if not self._buffer and len(data) <= chunk:
+            self._buffer += data
+            return out
+        self._buffer += data
+        while len(self._buffer) > chunk:
+            with memoryview(self._buffer) as view, view[:chunk] as piece:
+                out.append(self._seal(piece, False))
+            del self._buffer[:chunk]
+        return out
+
+    def finish(self) -> list[bytes]:
+        """Seal the last chunk (empty for an empty blob); returns the remaining ciphertext."""
+        out = self._head()
+        out.append(self._seal(self._buffer, True))
+        self._buffer = bytearray()
+        return out
+
+
 def decrypt_chunks(
     stream: BinaryIO, *, data_key_for: object, partner_id: str
 ) -> Iterator[bytes]:

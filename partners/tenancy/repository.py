@@ -39,11 +39,12 @@ def data_keys(session: Session, partner_id: str | None = None) -> list[PartnerDa
     return list(session.scalars(query))
 
 
-def blob(session: Session, partner_id: str, digest: str) -> ArtifactBlob | None:
-    """A partner's blob by plaintext digest."""
-    return session.scalars(
-        select(ArtifactBlob).where(ArtifactBlob.partner_id == partner_id, ArtifactBlob.digest == digest)
-    ).first()
+def blob(session: Session, partner_id: str, digest: str, *, lock: bool = False) -> ArtifactBlob | None:
+    """A partner's blob by plaintext digest; `lock` holds it (shared) until the transaction ends."""
+    query = select(ArtifactBlob).where(ArtifactBlob.partner_id == partner_id, ArtifactBlob.digest == digest)
+    if lock:
+        query = query.with_for_update(read=True)
+    return session.scalars(query).first()
 
 
 def access_log(session: Session, partner_id: str, digest: str | None = None) -> list[ArtifactAccess]:

@@ -26,6 +26,7 @@ from kit.errors import InvalidInput, NotFound, PayloadTooLarge
 from kit.ids import new_id
 from kit.storage import Storage
 from partners.tenancy import repository
+from partners.tenancy.blob_upload import BlobUpload
 from partners.tenancy.crypto import (
     DEFAULT_CHUNK_SIZE,
     ArtifactIntegrityError,
@@ -199,6 +200,13 @@ class ArtifactStore:
             # The same content landed concurrently; keep theirs.
             self.storage.delete(storage_key)
         return digest
+
+    def open_upload(self, session: Session, partner_id: str) -> BlobUpload:
+        """A blob to push plaintext into as it streams past; see `BlobUpload`."""
+        key_row = self.active_data_key(session, _check_partner(partner_id))
+        return BlobUpload(session, self.storage, partner_id, key_row=key_row,
+                          data_key=self._unwrap(key_row), chunk_size=self.chunk_size,
+                          prefix=self.prefix)
 
     def has_blob(self, session: Session, partner_id: str, digest: str) -> bool:
         """True when the partner has a blob with this plaintext digest."""
