@@ -1,10 +1,16 @@
-"""Per-sandbox control groups: a process cap that holds whoever the sandbox runs as.
+"""Per-sandbox control groups: process and memory caps that hold whoever the sandbox runs as.
 
 RLIMIT_NPROC is not enforced for processes whose host uid is 0 (the kernel exempts the root
 user whatever its namespace), so a sandbox started by a root supervisor without a dedicated
-`host_uid` needs a `pids` cgroup to contain a fork bomb. Used when the supervisor may create
-child groups: a delegated cgroup v2 directory named by `MEDIAGATE_SANDBOX_CGROUP` (where
-`memory.max` is set too), or else the `pids` controller of a cgroup v1 hierarchy under this
+`host_uid` needs a `pids` cgroup to contain a fork bomb. And RLIMIT_AS caps address space,
+not memory: it refuses a CUDA driver's huge reservations, while pages the model never maps
+(its tmpfs files) escape it. On cgroup v2 a sandbox's group therefore caps its memory too
+(`memory.max`, no swap, the whole group killed together on OOM) and the rlimit is dropped.
+
+Where groups are made: the delegated directory named by `MEDIAGATE_SANDBOX_CGROUP` (v2, or
+v1 for pids only); else, on cgroup v2, under this process's own group when the memory and
+pids controllers can be handed down there (the cgroup root, or a delegated group whose
+processes sit in a leaf); else the `pids` controller of a cgroup v1 hierarchy under this
 process's own group. Each sandbox gets its own child group, removed when it stops.
 """
 
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 V1_PIDS = Path("/sys/fs/cgroup/pids")
+V2_CONTROLLERS = ("memory", "pids")
 
 
 @dataclass
@@ -25,10 +32,20 @@ class SandboxCgroup:
 
     path: Path
     version: int
+    memory_max: int | None = None  # set when the group caps the sandbox's memory
 
     @property
     def procs(self) -> Path:
         return self.path / "cgroup.procs"
+
+    def oom_kills(self) -> int:
+        """How many times the kernel killed a process of the group for passing `memory.max`."""
+        try:
+            text = (self.path / "memory.events").read_text()
+        except OSError:
+            return 0
+        counts = dict(line.split() for line in text.splitlines() if line.strip())
+        return int(counts.get("oom_kill", 0)) + int(counts.get("oom_group_kill", 0))
 
     def launch_prefix(self) -> list[str]:
         """A command prefix that moves itself into the group, then execs the rest."""
@@ -69,6 +86,56 @@ def _own_v1_group(controller: str) -> str | None:
     return None
 
 
+def _v2_mount() -> Path | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            if right.split()[:1] == ["cgroup2"]:
+                return Path(left.split()[4])
+    return None
+
+
+def _own_v2_group() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+    return None
+
+
+def _hand_down(group: Path, controllers: tuple[str, ...] = V2_CONTROLLERS) -> bool:
+    """Enable `controllers` for `group`'s children; False where the kernel refuses (a group
+    that holds processes itself, other than the root, cannot hand controllers down)."""
+    try:
+        enabled = set((group / "cgroup.subtree_control").read_text().split())
+        missing = [c for c in controllers if c not in enabled]
+        if missing:
+            (group / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in missing))
+    except OSError:
+        return False
+    return True
+
+
+def v2_parent() -> Path | None:
+    """A cgroup v2 group under this process's own where sandbox groups get memory and pids caps."""
+    mount, own = _v2_mount(), _own_v2_group()
+    if mount is None or own is None:
+        return None
+    group = mount / own.lstrip("/")
+    try:
+        available = set((group / "cgroup.controllers").read_text().split())
+    except OSError:
+        return None
+    if not set(V2_CONTROLLERS) <= available or not _hand_down(group):
+        return None
+    path = group / "mediagate-sandboxes"
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return path if _hand_down(path) and os.access(path, os.W_OK) else None
+
+
 def parent_group() -> tuple[Path, int] | None:
     """Where sandbox groups can be created here, and the cgroup version; None if nowhere."""
     configured = os.environ.get("MEDIAGATE_SANDBOX_CGROUP")
@@ -76,6 +143,9 @@ def parent_group() -> tuple[Path, int] | None:
         path = Path(configured)
         version = 2 if (path / "cgroup.controllers").exists() else 1
         return (path, version) if os.access(path, os.W_OK) else None
+    v2 = v2_parent()
+    if v2 is not None:
+        return v2, 2
     own = _own_v1_group("pids")
     if own is None or not V1_PIDS.is_dir():
         return None
@@ -96,18 +166,24 @@ def create(name: str, *, max_pids: int, memory_bytes: int | None, owner: int | N
     path = parent / name
     if version == 2:
         # A delegated v2 parent may not have handed the controllers down yet.
-        for controller in ("+pids", "+memory"):
-            with contextlib.suppress(OSError):
-                (parent / "cgroup.subtree_control").write_text(controller)
+        for controller in V2_CONTROLLERS:
+            _hand_down(parent, (controller,))
+    group = SandboxCgroup(path, version)
     try:
         path.mkdir()
         (path / "pids.max").write_text(str(max_pids))
         if version == 2 and memory_bytes is not None and (path / "memory.max").exists():
             (path / "memory.max").write_text(str(memory_bytes))
+            if (path / "memory.swap.max").exists():
+                (path / "memory.swap.max").write_text("0")
+            # One OOM kill takes the whole sandbox down rather than leaving it half alive.
+            if (path / "memory.oom.group").exists():
+                (path / "memory.oom.group").write_text("1")
+            group.memory_max = int((path / "memory.max").read_text())
         if owner is not None:
             os.chown(path / "cgroup.procs", owner, -1)
-    except OSError:
+    except (OSError, ValueError):
         with contextlib.suppress(OSError):
             path.rmdir()
         return None
-    return SandboxCgroup(path, version)
+    return group

@@ -21,8 +21,8 @@ from opentelemetry import trace
 from engine.runner.protocol import ProtocolError, recv_frame, send_frame
 from kit.ids import new_id
 from partners import logs
-from partners.tenancy.sandbox import Sandbox, SandboxError, SandboxSetupFailed
-from partners.tenancy.sandbox_spec import LayerSource, SandboxSpec
+from partners.tenancy.sandbox import Sandbox, SandboxError, SandboxSetupFailed, is_out_of_space
+from partners.tenancy.sandbox_spec import OUT_DIR, LayerSource, SandboxSpec
 
 tracer = trace.get_tracer("mediagate.replicas")
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class Replica:
     concurrency: int
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    failure: str | None = None  # why it broke, for the partner's view of its replicas
 
     @property
     def alive(self) -> bool:
@@ -132,10 +133,9 @@ class Replica:
         except TimeoutError as exc:
             raise ReplicaError(f"the model did not finish within {timeout:.0f} s") from exc
         except (ProtocolError, OSError, SandboxError) as exc:
-            raise ReplicaError(
-                f"the model's process stopped mid-request (exit status {self.sandbox.returncode})"
-            ) from exc
+            raise self._broken() from exc
         try:
+            self._check_quota(frame)
             if frame["type"] == "error":
                 raise ModelFailed(frame.get("message") or "the model failed",
                                   traceback=frame.get("traceback"))
@@ -148,8 +148,30 @@ class Replica:
                     raise ModelFailed(f"the model's output file {name!r} could not be read: {exc}") from exc
             return frame
         finally:
-            assert self.sandbox.output_dir is not None
-            shutil.rmtree(self.sandbox.output_dir / request_id, ignore_errors=True)
+            self.sandbox.remove_outputs(request_id)
+
+    def _broken(self) -> ReplicaError:
+        """Why the sandbox stopped answering mid-request; the replica is marked failed."""
+        sandbox = self.sandbox
+        if sandbox.out_of_memory():
+            cap = sandbox.cgroup.memory_max if sandbox.cgroup is not None else None
+            self.failure = (f"the model ran out of memory: it passed its {(cap or 0) // MiB} MiB "
+                            "cap (memory plus its package) and the replica was stopped")
+        else:
+            self.failure = f"the model's process stopped mid-request (exit status {sandbox.returncode})"
+        return ReplicaError(self.failure, partner_detail=self.failure)
+
+    def _check_quota(self, frame: dict[str, Any]) -> None:
+        """Fail a request whose model filled /out (or /scratch, /tmp): its outputs may be partial."""
+        full = self.sandbox.full_dirs()
+        if frame["type"] == "error":
+            if not is_out_of_space(str(frame.get("message") or "")):
+                return
+        elif OUT_DIR not in full:  # a result is only suspect when its own outputs may be cut
+            return
+        where = ", ".join(f"{path} ({self.sandbox.quota_of(path) // MiB} MiB)" for path in full)
+        raise ModelFailed(f"the model wrote past its disk quota{': ' + where if where else ''}; "
+                          "no output was kept", traceback=frame.get("traceback"))
 
     def cancel(self, request_id: str) -> None:
         """Ask the runner to stop a running request (the model checks `self.canceled`)."""
@@ -162,7 +184,10 @@ class Replica:
 
     def stop(self) -> None:
         self.sandbox.stop()
-        _report(self.deployment_id, self.replica_id, "stopped")
+        if self.failure is not None:
+            _report(self.deployment_id, self.replica_id, "failed", self.failure)
+        else:
+            _report(self.deployment_id, self.replica_id, "stopped")
 
 
 def _report(deployment_id: str, replica_id: str, state: str, detail: str | None = None) -> None:

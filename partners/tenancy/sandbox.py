@@ -22,9 +22,10 @@ The isolation
 - File system: an empty root, read-only binds of the runtime (system libraries, the Python
   interpreter and its site-packages), the engine and kernels at `/opt/mediagate/app`; its own
   `/proc` (only its own processes) and a minimal `/dev`; size-capped tmpfs at `/pkg`, `/tmp`,
-  `/dev/shm` and (by default) `/scratch`; a per-replica output dir at `/out` and the socket dir
-  at `/run/mediagate` bound writable; `/` and `/dev` remounted read-only. GPU device nodes are
-  bound only when the spec asks for a GPU. Every mount is nosuid and no-new-privs is set.
+  `/dev/shm`, `/scratch` and `/out` (outputs, one dir per request), so a model writing past
+  its quota gets ENOSPC rather than filling a host disk; the socket dir at `/run/mediagate`
+  bound writable; `/` and `/dev` remounted read-only. GPU device nodes are bound only when
+  the spec asks for a GPU. Every mount is nosuid and no-new-privs is set.
 - Privileges: an unprivileged uid inside (1000) with every capability dropped. A root
   supervisor runs each sandbox as a host uid of its own (`host_uid`, picked automatically when
   the runtime is world-readable), so even a kernel-level escape lands as nobody in particular;
@@ -33,15 +34,21 @@ The isolation
   RLIMIT_NPROC. `Sandbox.process_cap` says which holds.
 - seccomp: `partners.tenancy.seccomp` (ptrace, mount, unshare/setns, keyctl, bpf, perf, module
   loading, kexec, io_uring, device nodes, ... get EPERM).
-- Resource limits, set by the in-sandbox loader before it execs the runner: RLIMIT_NPROC
-  (counted per sandbox, as each has its own user namespace), RLIMIT_NOFILE, RLIMIT_CORE=0,
-  RLIMIT_AS for CPU replicas (RLIMIT_DATA for GPU ones, since the CUDA driver reserves huge
-  virtual ranges), optional RLIMIT_CPU and RLIMIT_FSIZE. Memory held in tmpfs is bounded by
-  each tmpfs's size.
+- Memory: where cgroup v2 lets the supervisor make groups, `memory.max` of the replica's
+  group caps everything it holds (the model's memory plus its tmpfs pages; the cap is
+  `memory_bytes` plus the package tmpfs), without swap; passing it gets the whole sandbox
+  OOM-killed, and the replica reports that it ran out of memory. Elsewhere RLIMIT_AS (for
+  CPU replicas; RLIMIT_DATA for GPU ones, since the CUDA driver reserves huge virtual
+  ranges) refuses allocations past `memory_bytes`. `Sandbox.memory_cap` says which holds.
+- Other resource limits, set by the in-sandbox loader before it execs the runner:
+  RLIMIT_NPROC (counted per sandbox, as each has its own user namespace), RLIMIT_NOFILE,
+  RLIMIT_CORE=0, optional RLIMIT_CPU and RLIMIT_FSIZE.
 
-Files the sandbox can write (its socket and output dirs) are opened by the supervisor without
-following symlinks (`connect`, `open_output`), so a model cannot point the supervisor at a
-host socket or file.
+The supervisor reads outputs from the sandbox's `/out` through `/proc/PID/root` of the
+sandbox's init (checked against a pidfd, so a recycled pid is never followed), opening every
+component without following symlinks; it only ever reads them, and removes a request's
+outputs through directory fds. The socket is opened the same way (`connect`), so a model
+cannot point the supervisor at a host socket or file.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ from typing import Any, BinaryIO
 
 from engine.runner.protocol import ProtocolError, recv_frame, send_frame
 from partners.tenancy import cgroups, seccomp
+from partners.tenancy.sandbox_files import SandboxFiles, check_name, is_out_of_space
 from partners.tenancy.sandbox_spec import (
     APP_DIR,
     INIT_SCRIPT,
@@ -91,7 +99,7 @@ from partners.tenancy.sandbox_spec import (
 
 __all__ = [
     "GiB", "LayerSource", "MiB", "Runtime", "Sandbox", "SandboxError", "SandboxSetupFailed",
-    "SandboxSpec", "directory_layer", "gpu_device_nodes",
+    "SandboxSpec", "directory_layer", "gpu_device_nodes", "is_out_of_space",
 ]
 
 BWRAP = os.environ.get("MEDIAGATE_BWRAP", "/usr/bin/bwrap")
@@ -108,7 +116,7 @@ def _data_fd(name: str, data: bytes) -> int:
     return fd
 
 
-class Sandbox:
+class Sandbox(SandboxFiles):
     """One running sandbox: `start()`, `wait_ready()`, talk over `connect()`, `stop()`."""
 
     def __init__(self, spec: SandboxSpec, *, on_log: LogCallback | None = None) -> None:
@@ -122,7 +130,7 @@ class Sandbox:
         self._threads: list[threading.Thread] = []
         self._own_dirs: list[Path] = []
         self.socket_dir = spec.socket_dir
-        self.output_dir = spec.output_dir
+        self._pidfd: int | None = None
         self.cgroup: cgroups.SandboxCgroup | None = None
         self.host_uid = spec.host_uid if spec.host_uid is not None else auto_host_uid(spec)
         self._stopped = False
@@ -159,6 +167,21 @@ class Sandbox:
             return "none"  # the kernel does not apply RLIMIT_NPROC to host uid 0
         return "rlimit"
 
+    @property
+    def memory_cap(self) -> str:
+        """What caps memory: `cgroup` (memory.max), `rlimit` (RLIMIT_AS/DATA) or `none`."""
+        if self.cgroup is not None and self.cgroup.memory_max is not None:
+            return "cgroup"
+        return "rlimit" if self.spec.memory_bytes is not None else "none"
+
+    def _cgroup_memory_bytes(self) -> int | None:
+        spec = self.spec
+        return None if spec.memory_bytes is None else spec.memory_bytes + spec.package_tmpfs_bytes
+
+    def out_of_memory(self) -> bool:
+        """True once the kernel killed the sandbox for passing its cgroup memory cap."""
+        return self.cgroup is not None and self.cgroup.oom_kills() > 0
+
     def log_text(self) -> str:
         """The captured output so far, oldest first."""
         return "\n".join(line for _, line in self.logs)
@@ -168,7 +191,7 @@ class Sandbox:
     def _rlimits(self) -> dict[str, int | None]:
         spec = self.spec
         memory = {"AS": None, "DATA": None}
-        if spec.memory_bytes is not None:
+        if spec.memory_bytes is not None and self.memory_cap != "cgroup":
             memory["DATA" if spec.gpu else "AS"] = spec.memory_bytes
         return {"NPROC": spec.max_processes, "NOFILE": spec.max_open_files, "CORE": 0,
                 "CPU": spec.cpu_seconds, "FSIZE": spec.max_file_bytes, **memory}
@@ -209,7 +232,7 @@ class Sandbox:
     def command(self, fds: Mapping[str, int], layer_fds: Sequence[int]) -> list[str]:
         """The bubblewrap command line for this spec, given the data fds it will inherit."""
         spec = self.spec
-        assert self.socket_dir is not None and self.output_dir is not None
+        assert self.socket_dir is not None
         args = [
             BWRAP, "--unshare-all", "--unshare-user", "--disable-userns",
             "--die-with-parent", "--new-session", "--clearenv",
@@ -226,12 +249,9 @@ class Sandbox:
         if spec.gpu:
             for node in spec.gpu_devices if spec.gpu_devices is not None else gpu_device_nodes():
                 args += ["--dev-bind", node, node]
-        args += ["--size", str(spec.package_tmpfs_bytes), "--tmpfs", PKG_DIR]
-        if spec.scratch_dir is not None:
-            args += ["--bind", str(spec.scratch_dir), SCRATCH_DIR]
-        else:
-            args += ["--size", str(spec.scratch_tmpfs_bytes), "--tmpfs", SCRATCH_DIR]
-        args += ["--bind", str(self.output_dir), OUT_DIR,
+        args += ["--size", str(spec.package_tmpfs_bytes), "--tmpfs", PKG_DIR,
+                 "--size", str(spec.scratch_tmpfs_bytes), "--tmpfs", SCRATCH_DIR,
+                 "--size", str(spec.output_tmpfs_bytes), "--tmpfs", OUT_DIR,
                  "--bind", str(self.socket_dir), SOCKET_DIR]
         for name, target in (("passwd", "/etc/passwd"), ("group", "/etc/group"),
                              ("hosts", "/etc/hosts"), ("init", "/opt/mediagate/init.py"),
@@ -267,17 +287,10 @@ class Sandbox:
             # Kept short: a Unix socket path must fit in 108 bytes.
             self.socket_dir = Path(tempfile.mkdtemp(prefix="mgsb-", dir=base))
             self._own_dirs.append(self.socket_dir)
-        if self.output_dir is None:
-            self.output_dir = Path(tempfile.mkdtemp(prefix="mgout-", dir=base))
-            self._own_dirs.append(self.output_dir)
-        dirs = [self.socket_dir, self.output_dir]
-        if self.spec.scratch_dir is not None:
-            dirs.append(self.spec.scratch_dir)
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, 0o700)
-            if self.host_uid is not None:
-                os.chown(d, self.host_uid, self._host_gid())
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.socket_dir, 0o700)
+        if self.host_uid is not None:
+            os.chown(self.socket_dir, self.host_uid, self._host_gid())
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
 
@@ -291,6 +304,11 @@ class Sandbox:
             raise SandboxError("sandbox already started")
         self._prepare_dirs()
         spec = self.spec
+        if spec.use_cgroup:
+            # Room for bubblewrap's two processes and the launching shell besides the model's.
+            self.cgroup = cgroups.create(
+                f"sb-{os.getpid()}-{next(_serial)}", max_pids=spec.max_processes + 4,
+                memory_bytes=self._cgroup_memory_bytes(), owner=self.host_uid)
         passwd = (f"root:x:0:0::/:/usr/sbin/nologin\nmodel:x:{SANDBOX_UID}:{SANDBOX_UID}::"
                   f"{SCRATCH_DIR}:/usr/sbin/nologin\nnobody:x:65534:65534::/:/usr/sbin/nologin\n")
         group = f"root:x:0:\nmodel:x:{SANDBOX_UID}:\nnogroup:x:65534:\n"
@@ -309,13 +327,8 @@ class Sandbox:
         }
         child_fds = [*fds.values(), *(r for r, _ in layer_pipes)]
         argv = self.command(fds, [r for r, _ in layer_pipes])
-        if spec.use_cgroup:
-            # Room for bubblewrap's two processes and the launching shell besides the model's.
-            self.cgroup = cgroups.create(
-                f"sb-{os.getpid()}-{next(_serial)}", max_pids=spec.max_processes + 4,
-                memory_bytes=spec.memory_bytes, owner=self.host_uid)
-            if self.cgroup is not None:
-                argv = self.cgroup.launch_prefix() + argv
+        if self.cgroup is not None:
+            argv = self.cgroup.launch_prefix() + argv
         kwargs: dict[str, Any] = {}
         if self.host_uid is not None:
             kwargs.update(user=self.host_uid, group=self._host_gid(), extra_groups=[])
@@ -329,6 +342,7 @@ class Sandbox:
         except BaseException:
             for _, w in layer_pipes:
                 os.close(w)
+            self._cleanup()
             raise
         finally:
             for fd in child_fds:
@@ -350,7 +364,10 @@ class Sandbox:
         with os.fdopen(fd, "rb") as f:
             data = f.read()
         with contextlib.suppress(ValueError, TypeError, KeyError):
-            self.sandbox_pid = int(json.loads(data.decode() or "{}")["child-pid"])
+            pid = int(json.loads(data.decode() or "{}")["child-pid"])
+            with contextlib.suppress(OSError):
+                self._pidfd = os.pidfd_open(pid)
+            self.sandbox_pid = pid
 
     def _pump(self, stream: BinaryIO, name: str) -> None:
         with stream:
@@ -456,6 +473,9 @@ class Sandbox:
         if self._stopped:
             return
         self._stopped = True
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         if self.cgroup is not None:
             self.cgroup.remove()
         for d in self._own_dirs:
@@ -494,7 +514,7 @@ class Sandbox:
 
     def output_dir_inside(self, request_id: str) -> str:
         """Where the runner writes one request's outputs, as a path inside the sandbox."""
-        _check_name(request_id)
+        check_name(request_id)
         return f"{OUT_DIR}/{request_id}"
 
     def predict(
@@ -511,29 +531,3 @@ class Sandbox:
                     return frame
                 if on_event is not None:
                     on_event(frame)
-
-    def open_output(self, request_id: str, name: str) -> BinaryIO:
-        """Open an output file the model wrote, refusing symlinks and anything but regular files."""
-        _check_name(request_id)
-        _check_name(name)
-        assert self.output_dir is not None
-        nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
-        root = os.open(self.output_dir, os.O_RDONLY | os.O_DIRECTORY | nofollow)
-        try:
-            sub = os.open(request_id, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=root)
-            try:
-                fd = os.open(name, os.O_RDONLY | nofollow | os.O_NONBLOCK, dir_fd=sub)
-            finally:
-                os.close(sub)
-        finally:
-            os.close(root)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise SandboxError(f"output {name!r} is not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-
-
-def _check_name(name: str) -> None:
-    if not name or "/" in name or name in (".", "..") or "\0" in name:
-        raise ValueError(f"not a plain file name: {name!r}")

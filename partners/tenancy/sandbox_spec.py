@@ -91,9 +91,10 @@ class SandboxSpec:
     package_tmpfs_bytes: int = 16 * GiB
     tmp_tmpfs_bytes: int = 512 * MiB
     shm_bytes: int = 256 * MiB
-    scratch_dir: Path | None = None
+    # /scratch and /out are tmpfs of these sizes: a model writing past them gets ENOSPC.
+    # Their pages are the sandbox's memory, counted against a cgroup memory cap.
     scratch_tmpfs_bytes: int = 1 * GiB
-    output_dir: Path | None = None
+    output_tmpfs_bytes: int = 2 * GiB
     socket_dir: Path | None = None
     gpu: bool = False
     gpu_devices: Sequence[str] | None = None
@@ -130,7 +131,7 @@ def _world_readable(path: str) -> bool:
 
 
 def run_base_dir() -> str:
-    """Where sandboxes' socket and output dirs go when the spec names none."""
+    """Where sandboxes' socket dirs go when the spec names none."""
     return os.environ.get("MEDIAGATE_SANDBOX_RUN_DIR", tempfile.gettempdir())
 
 
@@ -140,8 +141,7 @@ def auto_host_uid(spec: SandboxSpec) -> int | None:
         return None
     runtime = spec.runtime
     paths = [runtime.python, *runtime.ro_paths, *runtime.app_paths.values()]
-    for d in (spec.scratch_dir, spec.output_dir, spec.socket_dir):
-        paths.append(str(d.parent) if d is not None else run_base_dir())
+    paths.append(str(spec.socket_dir.parent) if spec.socket_dir is not None else run_base_dir())
     if not all(_world_readable(p) for p in paths):
         return None
     # A uid of its own per sandbox: even past its namespaces it could not signal or read

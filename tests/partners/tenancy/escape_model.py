@@ -228,3 +228,30 @@ class Probe(Model):
 
     def do_devices(self, arg):
         return {"dev": sorted(os.listdir("/dev"))}
+
+    def do_limits(self, arg):
+        import resource
+
+        return {"as": resource.getrlimit(resource.RLIMIT_AS)[0],
+                "data": resource.getrlimit(resource.RLIMIT_DATA)[0]}
+
+    def do_exit(self, arg):
+        os._exit(3)
+
+    def do_fill_out(self, arg):
+        """Write `mb` MiB as an output; with `swallow`, ignore running out of space and
+        return the cut file anyway, as a careless model would."""
+        from pathlib import Path
+
+        if not arg["swallow"]:
+            path = Path("/tmp/blob.bin")
+            path.write_bytes(b"\1" * (arg["mb"] << 20))
+            return path  # the runner copies it into this request's /out dir
+        (own,) = os.listdir("/out")  # the runner made this request's dir
+        try:
+            with open(f"/out/{own}/blob.bin", "wb") as f:
+                for _ in range(arg["mb"]):
+                    f.write(b"\1" * (1 << 20))
+        except OSError:
+            pass
+        return {"wrote": True}

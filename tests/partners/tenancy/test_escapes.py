@@ -181,7 +181,12 @@ def test_cannot_write_outside_its_dirs(sandbox: Sandbox) -> None:
     for path in allowed:
         assert out[path] == "ok: written", (path, out[path])
     assert not os.path.exists("/usr/evil")
-    assert (sandbox.output_dir / "ok").read_bytes() == b"x"
+    out = sandbox._open_inside("/out")  # /out is the sandbox's own tmpfs, not a host dir
+    try:
+        with os.fdopen(os.open("ok", os.O_RDONLY, dir_fd=out), "rb") as f:
+            assert f.read() == b"x"
+    finally:
+        os.close(out)
 
 
 def test_fork_bomb_is_contained() -> None:
@@ -225,7 +230,9 @@ def _same_pidns(a: int, b: int) -> bool:
 
 
 def test_memory_cap_holds_and_the_replica_keeps_serving() -> None:
-    with start(memory_bytes=768 * MiB) as box:
+    # Where a cgroup caps memory, passing it kills the sandbox instead: test_sandbox_limits.
+    with start(memory_bytes=768 * MiB, use_cgroup=False) as box:
+        assert box.memory_cap == "rlimit"
         out = ask(box, "memory", timeout=60)
         assert out["error"] == "MemoryError"
         assert out["held_mb"] < 768
@@ -285,7 +292,7 @@ def test_no_gpu_nodes_unless_asked(sandbox: Sandbox) -> None:
     spec = SandboxSpec(layers=[], manifest=MANIFEST, gpu=True,
                        gpu_devices=["/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm"])
     box = Sandbox(spec)
-    box.socket_dir = box.output_dir = Path("/nonexistent")
+    box.socket_dir = Path("/nonexistent")
     argv = box.command({k: 9 for k in ("passwd", "group", "hosts", "init", "config",
                                        "manifest", "seccomp", "info")}, [])
     binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--dev-bind"]
@@ -453,7 +460,7 @@ def test_decrypted_package_never_touches_disk(db) -> None:
         seen = ask(box, "find", {"marker": marker, "skip": list(RUNTIME_PATHS)})["hits"]
         assert sorted(seen) == ["/pkg/predict.py", "/pkg/weights.bin"]
         roots = [settings.data_dir.resolve(), Path(tempfile.gettempdir()), Path("/var/tmp"),
-                 Path("/dev/shm"), box.output_dir, box.socket_dir]
+                 Path("/dev/shm"), box.socket_dir]
         assert _grep_disk(roots, marker.encode()) == []
     log = repository.access_log(db, "par_disk", digest)
     assert [(r.actor, r.deployment_id) for r in log] == [("supervisor:test", "dep_disk")]
