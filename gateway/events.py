@@ -3,7 +3,7 @@
 Each request has one stream (`XADD` gives every event a sortable id); SSE replays it from
 `Last-Event-ID` and follows it with `XREAD BLOCK`, so a dropped connection loses nothing.
 The database stays the source of truth: a missed event is recovered from the request row.
-Without Redis (the embedded default) waiting falls back to polling the database.
+Without Redis (the embedded default), or while it is away, waiting polls the database.
 """
 
 from __future__ import annotations
@@ -11,22 +11,28 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from gateway.config import get_gateway_settings
 from kit.db import after_commit
 from kit.settings import get_settings
 
+log = logging.getLogger(__name__)
 # Events customers see; `cancel` is a signal to the worker running the request.
 PUBLIC_EVENTS = ("status", "progress", "log", "output", "done")
 MAXLEN = 5000
 # Blocking reads wait up to 15 s; the socket may stay quiet a little longer than that.
 SOCKET_TIMEOUT_S = 30
+# Redis unreachable, reset or timing out: the stream is away, the database is not.
+REDIS_AWAY = (RedisError, OSError)
+DB_POLL_S = 0.05
 
 
 def stream_key(request_id: str) -> str:
@@ -122,13 +128,20 @@ async def replay(request_id: str, after: str) -> list[tuple[str, str, dict[str, 
 async def wait_until(is_done: Callable[[], bool], request_id: str, timeout: float) -> dict[str, Any] | None:
     """Wait until the request is final or `timeout` passes; returns the `done` event's envelope when
     the stream had it (None: read the request from the database)."""
+    deadline = time.monotonic() + timeout
+    if get_settings().redis_url:
+        try:
+            return await _wait_on_stream(is_done, request_id, deadline)
+        except REDIS_AWAY:
+            log.warning("event stream of %s unavailable; waiting on the database", request_id, exc_info=True)
+    while not await asyncio.to_thread(is_done) and time.monotonic() < deadline:
+        await asyncio.sleep(DB_POLL_S)
+    return None
+
+
+async def _wait_on_stream(is_done: Callable[[], bool], request_id: str, deadline: float) -> dict[str, Any] | None:
     from gateway.follow import follow
 
-    deadline = time.monotonic() + timeout
-    if not get_settings().redis_url:
-        while not await asyncio.to_thread(is_done) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return None
     # The stream holds the request's whole history, so reading it from the start also finds
     # a `done` that came before we looked; the database is asked only when the stream is quiet.
     history = await replay(request_id, "0")

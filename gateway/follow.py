@@ -62,10 +62,14 @@ class Hub:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run())
         self.changed.set()
-        # Interrupt a read parked on the old set of streams.
-        client = events.async_redis()
-        await client.xadd(self.wake_key, {"w": "1"}, maxlen=10, approximate=True)
-        await client.expire(self.wake_key, 3600)
+        # Interrupt a read parked on the old set of streams (without it, the new stream is read
+        # when that read's block ends).
+        try:
+            client = events.async_redis()
+            await client.xadd(self.wake_key, {"w": "1"}, maxlen=10, approximate=True)
+            await client.expire(self.wake_key, 3600)
+        except events.REDIS_AWAY:
+            log.warning("could not wake the event hub; Redis is away", exc_info=True)
 
     def remove(self, follower: Follower) -> None:
         group = self.followers.get(follower.request_id)

@@ -25,13 +25,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from gateway import repository as repo
 from gateway.cache import cached
 from gateway.config import get_gateway_settings
 from gateway.models import FINAL_STATUSES, AccountSettings, Request, WebhookAttempt
-from kit.db import session_scope, utcnow
+from kit.db import database_unreachable, session_scope, utcnow
 from kit.errors import InvalidInput
 from kit.ids import new_id
 from kit.tasks import enqueue, send_now
@@ -45,6 +47,8 @@ LEASE_S = 120
 # leaves a due delivery this long to its countdown before sending it itself.
 COUNTDOWN_MAX_S = 60
 SWEEP_GRACE_S = 10
+# How long an attempt's outcome waits for a database that is away before it gives up.
+RECORD_PATIENCE_S = 60
 
 EVENTS = ("request.started", "request.succeeded", "request.failed", "request.canceled",
           "request.expired", "request.blocked")
@@ -210,6 +214,22 @@ def deliver(delivery_id: str) -> None:
 
 def _record(delivery_id: str, number: int, started: dt.datetime, duration_ms: int,
             status_code: int | None, error: str | None, excerpt: str | None) -> None:
+    # The attempt has happened: a database that is away for a moment (a restart) must not lose
+    # its answer, or a delivered webhook is sent again when its lease runs out.
+    deadline = time.monotonic() + RECORD_PATIENCE_S
+    while True:
+        try:
+            _record_once(delivery_id, number, started, duration_ms, status_code, error, excerpt)
+            return
+        except (DBAPIError, PoolTimeout) as exc:
+            if not database_unreachable(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("webhook %s attempt %d not recorded yet: the database is away", delivery_id, number)
+            time.sleep(1.0)
+
+
+def _record_once(delivery_id: str, number: int, started: dt.datetime, duration_ms: int,
+                 status_code: int | None, error: str | None, excerpt: str | None) -> None:
     with session_scope() as session:
         delivery = repo.delivery_for_update(session, delivery_id)
         if delivery is None:

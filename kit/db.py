@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,12 +16,16 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy import DateTime, MetaData, create_engine, event, inspect
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 from starlette.concurrency import run_in_threadpool
 
 from kit.settings import get_settings
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 5
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -76,7 +81,10 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # A database host that stops answering (rather than refusing) fails a connect in seconds,
+    # not after the kernel's two-minute SYN timeout; pre-ping replaces connections a restart broke.
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
 
 
 @functools.cache
@@ -157,7 +165,14 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
 def _run_after_commit(session: Session) -> None:
     callbacks = session.info.pop("after_commit", [])
     for callback in callbacks:
-        callback()
+        try:
+            callback()
+        except Exception:
+            # The transaction has landed: its answer must not turn into an error, nor may one
+            # failed step (a task the broker would not take) stop the others. What follows a
+            # commit is redone from the rows: tasks by the housekeeping sweeps, events by
+            # readers that fall back on the database.
+            log.exception("a step after commit failed; it is redone from the database")
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -165,6 +180,28 @@ def _drop_after_commit(session: Session, transaction: Any) -> None:
     # The outermost transaction ended without committing (commit pops the hooks first).
     if transaction.parent is None and not transaction.nested:
         session.info.pop("after_commit", None)
+
+
+# -- a database that is away ----------------------------------------------------------------
+
+# Connection exceptions (class 08) and the server shutting down, crashed or starting up.
+_AWAY_SQLSTATES = ("57P01", "57P02", "57P03")
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is away (down, restarting, unreachable, pool exhausted),
+    as opposed to a query that failed: the first is worth a retry, the second is a bug."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no connection came free from the pool in time
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    # A failed connect or a dropped socket carries no SQLSTATE; deadlocks and cancels do.
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _AWAY_SQLSTATES
 
 
 # -- schema state --------------------------------------------------------------------------

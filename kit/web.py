@@ -5,12 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kit.db import CommitRoute
-from kit.errors import PROBLEM_BASE, AppError
+from kit.db import CommitRoute, database_unreachable
+from kit.errors import PROBLEM_BASE, AppError, ServiceUnavailable
 
 PROBLEM_JSON = "application/problem+json"
+# What a client is told to wait while the database is away (a restart takes seconds).
+DATABASE_RETRY_AFTER_S = 2
 
 
 def router(**kwargs: object) -> APIRouter:
@@ -46,8 +49,19 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return problem_response(exc.status_code, body, getattr(exc, "headers", None))
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not database_unreachable(exc):
+        raise exc  # a failed query is a bug: a 500, with its traceback in the log
+    away = ServiceUnavailable("the database is unavailable; retry shortly", type="database-unavailable",
+                              headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+    return problem_response(away.status_code, away.problem(request.url.path), away.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Render AppError, validation errors and routing errors as problem+json."""
+    """Render AppError, validation errors and routing errors as problem+json; a database that
+    is away as 503 with `Retry-After`."""
     app.add_exception_handler(AppError, _app_error)  # type: ignore[arg-type]
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
