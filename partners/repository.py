@@ -5,7 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Integer, String, case, column, delete, func, insert, select, table, update
+from sqlalchemy import (
+    Integer,
+    String,
+    case,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    table,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from kit.db import UTCDateTime
@@ -22,6 +34,7 @@ from partners.models import (
     ReplicaState,
     UploadSession,
 )
+from partners.tenancy.models import ArtifactAccess, ArtifactBlob
 
 
 def partner_by_slug(session: Session, slug: str) -> Partner | None:
@@ -357,3 +370,35 @@ def expired_uploads(session: Session, now: dt.datetime, *, limit: int = 100) -> 
         select(UploadSession).where(UploadSession.status == "open", UploadSession.expires_at < now)
         .limit(limit)
     ))
+
+
+# -- orphans (housekeeping) -------------------------------------------------------------------
+
+# A blob is wanted while any version of its partner names it in its package.
+_NAMED_BY_NO_VERSION = text("""NOT EXISTS (
+    SELECT 1 FROM model_versions v JOIN models m ON m.id = v.model_id,
+           json_array_elements(CAST(v.package AS json) -> 'blobs') AS b
+    WHERE m.partner_id = artifact_blobs.partner_id AND b ->> 'digest' = artifact_blobs.digest)""")
+
+
+def orphan_blobs(session: Session, *, created_before: dt.datetime, limit: int) -> list[ArtifactBlob]:
+    """Blobs no version names and nobody ever decrypted, older than `created_before`; locked,
+    skipping those an upload in progress holds (it is about to name them)."""
+    audited = select(ArtifactAccess.id).where(ArtifactAccess.blob_id == ArtifactBlob.id).exists()
+    return list(session.scalars(
+        select(ArtifactBlob)
+        .where(ArtifactBlob.created_at < created_before, ~audited, _NAMED_BY_NO_VERSION)
+        .order_by(ArtifactBlob.created_at).limit(limit)
+        .with_for_update(skip_locked=True)
+    ))
+
+
+def indexed_storage_keys(session: Session, keys: list[str]) -> set[str]:
+    """Which of these storage keys a blob row names."""
+    return set(session.scalars(select(ArtifactBlob.storage_key).where(ArtifactBlob.storage_key.in_(keys))))
+
+
+def open_upload_ids(session: Session, ids: list[str]) -> set[str]:
+    """Which of these uploads are still open."""
+    return set(session.scalars(select(UploadSession.id).where(UploadSession.id.in_(ids),
+                                                              UploadSession.status == "open")))
