@@ -366,10 +366,6 @@ def sweep(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> list[dict]:
     def e(*shape):
         return torch.empty(*shape, dtype=dtype, device=dev)
 
-    def tables():
-        angles = torch.rand(t, dh, device=dev)
-        return angles.cos(), angles.sin()
-
     row_cfgs = SWEEP_ROW[triton_next_pow2(d)]
     qk_cfgs = SWEEP_ROW[128]
     cases = [
@@ -390,16 +386,8 @@ def sweep(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> list[dict]:
         ("qk_rmsnorm", qk_cfgs, 4 * head_act,
          lambda: (r(1, h, t, dh), r(1, h, t, dh), r(dh), e(1, h, t, dh), e(1, h, t, dh)),
          lambda c, q, k, w, qo, ko: qk_launch(q, k, w, w, None, None, 1e-6, qo, ko, 2, *c)),
-        ("apply_rope", qk_cfgs, 2 * head_act,
-         lambda: (r(1, h, t, dh), *tables(), e(1, h, t, dh)),
-         lambda c, q, cos, sin, qo: qk_launch(q, None, None, None, cos, sin, 0.0, qo, None, 2,
-                                              *c)),
-        ("qk_rmsnorm_rope", qk_cfgs, 4 * head_act,
-         lambda: (r(1, h, t, dh), r(1, h, t, dh), r(dh), *tables(), e(1, h, t, dh),
-                  e(1, h, t, dh)),
-         lambda c, q, k, w, cos, sin, qo, ko: qk_launch(q, k, w, w, cos, sin, 1e-6, qo, ko, 2,
-                                                        *c)),
     ]
+    # RoPE runs on (positions, heads) tiles sized by kernels.qk_norm.rope_tile_sizes.
     tries = []
     for op, cfgs, nbytes, make, launch in cases:
         sets = b.input_sets(make, nbytes)
