@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 V1_PIDS = Path("/sys/fs/cgroup/pids")
-V2_CONTROLLERS = ("memory", "pids")
+V2_CONTROLLERS = ("memory", "pids")  # memory is required of a v2 parent; pids where offered
 
 
 @dataclass
 class SandboxCgroup:
-    """One sandbox's group: processes started through `launch_prefix` join it before exec."""
+    """One sandbox's group: a process started through `launch_prefix` waits until `admit`
+    moved it in, so everything the sandbox ever runs is inside."""
 
     path: Path
     version: int
+    pids_max: int | None = None    # set when the group caps the sandbox's process count
     memory_max: int | None = None  # set when the group caps the sandbox's memory
 
     @property
@@ -48,8 +51,22 @@ class SandboxCgroup:
         return int(counts.get("oom_kill", 0)) + int(counts.get("oom_group_kill", 0))
 
     def launch_prefix(self) -> list[str]:
-        """A command prefix that moves itself into the group, then execs the rest."""
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.procs)]
+        """A command prefix that waits for a line on stdin (sent by `admit`), then execs the rest."""
+        return ["/bin/sh", "-c", 'read -r _ || exit 70; exec "$@" </dev/null', "sandbox-launch"]
+
+    def admit(self, process: subprocess.Popen[bytes]) -> None:
+        """Move a process started with `launch_prefix` into the group and let it go on.
+
+        The supervisor writes the pid itself: cgroup v2 lets a process move another only with
+        write access to their common ancestor's `cgroup.procs`, which a sandbox's own
+        unprivileged host uid does not have. Closing stdin without the line stops it.
+        """
+        assert process.stdin is not None
+        try:
+            self.procs.write_text(str(process.pid))
+            process.stdin.write(b"go\n")
+        finally:
+            process.stdin.close()
 
     def pids_current(self) -> int:
         """How many tasks the group holds now."""
@@ -104,16 +121,17 @@ def _own_v2_group() -> str | None:
 
 
 def _hand_down(group: Path, controllers: tuple[str, ...] = V2_CONTROLLERS) -> bool:
-    """Enable `controllers` for `group`'s children; False where the kernel refuses (a group
-    that holds processes itself, other than the root, cannot hand controllers down)."""
+    """Enable those of `controllers` that `group` has for its children; False unless memory
+    is among them (a group that holds processes itself, other than the root, cannot)."""
     try:
+        available = set((group / "cgroup.controllers").read_text().split())
         enabled = set((group / "cgroup.subtree_control").read_text().split())
-        missing = [c for c in controllers if c not in enabled]
+        missing = [c for c in controllers if c in available and c not in enabled]
         if missing:
             (group / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in missing))
+        return "memory" in (group / "cgroup.subtree_control").read_text().split()
     except OSError:
         return False
-    return True
 
 
 def v2_parent() -> Path | None:
@@ -123,10 +141,11 @@ def v2_parent() -> Path | None:
         return None
     group = mount / own.lstrip("/")
     try:
-        available = set((group / "cgroup.controllers").read_text().split())
+        if "memory" not in (group / "cgroup.controllers").read_text().split():
+            return None
     except OSError:
         return None
-    if not set(V2_CONTROLLERS) <= available or not _hand_down(group):
+    if not _hand_down(group):
         return None
     path = group / "mediagate-sandboxes"
     try:
@@ -157,7 +176,7 @@ def parent_group() -> tuple[Path, int] | None:
     return (path, 1) if os.access(path, os.W_OK) else None
 
 
-def create(name: str, *, max_pids: int, memory_bytes: int | None, owner: int | None) -> SandboxCgroup | None:
+def create(name: str, *, max_pids: int, memory_bytes: int | None) -> SandboxCgroup | None:
     """A new group for one sandbox with its caps set; None where cgroups cannot be used."""
     found = parent_group()
     if found is None:
@@ -165,13 +184,13 @@ def create(name: str, *, max_pids: int, memory_bytes: int | None, owner: int | N
     parent, version = found
     path = parent / name
     if version == 2:
-        # A delegated v2 parent may not have handed the controllers down yet.
-        for controller in V2_CONTROLLERS:
-            _hand_down(parent, (controller,))
+        _hand_down(parent)  # a delegated v2 parent may not have handed them down yet
     group = SandboxCgroup(path, version)
     try:
         path.mkdir()
-        (path / "pids.max").write_text(str(max_pids))
+        if (path / "pids.max").exists():
+            (path / "pids.max").write_text(str(max_pids))
+            group.pids_max = max_pids
         if version == 2 and memory_bytes is not None and (path / "memory.max").exists():
             (path / "memory.max").write_text(str(memory_bytes))
             if (path / "memory.swap.max").exists():
@@ -180,8 +199,8 @@ def create(name: str, *, max_pids: int, memory_bytes: int | None, owner: int | N
             if (path / "memory.oom.group").exists():
                 (path / "memory.oom.group").write_text("1")
             group.memory_max = int((path / "memory.max").read_text())
-        if owner is not None:
-            os.chown(path / "cgroup.procs", owner, -1)
+        if group.pids_max is None and group.memory_max is None:
+            raise OSError("no controller to cap anything with")
     except (OSError, ValueError):
         with contextlib.suppress(OSError):
             path.rmdir()

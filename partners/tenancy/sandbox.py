@@ -161,7 +161,7 @@ class Sandbox(SandboxFiles):
     @property
     def process_cap(self) -> str:
         """What holds the process count: `cgroup`, `rlimit`, or `none` (root without either)."""
-        if self.cgroup is not None:
+        if self.cgroup is not None and self.cgroup.pids_max is not None:
             return "cgroup"
         if os.geteuid() == 0 and self.host_uid is None:
             return "none"  # the kernel does not apply RLIMIT_NPROC to host uid 0
@@ -308,7 +308,7 @@ class Sandbox(SandboxFiles):
             # Room for bubblewrap's two processes and the launching shell besides the model's.
             self.cgroup = cgroups.create(
                 f"sb-{os.getpid()}-{next(_serial)}", max_pids=spec.max_processes + 4,
-                memory_bytes=self._cgroup_memory_bytes(), owner=self.host_uid)
+                memory_bytes=self._cgroup_memory_bytes())
         passwd = (f"root:x:0:0::/:/usr/sbin/nologin\nmodel:x:{SANDBOX_UID}:{SANDBOX_UID}::"
                   f"{SCRATCH_DIR}:/usr/sbin/nologin\nnobody:x:65534:65534::/:/usr/sbin/nologin\n")
         group = f"root:x:0:\nmodel:x:{SANDBOX_UID}:\nnogroup:x:65534:\n"
@@ -335,13 +335,18 @@ class Sandbox(SandboxFiles):
         self.started_at = time.perf_counter()
         try:
             self.process = _spawner.submit(
-                subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=child_fds, env={}, cwd="/",
-                start_new_session=True, **kwargs,
+                subprocess.Popen, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE if self.cgroup is not None else subprocess.DEVNULL,
+                pass_fds=child_fds, env={}, cwd="/", start_new_session=True, **kwargs,
             ).result()
+            if self.cgroup is not None:
+                self.cgroup.admit(self.process)
         except BaseException:
             for _, w in layer_pipes:
                 os.close(w)
+            if self.process is not None:
+                self.process.kill()
+                self.process.wait()
             self._cleanup()
             raise
         finally:
