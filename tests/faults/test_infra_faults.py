@@ -190,27 +190,40 @@ def _follow_events(stack: Stack, request_id: str, out: list[dict[str, Any]]) -> 
     return thread
 
 
+def _running(engine: Engine, request_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _statuses(engine, [request_id]) != Counter({"running": 1}):
+        assert time.monotonic() < deadline, f"request {request_id} never started"
+        time.sleep(0.1)
+
+
 def test_redis_restart_under_load_loses_no_request(stack: Stack) -> None:
     world = stack.world
     with stack.client() as client:
-        slow = client.post(f"/v1/models/{world.model}/requests", headers=world.customer,
-                           json={"input": {"steps": 40, "delay": 0.1}}).json()
+        submit = f"/v1/models/{world.model}/requests"
+        slow = client.post(submit, headers=world.customer, json={"input": {"steps": 60, "delay": 0.1}}).json()
+        doomed = client.post(submit, headers=world.customer, json={"input": {"steps": 150, "delay": 0.1}}).json()
         followed: list[dict[str, Any]] = []
         follower = _follow_events(stack, slow["id"], followed)
+        _running(stack.engine, doomed["id"])
         with Load(stack) as load:
             load.wait_accepted(20)
             stack.redis.stop()  # every queued message, stream, bucket and lock is gone
             at = len(load.accepted)
-            load.wait_accepted(at + 10)  # accepted while Redis is away
-            # Without Redis, a long poll still answers, from the database.
+            # Without Redis: a cancel still reaches the worker (through the database), a long
+            # poll still answers, and rate limits step aside rather than refuse.
+            canceled = client.post(f"/v1/requests/{doomed['id']}/cancel", headers=world.customer)
+            assert canceled.status_code == 200, canceled.text
             polled = client.get(f"/v1/requests/{slow['id']}", headers={**world.customer, "Prefer": "wait=1"})
             assert polled.status_code == 200 and polled.json()["id"] == slow["id"]
-            time.sleep(1.0)
+            assert "ratelimit-limit" not in polled.headers
+            load.wait_accepted(at + 10)  # accepted while Redis is away
             stack.redis.start()
             load.wait_accepted(len(load.accepted) + 20)
         accepted = load.accepted + [slow["id"]]
-        statuses = _wait_final(stack.engine, accepted, timeout=90)
-    assert statuses == Counter({"succeeded": len(accepted)}), statuses
+        statuses = _wait_final(stack.engine, accepted + [doomed["id"]], timeout=90)
+        assert "ratelimit-limit" in client.get("/v1/models", headers=world.customer).headers  # limits are back
+    assert statuses == Counter({"succeeded": len(accepted), "canceled": 1}), statuses
     assert not [a for a in load.refusals if a["status"] != 429], load.refusals  # Redis away is no error
     # Found by the broker-loss check on the next tick, not minutes later by the stale rule.
     resent = re.findall(r"the broker lost its messages \(restarted or flushed\): (\d+) queued", stack.worker.output())
