@@ -39,6 +39,24 @@ class GatewaySettings(BaseSettings):
     # API keys, models and prices are cached in each API process this long.
     cache_ttl_s: float = Field(default=2.0, ge=0)
 
+    # Durable execution. A worker holds a lease on each request it runs and renews it every
+    # `lease_renew_s`; a running request whose lease lapsed (its worker died or lost the
+    # database) is queued again by the housekeeping tick, up to `max_attempts` runs in all,
+    # the same bound as for a model process that dies mid-request. A queued request nobody
+    # picked up for `requeue_stale_s` (its message was held by a worker that died) is sent
+    # again; a duplicate message finds the request taken and does nothing.
+    lease_s: float = Field(default=60.0, gt=0)
+    lease_renew_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_delay_s: float = Field(default=1.0, ge=0)
+    requeue_stale_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> GatewaySettings:
+        if self.lease_renew_s >= self.lease_s:
+            raise ValueError("lease_renew_s must be shorter than lease_s, or leases lapse between renewals")
+        return self
+
     @model_validator(mode="after")
     def _no_cache_in_tests(self) -> GatewaySettings:
         # Tests rebuild the same model names between cases; a cached deployment would be stale.

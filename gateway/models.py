@@ -38,6 +38,10 @@ class Request(Base):
         Index("ix_requests_queued", "pool", "priority", "created_at",
               postgresql_where=text("status = 'queued'"), sqlite_where=text("status = 'queued'")),
         UniqueConstraint("account_id", "idempotency_key"),
+        # The recovery sweep reads only requests that hold a lease: running or re-sent ones.
+        Index("ix_requests_lease", "status", "lease_expires_at",
+              postgresql_where=text("lease_expires_at IS NOT NULL"),
+              sqlite_where=text("lease_expires_at IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("req"))
@@ -59,6 +63,11 @@ class Request(Base):
     webhook: Mapped[str | None] = mapped_column(String(2000), default=None)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Running: the worker that holds the request (host/pid/nonce) and until when; a lapsed
+    # lease means that worker is gone. Queued after a retry or recovery: when it is sent
+    # again if no worker has picked it up. Cleared when the request ends; the owner stays.
+    lease_owner: Mapped[str | None] = mapped_column(String(120), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     units: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -72,10 +72,53 @@ def lock_account(session: Session, account_id: str) -> None:
 
 
 def overdue_queued(session: Session, now: dt.datetime, limit: int = 500) -> list[Request]:
-    """Queued requests whose start deadline has passed, locked (others' locks are skipped)."""
+    """Queued requests whose start deadline has passed, locked (others' locks are skipped).
+
+    A request queued again after it started is past that deadline by design: left out.
+    """
     return list(session.scalars(
-        select(Request).where(Request.status == "queued", Request.deadline_at < now)
+        select(Request).where(Request.status == "queued", Request.deadline_at < now,
+                              Request.started_at.is_(None))
         .order_by(Request.deadline_at).limit(limit).with_for_update(skip_locked=True)
+    ))
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def renew_leases(session: Session, owner: str, request_ids: list[str], until: dt.datetime) -> set[tuple[str, int]]:
+    """Extend the owner's leases on these running requests; the (id, attempt) pairs it still holds."""
+    if not request_ids:
+        return set()
+    held = and_(Request.id.in_(request_ids), Request.status == "running", Request.lease_owner == owner)
+    session.execute(update(Request).where(held).values(lease_expires_at=until)
+                    .execution_options(synchronize_session=False))
+    return {(rid, attempt) for rid, attempt in session.execute(select(Request.id, Request.attempts).where(held))}
+
+
+def lapsed_running(session: Session, now: dt.datetime, *, unleased_before: dt.datetime,
+                   limit: int = 200) -> list[Request]:
+    """Running requests whose worker stopped renewing its lease, locked (others' locks skipped).
+
+    Rows that never had a lease (started before leases existed) count once they ran longer
+    than a lease.
+    """
+    lapsed = or_(Request.lease_expires_at < now,
+                 and_(Request.lease_expires_at.is_(None), Request.started_at < unleased_before))
+    return list(session.scalars(
+        select(Request).where(Request.status == "running", lapsed)
+        .order_by(Request.lease_expires_at).limit(limit).with_for_update(skip_locked=True)
+    ))
+
+
+def stale_queued(session: Session, now: dt.datetime, *, created_before: dt.datetime,
+                 limit: int = 200) -> list[Request]:
+    """Queued requests no worker picked up in time (their message may be lost), locked."""
+    stale = or_(Request.lease_expires_at < now,
+                and_(Request.lease_expires_at.is_(None), Request.created_at < created_before))
+    return list(session.scalars(
+        select(Request).where(Request.status == "queued", stale)
+        .order_by(Request.created_at).limit(limit).with_for_update(skip_locked=True)
     ))
 
 

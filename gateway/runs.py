@@ -3,17 +3,28 @@
 Three short transactions: claim (queued → running), run outside any transaction, finish
 (outputs, moderation, usage, final status). Safe to run twice: a finished request is left
 alone and usage is recorded once per request.
+
+Durable: the claim takes a lease (this worker, until when) that the process's lease keeper
+renews while the model runs. A worker that dies stops renewing; the housekeeping tick then
+queues the request again (`gateway.sweeps.recover_lapsed`). Each run is an attempt: only
+the attempt that still holds the request may finish it, so a worker that comes back late
+records nothing. A model process that dies mid-request is retried the same way, and past
+`max_attempts` the request ends `failed`, uncharged.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import os
+import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,33 +82,139 @@ class Claim:
     inputs: dict[str, Any]
     spec: DeploymentSpec
     queued_ms: int
+    attempt: int
+    owner: str
 
 
-def claim(session: Session, request_id: str) -> Claim | None:
-    """Move a queued request to running; None when there is nothing (more) to do."""
+class LeaseKeeper:
+    """This process's leases on the requests it runs, renewed together by one thread."""
+
+    def __init__(self) -> None:
+        self.owner = f"{socket.gethostname()[:80]}/{os.getpid()}/{secrets.token_hex(4)}"
+        self._held: dict[tuple[str, int], Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, request_id: str, attempt: int, on_lost: Callable[[], None]) -> None:
+        """Keep renewing this attempt's lease; `on_lost` runs if another worker took it over."""
+        with self._lock:
+            self._held[(request_id, attempt)] = on_lost
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="mediagate-leases", daemon=True)
+                self._thread.start()
+
+    def release(self, request_id: str, attempt: int) -> None:
+        with self._lock:
+            self._held.pop((request_id, attempt), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(get_gateway_settings().lease_renew_s)
+            try:
+                self.renew()
+            except Exception:  # noqa: BLE001 - the database is away: the next round tries again
+                log.warning("request leases could not be renewed", exc_info=True)
+
+    def renew(self) -> None:
+        """Extend every held lease; tell the attempts whose request was taken from them."""
+        with self._lock:
+            held = list(self._held)
+        if not held:
+            return
+        until = utcnow() + dt.timedelta(seconds=get_gateway_settings().lease_s)
+        with session_scope() as session:
+            still = repo.renew_leases(session, self.owner, sorted({rid for rid, _ in held}), until)
+        for key in held:
+            if key in still:
+                continue
+            with self._lock:
+                on_lost = self._held.pop(key, None)
+            if on_lost is not None:
+                log.warning("request %s attempt %d was taken over by another worker", *key)
+                on_lost()
+
+
+_keepers: dict[int, LeaseKeeper] = {}
+
+
+def lease_keeper() -> LeaseKeeper:
+    """This process's lease keeper (a forked child gets its own)."""
+    keeper = _keepers.get(os.getpid())
+    if keeper is None:
+        keeper = _keepers[os.getpid()] = LeaseKeeper()
+    return keeper
+
+
+def send_again(session: Session, req: Request, *, delay_s: float = 0.0) -> None:
+    """Send the request's task again (after commit); if no worker takes it in time, the sweep resends."""
+    settings = get_gateway_settings()
+    req.lease_expires_at = utcnow() + dt.timedelta(seconds=delay_s + settings.requeue_stale_s)
+    enqueue(session, RUN_TASK, req.id, queue=pool_queue(req.pool), priority=PRIORITIES[req.priority],
+            **({"countdown": delay_s} if delay_s > 0 else {}))
+
+
+def retry_or_fail(session: Session, req: Request, *, reason: str, delay_s: float = 0.0) -> None:
+    """Queue a request that lost its run for another attempt; past `max_attempts`, fail it uncharged."""
+    now = utcnow()
+    if req.cancel_requested:
+        req.status, req.completed_at, req.lease_expires_at = "canceled", now, None
+    elif req.attempts >= get_gateway_settings().max_attempts:
+        req.status, req.completed_at, req.lease_expires_at = "failed", now, None
+        req.error = (f"{reason}; gave up after {req.attempts} attempts, nothing was charged")[:4000]
+    else:
+        log.warning("request %s goes back to the queue after attempt %d: %s", req.id, req.attempts, reason)
+        req.status = "queued"
+        send_again(session, req, delay_s=delay_s)
+    lifecycle.announce(session, req)
+
+
+def _holds(req: Request | None, claimed: Claim) -> bool:
+    """Whether this attempt still owns the request (nobody took it over, nobody finished it)."""
+    if req is None or req.status != "running" or req.attempts != claimed.attempt or req.lease_owner != claimed.owner:
+        if req is not None and req.status not in FINAL_STATUSES:
+            log.warning("request %s attempt %d lost its lease; its outcome is dropped",
+                        claimed.request_id, claimed.attempt)
+        return False
+    return True
+
+
+def claim(session: Session, request_id: str, *, owner: str) -> Claim | None:
+    """Move a queued request to running under `owner`'s lease; None when there is nothing to do.
+
+    A running request is taken over only when its lease lapsed (its worker is gone); while
+    the lease holds, a duplicate or re-delivered message leaves it to its worker.
+    """
     req = repo.request_for_update(session, request_id)
     if req is None or req.status in FINAL_STATUSES:
         return None
     now = utcnow()
-    if req.status == "queued" and req.deadline_at is not None and now > req.deadline_at:
-        req.status, req.completed_at = "expired", now
+    settings = get_gateway_settings()
+    if req.status == "running":
+        if req.lease_expires_at is not None and req.lease_expires_at > now:
+            return None
+        if req.attempts >= settings.max_attempts or req.cancel_requested:
+            retry_or_fail(session, req, reason="the worker running it was lost")
+            return None
+    elif req.started_at is None and req.deadline_at is not None and now > req.deadline_at:
+        req.status, req.completed_at, req.lease_expires_at = "expired", now, None
         req.error = "the request did not start before its Request-Timeout deadline"
         lifecycle.announce(session, req)
         return None
-    if req.status == "queued" and not _under_concurrency_limit(session, req):
+    elif not _under_concurrency_limit(session, req):
         # Over the account's limit: stays queued and is looked at again shortly, never dropped.
-        enqueue(session, RUN_TASK, req.id, queue=pool_queue(req.pool),
-                countdown=get_gateway_settings().requeue_delay_s, priority=PRIORITIES[req.priority])
+        send_again(session, req, delay_s=settings.requeue_delay_s)
         return None
     deployment = partners_repo.deployment(session, req.deployment_id)
     assert deployment is not None
     req.status, req.started_at = "running", req.started_at or now
     req.queue_ms = int((req.started_at - req.created_at).total_seconds() * 1000)
     req.attempts += 1
+    req.lease_owner = owner
+    req.lease_expires_at = now + dt.timedelta(seconds=settings.lease_s)
     lifecycle.announce(session, req)
     spec = replica_spec(session, deployment)
     queued_ms = int((now - req.created_at).total_seconds() * 1000)
-    return Claim(req.id, req.account_id, dict(req.input), spec, queued_ms)
+    return Claim(req.id, req.account_id, dict(req.input), spec, queued_ms, req.attempts, owner)
 
 
 def _under_concurrency_limit(session: Session, req: Request) -> bool:
@@ -137,12 +254,33 @@ def _watch_cancel(request_id: str, replica: Any, stop: threading.Event) -> None:
             return
 
 
+OUT_OF_MEMORY = ("the model ran out of memory: it tried to use more than its sandbox's memory cap "
+                 "(the deployment's hardware.memory_gb)")
+
+
 def execute(request_id: str) -> None:
     """Run a request end to end (the body of the `gateway.run_request` task)."""
+    keeper = lease_keeper()
     with session_scope() as session:
-        claimed = claim(session, request_id)
+        claimed = claim(session, request_id, owner=keeper.owner)
     if claimed is None:
         return
+    running: dict[str, Any] = {}
+
+    def lost() -> None:  # another worker took the request over: stop working on it
+        replica = running.get("replica")
+        if replica is not None:
+            replica.cancel(request_id)
+
+    keeper.hold(request_id, claimed.attempt, lost)
+    try:
+        _run(claimed, running)
+    finally:
+        keeper.release(request_id, claimed.attempt)
+
+
+def _run(claimed: Claim, running: dict[str, Any]) -> None:
+    request_id = claimed.request_id
     settings = get_settings()
     pool = replica_pool()
     started = time.perf_counter()
@@ -152,8 +290,9 @@ def execute(request_id: str) -> None:
         # The partner's own traceback goes to the partner's logs, never to the customer.
         log.warning("deployment %s could not start a replica: %s\n%s", claimed.spec.deployment_id,
                     exc, exc.partner_detail or "")
-        _fail(request_id, f"the model could not start: {exc}")
+        _fail(claimed, f"the model could not start: {exc}")
         return
+    running["replica"] = replica
     output_dir = Path(tempfile.mkdtemp(prefix=f"{request_id}-", dir=_outputs_root()))
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_cancel, args=(request_id, replica, stop), daemon=True)
@@ -170,35 +309,50 @@ def execute(request_id: str) -> None:
         result = replica.predict(request_id, claimed.inputs, output_dir,
                                  timeout=settings.runner_predict_timeout_s, on_event=forward)
     except ModelFailed as exc:
-        _fail(request_id, str(exc))
+        message = str(exc)
+        _fail(claimed, OUT_OF_MEMORY if message.startswith("MemoryError") else message)
         return
     except ReplicaError as exc:
         broken = True
-        _fail(request_id, str(exc))
+        if isinstance(exc.__cause__, TimeoutError):
+            _fail(claimed, str(exc))  # a hung model would hang again: no retry
+        else:  # the model's process died: another replica may well succeed
+            _retry(claimed, str(exc))
         return
     finally:
+        running.pop("replica", None)
         stop.set()
         pool.release(replica, broken=broken)
     run_ms = int((time.perf_counter() - started) * 1000)
     try:
-        _succeed(request_id, result, output_dir, run_ms)
+        _succeed(claimed, result, output_dir, run_ms)
     except Exception:
         # Never leave the request `running`: it fails uncharged (the usage rolled back with it).
         log.exception("request %s could not be finished", request_id)
-        _fail(request_id, "the result could not be recorded; nothing was charged")
+        _fail(claimed, "the result could not be recorded; nothing was charged")
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def _fail(request_id: str, message: str) -> None:
+def _retry(claimed: Claim, message: str) -> None:
     with session_scope() as session:
-        req = repo.request_for_update(session, request_id)
-        if req is None or req.status in FINAL_STATUSES:
+        req = repo.request_for_update(session, claimed.request_id)
+        if not _holds(req, claimed):
             return
+        assert req is not None
+        retry_or_fail(session, req, reason=message, delay_s=get_gateway_settings().retry_delay_s)
+
+
+def _fail(claimed: Claim, message: str) -> None:
+    with session_scope() as session:
+        req = repo.request_for_update(session, claimed.request_id)
+        if not _holds(req, claimed):
+            return
+        assert req is not None
         canceled = req.cancel_requested
         req.status = "canceled" if canceled else "failed"
         req.error = None if canceled else message[:4000]
-        req.completed_at = utcnow()
+        req.completed_at, req.lease_expires_at = utcnow(), None
         lifecycle.announce(session, req)
 
 
@@ -221,12 +375,14 @@ def _store_outputs(session: Session, req: Request, value: Any, output_dir: Path)
     return value
 
 
-def _succeed(request_id: str, result: dict[str, Any], output_dir: Path, run_ms: int) -> None:
+def _succeed(claimed: Claim, result: dict[str, Any], output_dir: Path, run_ms: int) -> None:
     with session_scope() as session:
-        req = repo.request_for_update(session, request_id)
-        if req is None or req.status in FINAL_STATUSES:
+        req = repo.request_for_update(session, claimed.request_id)
+        if not _holds(req, claimed):
             return
+        assert req is not None
         now = utcnow()
+        req.lease_expires_at = None
         if req.cancel_requested:
             req.status, req.completed_at = "canceled", now
             lifecycle.announce(session, req)

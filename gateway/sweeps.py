@@ -1,8 +1,10 @@
-"""Housekeeping: deadlines that pass in the queue, webhook retries that come due, retention.
+"""Housekeeping: deadlines that pass in the queue, requests whose worker was lost, webhook
+retries that come due, retention.
 
 `tick()` runs every `sweep_interval_s` in each worker (one worker at a time does the work,
 under a Redis lock), so a queued request whose `Request-Timeout` passes ends `expired` even
-when no worker ever picks it up.
+when no worker ever picks it up, and a request whose worker died runs again elsewhere
+without waiting for the broker's visibility timeout.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import threading
 from typing import Any
 
-from gateway import lifecycle, webhooks
+from gateway import lifecycle, runs, webhooks
 from gateway import repository as repo
 from gateway.config import get_gateway_settings
 from kit.db import session_scope, utcnow
@@ -38,6 +40,28 @@ def expire_overdue() -> int:
             req.error = "the request did not start before its Request-Timeout deadline"
             lifecycle.announce(session, req)
         return len(overdue)
+
+
+def recover_lapsed() -> int:
+    """Queue again the running requests whose lease lapsed, and resend queued ones nobody took.
+
+    A lapsed lease means its worker died or lost the database: the request gets another
+    attempt (or fails, uncharged, past `max_attempts`). A queued request still waiting past
+    its resend time may have had its message held by a worker that died; a duplicate
+    message is harmless, as a claimed request is never claimed twice.
+    """
+    settings = get_gateway_settings()
+    with session_scope() as session:
+        now = utcnow()
+        lapsed = repo.lapsed_running(session, now, unleased_before=now - dt.timedelta(seconds=settings.lease_s))
+        for req in lapsed:
+            log.warning("request %s lost its worker %s (lease lapsed at %s)", req.id, req.lease_owner,
+                        req.lease_expires_at)
+            runs.retry_or_fail(session, req, reason="the worker running it was lost")
+        stale = repo.stale_queued(session, now, created_before=now - dt.timedelta(seconds=settings.requeue_stale_s))
+        for req in stale:
+            runs.send_again(session, req)
+        return len(lapsed) + len(stale)
 
 
 def _purge(value: Any, gone: set[str]) -> Any:
@@ -114,6 +138,7 @@ def tick() -> None:
         return
     _ticks += 1
     expire_overdue()
+    recover_lapsed()
     webhooks.send_due()
     if _ticks % RETENTION_EVERY == 1:
         purge_expired_files()

@@ -31,6 +31,9 @@ def get_celery() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A running task is never cut short when Redis goes away; if its message comes back,
+        # the request's lease tells the second delivery to leave it alone.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
@@ -41,6 +44,8 @@ def get_celery() -> Celery:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.conf.broker_transport = "kit.broker:EmbeddedTransport"
     else:
+        # The broker's backstop for a message whose worker vanished; requests do not wait for
+        # it: their leases lapse sooner and the housekeeping tick queues them again.
         app.conf.broker_transport_options = {"visibility_timeout": 3600}
     return app
 
