@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kit.settings import get_settings
@@ -37,6 +38,17 @@ class ModerationSettings(BaseSettings):
     max_file_bytes: int = 256 * 1024 * 1024
     max_image_pixels: int = 80_000_000
     video_sample_frames: int = 8
+
+    # Policy layers and account holds are kept this long in each process (0: not cached);
+    # changes reach every process at once through Redis, this is the bound without it.
+    cache_ttl_s: float = Field(default=2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _no_cache_in_tests(self) -> ModerationSettings:
+        # Tests write policies and holds straight into rolled-back transactions.
+        if "cache_ttl_s" not in self.model_fields_set and get_settings().env == "test":
+            self.cache_ttl_s = 0.0
+        return self
 
     @property
     def hash_list_dir(self) -> Path:

@@ -12,6 +12,7 @@ The rules, in order:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -148,7 +149,7 @@ class EffectivePolicy:
             "layers": self.layers,
         }
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """A short, stable id of the effective policy (the record's policy version)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

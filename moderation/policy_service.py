@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from kit.db import utcnow
 from kit.errors import InvalidInput
 from moderation import repository as repo
+from moderation.cache import POLICY, cached
 from moderation.config import get_moderation_settings
 from moderation.models import ModerationPolicy, ModerationPolicyChange
 from moderation.policies import (
@@ -136,7 +137,13 @@ def layers_for(session: Session, *, account_id: str, model_id: str) -> tuple[Acc
 def effective_policy(
     session: Session, *, account_id: str, model_id: str, request_options: RequestOptions | None = None,
 ) -> EffectivePolicy:
-    """The policy that applies to one request of `account_id` on `model_id`."""
-    account, models = layers_for(session, account_id=account_id, model_id=model_id)
-    return resolve(account=account, models=models, request=request_options,
-                   base_threshold=get_moderation_settings().nsfw_threshold)
+    """The policy that applies to one request of `account_id` on `model_id` (cached per process)."""
+    options = request_options or RequestOptions()
+
+    def load() -> EffectivePolicy:
+        account, models = layers_for(session, account_id=account_id, model_id=model_id)
+        return resolve(account=account, models=models, request=options,
+                       base_threshold=get_moderation_settings().nsfw_threshold)
+
+    key = f"{account_id}|{model_id}|{options.enable_safety_checker}|{options.safety_tolerance}"
+    return cached(session, POLICY, key, load)

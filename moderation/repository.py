@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, insert, select
 from sqlalchemy.orm import Session
 
 from moderation.models import (
@@ -25,6 +25,15 @@ def add(session: Session, row: Any) -> Any:
     session.add(row)
     session.flush()
     return row
+
+
+_INSERT_RECORD = insert(ModerationRecord.__table__)
+
+
+def insert_record(session: Session, values: dict[str, Any]) -> None:
+    """Write one check's record as a single INSERT, outside the unit of work (every submit
+    writes one, so it skips the ORM's flush bookkeeping); columns left out get their defaults."""
+    session.connection().execute(_INSERT_RECORD, values)
 
 
 def policy(session: Session, scope: str, subject_id: str, source: str) -> ModerationPolicy | None:

@@ -53,7 +53,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from kit.ids import new_id
 from moderation import repository as repo
+from moderation.cache import HOLD, cached
 from moderation.categories import BLOCKED, CSAM, FLAGGED, PASSED, SEXUAL
 from moderation.config import get_moderation_settings
 from moderation.escalation import escalate
@@ -106,19 +108,22 @@ def input_texts(value: Any, *, _key: str | None = None) -> tuple[list[str], int]
 _DECISION_RANK = {PASSED: 0, FLAGGED: 1, BLOCKED: 2}
 
 
-def _record(session: Session, **fields: Any) -> ModerationRecord:
-    return repo.add(session, ModerationRecord(**fields))
+def _record(session: Session, **fields: Any) -> str:
+    """Write a check's record; returns its id (`escalate` loads the row when it needs it)."""
+    record_id = new_id("mod")
+    repo.insert_record(session, {"id": record_id, **fields})
+    return record_id
 
 
 def _hold_verdict(session: Session, *, account_id: str, model_id: str, request_id: str | None,
                   stage: str, started: float) -> Verdict:
-    record = _record(
+    reason = "the account is suspended pending review"
+    record_id = _record(
         session, request_id=request_id, account_id=account_id, model_id=model_id, stage=stage,
         decision=BLOCKED, categories=["account_hold"], policy_version="hold", policy={},
-        reason="the account is suspended pending review",
-        checks=[{"name": "account_hold", "ok": True}],
+        reason=reason, checks=[{"name": "account_hold", "ok": True}],
         latency_ms=(time.perf_counter() - started) * 1000)
-    return Verdict(BLOCKED, ["account_hold"], record.reason, record_id=record.id, stage=stage,
+    return Verdict(BLOCKED, ["account_hold"], reason, record_id=record_id, stage=stage,
                    policy_version="hold", account_suspended=True)
 
 
@@ -138,7 +143,7 @@ def check_input(
 
     started = time.perf_counter()
     settings = get_moderation_settings()
-    if repo.has_active_hold(session, account_id):
+    if is_account_suspended(session, account_id):
         return _hold_verdict(session, account_id=account_id, model_id=model_id,
                              request_id=request_id, stage="input", started=started)
     options = RequestOptions.from_input(request_options if request_options is not None else input)
@@ -169,18 +174,18 @@ def check_input(
         decision, categories = BLOCKED, ["check_error"]
         reason = "the input could not be checked, so it was blocked"
 
-    record = _record(
+    record_id = _record(
         session, request_id=request_id, account_id=account_id, model_id=model_id, stage="input",
         decision=decision, categories=categories, reason=reason, scores=scores, checks=checks,
         policy_version=policy.fingerprint, policy=policy.to_dict(), request_options=option_fields,
         minor_signal=bool(findings and findings.minor), error=error,
         latency_ms=(time.perf_counter() - started) * 1000)
-    verdict = Verdict(decision, categories, reason, record_id=record.id, stage="input",
+    verdict = Verdict(decision, categories, reason, record_id=record_id, stage="input",
                       scores=dict(findings.categories) if findings else {},
                       policy_version=policy.fingerprint, notes=list(policy.notes))
     if findings is not None and CSAM in findings.categories:
         strength = findings.csam_strength or "strong"
-        esc = escalate(session, record=record, strength=strength, details={
+        esc = escalate(session, record=_stored(session, record_id), strength=strength, details={
             "terms": sorted({t for s in ("csam", "minor", "sexual", "suggestive")
                              for t in findings.matches.get(s, [])}),
             "rule": ("direct term, or minor indicator with explicit sexual terms" if strength == "strong"
@@ -190,6 +195,12 @@ def check_input(
         verdict.escalated = True
         verdict.account_suspended = esc.hold_id is not None
     return verdict
+
+
+def _stored(session: Session, record_id: str) -> ModerationRecord:
+    record = repo.record(session, record_id)
+    assert record is not None  # written by this transaction
+    return record
 
 
 def _texts_digest(texts: Sequence[str]) -> str:
@@ -244,7 +255,7 @@ def check_output(
             fv.action = "drop"
     reason = result.error_reason if result.error_reason and decision == BLOCKED else \
         reason_text("output", decision, categories)
-    record = _record(
+    record_id = _record(
         session, request_id=request_id, account_id=account_id, model_id=model_id, stage="output",
         decision=decision, categories=categories, reason=reason,
         scores={"files": [f.to_dict() for f in result.findings]}, checks=result.checks,
@@ -253,11 +264,11 @@ def check_output(
                          "safety_tolerance": options.safety_tolerance},
         minor_signal=minor, nsfw=result.nsfw, files_checked=len(files), error=result.error,
         latency_ms=(time.perf_counter() - started) * 1000)
-    verdict = Verdict(decision, categories, reason, record_id=record.id, stage="output",
+    verdict = Verdict(decision, categories, reason, record_id=record_id, stage="output",
                       scores=result.scores, policy_version=policy.fingerprint, files=result.files,
                       notes=list(policy.notes))
     if result.csam_strength:
-        esc = escalate(session, record=record, strength=result.csam_strength, details={
+        esc = escalate(session, record=_stored(session, record_id), strength=result.csam_strength, details={
             "files": [f.to_dict() for f in result.findings if CSAM in f.categories],
             "rule": result.csam_rule,
         })
@@ -284,8 +295,11 @@ def warm_up() -> None:
 
 
 def is_account_suspended(session: Session, account_id: str) -> bool:
-    """True while the account has an active hold; the gateway refuses its submits."""
-    return repo.has_active_hold(session, account_id)
+    """True while the account has an active hold; the gateway refuses its submits.
+
+    Cached per process; a new or released hold reaches every process at once (see
+    `moderation.cache`)."""
+    return cached(session, HOLD, account_id, lambda: repo.has_active_hold(session, account_id))
 
 
 def link_request(session: Session, *, record_id: str, request_id: str) -> None:
