@@ -35,8 +35,8 @@ def _with_urls(value: Any) -> Any:
     return value
 
 
-def envelope(session: Session, req: Request) -> Envelope:
-    """Render a request for its account."""
+def envelope(session: Session, req: Request, *, queue_position: int | None = None) -> Envelope:
+    """Render a request for its account (`queue_position` when the caller already counted it)."""
     base = f"{get_settings().public_url}/v1/requests/{req.id}"
     queue_ms = req.queue_ms
     if queue_ms is None and req.started_at is not None:
@@ -46,7 +46,8 @@ def envelope(session: Session, req: Request) -> Envelope:
         "model": req.model_ref,
         "version": req.version_id,
         "status": req.status,
-        "queue_position": repo.queue_position(session, req) if req.status == "queued" else None,
+        "queue_position": (queue_position if queue_position is not None else repo.queue_position(session, req))
+        if req.status == "queued" else None,
         "input": req.input,
         "output": _with_urls(req.output),
         "error": req.error,

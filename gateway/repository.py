@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from gateway.models import (
     AccountSettings,
@@ -39,6 +41,83 @@ def request_by_idempotency_key(session: Session, account_id: str, key: str) -> R
     return session.scalar(
         select(Request).where(Request.account_id == account_id, Request.idempotency_key == key)
     )
+
+
+# -- the submit path: one statement writes the request and counts the queue ahead of it ------
+
+
+def insert_request(session: Session, req: Request) -> tuple[bool, int | None]:
+    """Write a new request; (written, its queue position). Not written: the account already
+    has a request with this Idempotency-Key (a concurrent duplicate waits for the first to
+    commit, then finds it).
+
+    On PostgreSQL this is one round trip outside the unit of work: the INSERT, skipping a
+    duplicate key, and the count of queued requests ahead of it, in one statement. The
+    object joins the session as if it had been loaded. Elsewhere it is the ORM's flush in a
+    savepoint, and the position is left to `queue_position` (None).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        if req.idempotency_key is None:
+            session.add(req)
+            session.flush()
+            return True, None
+        try:
+            with session.begin_nested():  # a lost race leaves nothing pending in the outer transaction
+                session.add(req)
+                session.flush()
+        except IntegrityError:
+            return False, None
+        return True, None
+    row = _row_of(req)
+    statement = _insert_counting(tuple(sorted(row)), low=req.priority == "low")
+    found = session.connection().execute(statement, {**row, "ahead_pool": req.pool,
+                                                     "ahead_created_at": req.created_at}).first()
+    if found is None:
+        return False, None
+    for key, value in row.items():
+        setattr(req, _REQUEST_ATTRS[key], value)
+    make_transient_to_detached(req)
+    session.add(req)
+    return True, int(found[1])
+
+
+_REQUESTS = Request.__table__
+_REQUEST_ATTRS = {prop.columns[0].name: prop.key for prop in Request.__mapper__.column_attrs}
+
+
+def _row_of(req: Request) -> dict[str, Any]:
+    """Every column's value: what the object was given, else the column's Python default;
+    columns with only a server default are left to the database."""
+    state = req.__dict__
+    row: dict[str, Any] = {}
+    for column in _REQUESTS.columns:
+        attr = _REQUEST_ATTRS[column.name]
+        if attr in state:
+            row[column.name] = state[attr]
+        elif column.default is not None and column.default.is_scalar:
+            row[column.name] = column.default.arg
+        elif column.default is not None and column.default.is_callable:
+            row[column.name] = column.default.arg(None)
+        elif column.server_default is None:
+            row[column.name] = None
+    return row
+
+
+@functools.cache
+def _insert_counting(columns: tuple[str, ...], *, low: bool) -> Any:
+    inserted = (
+        pg_insert(_REQUESTS).values({c: bindparam(c, type_=_REQUESTS.c[c].type) for c in columns})
+        .on_conflict_do_nothing(index_elements=[_REQUESTS.c.account_id, _REQUESTS.c.idempotency_key])
+        .returning(_REQUESTS.c.id).cte("inserted")
+    )
+    # As `queue_position`, from the partial index of queued rows; the new row is not counted
+    # (a statement does not see its own writes).
+    earlier = _REQUESTS.c.created_at < bindparam("ahead_created_at", type_=_REQUESTS.c.created_at.type)
+    normal = _REQUESTS.c.priority == "normal"
+    ahead = select(func.count()).select_from(_REQUESTS).where(
+        _REQUESTS.c.status == "queued", _REQUESTS.c.pool == bindparam("ahead_pool"),
+        or_(normal, earlier) if low else and_(normal, earlier))
+    return select(inserted.c.id, ahead.scalar_subquery())
 
 
 def queue_position(session: Session, req: Request) -> int:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing import service as billing
@@ -95,13 +94,28 @@ def _target(session: Session, owner: str, model_slug: str) -> Target:
     return cached("target", f"{owner}/{model_slug}", load)
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """What a submit did: the request, whether it is new, and (when the insert counted it)
+    how many queued requests are ahead of it."""
+
+    request: Request
+    created: bool
+    queue_position: int | None = None
+
+
 def submit(
     session: Session, account: Account, *, owner: str, model_slug: str, input: dict[str, Any],
     webhook: str | None = None, webhook_events: list[str] | None = None,
     idempotency_key: str | None = None, priority: str = "normal", start_deadline_s: float | None = None,
-) -> tuple[Request, bool]:
-    """Queue a request for a model; returns (request, created). Enqueued only on commit."""
-    if cached("suspended", account.id, lambda: moderation.is_account_suspended(session, account.id)):
+) -> Submitted:
+    """Queue a request for a model. Enqueued only on commit.
+
+    The hot path reads nothing from the database when the per-process caches are warm (key,
+    account, model, route, policy, holds) and writes with two statements: the input's
+    moderation record, then the request together with its queue position.
+    """
+    if moderation.is_account_suspended(session, account.id):
         raise Forbidden("this account is suspended pending a content review", type="account-suspended")
     events_filter = webhooks.normalise_events(webhook_events)
     digest = body_digest({"model": f"{owner}/{model_slug}", "input": input, "webhook": webhook,
@@ -109,9 +123,7 @@ def submit(
     if idempotency_key:
         existing = repo.request_by_idempotency_key(session, account.id, idempotency_key)
         if existing is not None:
-            if existing.body_digest != digest:
-                raise Conflict("this Idempotency-Key was used with a different body")
-            return existing, False
+            return _replay(existing, digest)
     target = _target(session, owner, model_slug)
     # Licensed for this account (403) and, when prepaid, covered by its credit (402).
     billing.authorize_request(session, account, target.model_id, version_id=target.version_id)
@@ -127,7 +139,7 @@ def submit(
         account_id=account.id, model_id=target.model_id, version_id=target.version_id,
         deployment_id=target.deployment_id, model_ref=f"{owner}/{model_slug}",
         pool=pools.route(session, account_id=account.id, model_id=target.model_id, default_pool=target.pool),
-        priority=priority, input=filled, webhook=webhook, webhook_events=events_filter,
+        priority=priority, status="queued", input=filled, webhook=webhook, webhook_events=events_filter,
         idempotency_key=idempotency_key, body_digest=digest, currency=target.currency, created_at=now,
         moderation_input=verdict.decision,
         deadline_at=now + dt.timedelta(seconds=start_deadline_s) if start_deadline_s else None,
@@ -136,28 +148,26 @@ def submit(
         req.status = "blocked"
         req.error = verdict.reason or "the input was blocked by content policy"
         req.completed_at = now
-    if not idempotency_key:
-        session.add(req)
-        session.flush()
-    else:
-        try:
-            # In a savepoint, so a lost race leaves nothing pending in the outer transaction.
-            with session.begin_nested():
-                session.add(req)
-                session.flush()
-        except IntegrityError as exc:  # a concurrent submit with the same Idempotency-Key won
-            existing = repo.request_by_idempotency_key(session, account.id, idempotency_key)
-            if existing is None or existing.body_digest != digest:
-                raise Conflict("this Idempotency-Key was used with a different body") from exc
-            return existing, False
+    created, position = repo.insert_request(session, req)
+    if not created:  # a concurrent submit with the same Idempotency-Key won
+        existing = repo.request_by_idempotency_key(session, account.id, idempotency_key or "")
+        if existing is None:
+            raise Conflict("this Idempotency-Key was used with a different body")
+        return _replay(existing, digest)
     if verdict.blocked:
         lifecycle.announce(session, req)
-    else:
-        events.publish_after_commit(session, req.id, "status", {"status": "queued"})
-        # Redis lists one step per priority; a worker takes the lower number first.
-        enqueue(session, RUN_TASK, req.id, queue=pool_queue(req.pool),
-                priority=PRIORITIES[priority])
-    return req, True
+        return Submitted(req, True)
+    events.publish_after_commit(session, req.id, "status", {"status": "queued"})
+    # Redis lists one step per priority; a worker takes the lower number first.
+    enqueue(session, RUN_TASK, req.id, queue=pool_queue(req.pool), priority=PRIORITIES[priority])
+    return Submitted(req, True, position)
+
+
+def _replay(existing: Request, digest: str) -> Submitted:
+    """The earlier request of an Idempotency-Key, if this is the same body (409 otherwise)."""
+    if existing.body_digest != digest:
+        raise Conflict("this Idempotency-Key was used with a different body")
+    return Submitted(existing, False)
 
 
 def get_request(session: Session, account: Account, request_id: str) -> Request:
