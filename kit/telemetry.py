@@ -18,12 +18,15 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
 )
 
+from kit import logsafe
 from kit.settings import get_settings
 
 
 @functools.cache
 def setup_tracing(service_name: str) -> None:
-    """Install the tracer provider once, exporting to the console or OTLP per settings."""
+    """Install the tracer provider once, exporting to the console or OTLP per settings (and the
+    log redaction every process needs)."""
+    logsafe.install()
     settings = get_settings()
     if settings.telemetry_exporter == "none":
         return

@@ -5,11 +5,13 @@ real `mediagate serve` process."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -144,10 +146,11 @@ def test_hsts_follows_the_setting(engine) -> None:  # type: ignore[no-untyped-de
 # -- the real server -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def served(engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """`mediagate serve`, as production starts it."""
+def served(engine) -> Iterator[tuple[str, Path]]:  # type: ignore[no-untyped-def]
+    """`mediagate serve`, as production starts it: its URL and its log."""
     port = free_port()
-    log = open(os.path.join(os.environ.get("MEDIAGATE_DATA_DIR", "/tmp"), f"serve-{port}.log"), "wb")
+    log_path = Path(os.environ.get("MEDIAGATE_DATA_DIR", "/tmp")) / f"serve-{port}.log"
+    log = open(log_path, "wb")
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], cwd=ROOT,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -161,7 +164,7 @@ def served(engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "mediagate serve did not start"
             time.sleep(0.1)
-        yield url
+        yield url, log_path
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -173,8 +176,24 @@ def served(engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.timeout(90)
-def test_the_served_api_sends_no_server_banner(served: str) -> None:
+def test_the_served_api_sends_no_server_banner(served: tuple[str, Path]) -> None:
+    url, _ = served
     for path in ("/healthz", "/v1/requests/req_x", "/portal/login", "/finance/login", "/no/such/path"):
-        r = httpx.get(f"{served}{path}")
+        r = httpx.get(f"{url}{path}")
         assert "server" not in r.headers, (path, r.headers.get("server"))
         assert_basics(r)
+
+
+@pytest.mark.timeout(90)
+def test_the_access_log_keeps_no_link_signature_or_invitation(served: tuple[str, Path]) -> None:
+    url, log = served
+    signature, invite = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    assert httpx.get(f"{url}/v1/files/fil_x", params={"expires": 1, "signature": signature}).status_code == 404
+    assert httpx.get(f"{url}/portal/invite/{invite}").status_code == 404
+    deadline = time.monotonic() + 10
+    while "/portal/invite/" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    text = log.read_text()
+    assert '"GET /v1/files/fil_x?… HTTP/1.1" 404' in text, text
+    assert signature not in text and invite not in text and "Logging error" not in text, text
