@@ -24,6 +24,11 @@ class StripeUnavailable(AppError):
     """Stripe could not be reached or failed on its side: retry later with the same key."""
 
     status_code, type, title = 503, "stripe-unavailable", "Payment provider unavailable"
+    retry_after_s = 5
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        kw.setdefault("headers", {"Retry-After": str(self.retry_after_s)})
+        super().__init__(message, **kw)
 
 
 class StripeRejected(AppError):

@@ -84,3 +84,15 @@ class RateLimited(AppError):
 
 class ServiceUnavailable(AppError):
     status_code, type, title = 503, "unavailable", "Service unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database is down, restarting or out of reach: a client should retry shortly."""
+
+    type = "database-unavailable"
+    # A restart takes seconds; clients that honour this do not pile onto one that is starting.
+    retry_after_s = 2
+
+    def __init__(self, message: str = "the database is unavailable; retry shortly", **kw: Any) -> None:
+        kw.setdefault("headers", {"Retry-After": str(self.retry_after_s)})
+        super().__init__(message, **kw)

@@ -9,11 +9,9 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kit.db import CommitRoute, database_unreachable
-from kit.errors import PROBLEM_BASE, AppError, ServiceUnavailable
+from kit.errors import PROBLEM_BASE, AppError, DatabaseUnavailable
 
 PROBLEM_JSON = "application/problem+json"
-# What a client is told to wait while the database is away (a restart takes seconds).
-DATABASE_RETRY_AFTER_S = 2
 
 
 def router(**kwargs: object) -> APIRouter:
@@ -52,9 +50,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if not database_unreachable(exc):
         raise exc  # a failed query is a bug: a 500, with its traceback in the log
-    away = ServiceUnavailable("the database is unavailable; retry shortly", type="database-unavailable",
-                              headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
-    return problem_response(away.status_code, away.problem(request.url.path), away.headers)
+    return await _app_error(request, DatabaseUnavailable())
 
 
 def install_error_handlers(app: FastAPI) -> None:
