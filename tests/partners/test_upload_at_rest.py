@@ -189,5 +189,5 @@ def test_an_interrupted_resumable_upload_is_never_plaintext_on_disk(server: str,
     r = httpx.post(f"{server}{path}/complete", json={"sha256": hashlib.sha256(package).hexdigest()},
                    headers=headers, timeout=60)
     assert r.status_code == 201, r.text
-    assert not list((get_settings().data_dir / "uploads").rglob("*.part"))
+    assert not list((get_settings().data_dir / "uploads").rglob(f"{path.rpartition('/')[2]}.part"))
     assert _files_holding(MARKER) == []
