@@ -142,7 +142,7 @@ class DeploymentLog(Base):
 # -- resumable uploads ---------------------------------------------------------------------
 
 class UploadSession(Base):
-    """A chunked package upload in progress; its bytes live in a private file until completed."""
+    """A chunked package upload in progress; its bytes wait, encrypted, in a private file."""
 
     __tablename__ = "upload_sessions"
 
