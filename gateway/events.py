@@ -30,6 +30,8 @@ PUBLIC_EVENTS = ("status", "progress", "log", "output", "done")
 MAXLEN = 5000
 # Blocking reads wait up to 15 s; the socket may stay quiet a little longer than that.
 SOCKET_TIMEOUT_S = 30
+# A Redis host that stops answering (cut off, not refusing) is given up on this fast.
+CONNECT_TIMEOUT_S = 5
 # Redis unreachable, reset or timing out: the stream is away, the database is not.
 REDIS_AWAY = (RedisError, OSError)
 DB_POLL_S = 0.05
@@ -43,7 +45,8 @@ def stream_key(request_id: str) -> str:
 def _sync_redis() -> Any:
     import redis
 
-    return redis.Redis.from_url(get_settings().redis_url, socket_timeout=SOCKET_TIMEOUT_S)
+    return redis.Redis.from_url(get_settings().redis_url, socket_timeout=SOCKET_TIMEOUT_S,
+                                socket_connect_timeout=CONNECT_TIMEOUT_S)
 
 
 # Keyed by the loop itself (weakly): a client is bound to its loop, and a closed loop's id
@@ -58,8 +61,8 @@ def async_redis() -> Any:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = _async_clients[loop] = aioredis.Redis.from_url(get_settings().redis_url,
-                                                                    socket_timeout=SOCKET_TIMEOUT_S)
+        client = _async_clients[loop] = aioredis.Redis.from_url(
+            get_settings().redis_url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S)
     return client
 
 

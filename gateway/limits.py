@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,21 +65,38 @@ class Verdict:
         return out
 
 
+# The limiter sits on every request's path: a Redis that is slow or cut off lets requests
+# through after this long instead of holding them (see `take`).
+REDIS_TIMEOUT_S = 2
+
+
 @functools.cache
 def _script():  # type: ignore[no-untyped-def]
     import redis
 
-    return redis.Redis.from_url(get_settings().redis_url).register_script(_BUCKET)
+    client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=REDIS_TIMEOUT_S,
+                                  socket_connect_timeout=REDIS_TIMEOUT_S)
+    return client.register_script(_BUCKET)
+
+
+# After a failure, Redis is left alone this long: requests pass at once rather than each
+# waiting on a dead connection, and the log gets one warning, not one per request.
+PAUSE_AFTER_FAILURE_S = 2.0
+_paused_until = 0.0
 
 
 def take(bucket: str, *, rate_per_s: float, burst: int, cost: int = 1) -> Verdict | None:
-    """Take `cost` tokens from a bucket; None when no Redis is configured (no limit)."""
-    if not get_settings().redis_url:
+    """Take `cost` tokens from a bucket; None when there is no limit to apply (no Redis
+    configured, or Redis away)."""
+    global _paused_until
+    if not get_settings().redis_url or time.monotonic() < _paused_until:
         return None
     try:
         allowed, tokens, retry_ms = _script()(keys=[f"mediagate:rl:{bucket}"], args=[rate_per_s, burst, cost])
     except Exception:  # noqa: BLE001 - a Redis outage must not take the API down with it
-        log.warning("rate limiter unavailable; letting the request through", exc_info=True)
+        _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
+        log.warning("rate limiter unavailable; letting requests through for %g s", PAUSE_AFTER_FAILURE_S,
+                    exc_info=True)
         return None
     left = float(tokens)
     return Verdict(allowed=bool(allowed), limit=burst, remaining=max(0, math.floor(left)),
