@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Any
 
-from gateway import lifecycle, runs, webhooks
+from gateway import lifecycle, recovery, runs, webhooks
 from gateway import repository as repo
 from gateway.config import get_gateway_settings
 from kit.db import session_scope, utcnow
@@ -138,6 +138,7 @@ def tick() -> None:
         return
     _ticks += 1
     expire_overdue()
+    recovery.resend_after_broker_loss()
     recover_lapsed()
     webhooks.send_due()
     if _ticks % RETENTION_EVERY == 1:
