@@ -36,7 +36,10 @@ from tests.support import FIXTURE_MODELS, WorkerProcess
 pytestmark = pytest.mark.timeout(240)
 # A claim cut off by the database outage leaves its request queued with no message: the
 # stale-request rule sends it again after 5 s. Messages Redis forgot are sent at once.
-STACK_ENV = {"MEDIAGATE_GATEWAY_REQUEUE_STALE_S": "5", "MEDIAGATE_RUNNER_PREDICT_TIMEOUT_S": "30"}
+# A run cut off by it is taken up again once its 2 s lease lapses.
+STACK_ENV = {"MEDIAGATE_GATEWAY_REQUEUE_STALE_S": "5", "MEDIAGATE_GATEWAY_LEASE_S": "2",
+             "MEDIAGATE_GATEWAY_LEASE_RENEW_S": "0.4", "MEDIAGATE_GATEWAY_SWEEP_INTERVAL_S": "0.2",
+             "MEDIAGATE_RUNNER_PREDICT_TIMEOUT_S": "30"}
 
 
 @dataclass
