@@ -295,3 +295,23 @@ def test_private_services_restart_in_place(tmp_path: Path) -> None:
         client.close()
         root = (pg.root, redis_server.root)
     assert not any(p.exists() for p in root)
+
+
+def test_only_a_database_that_is_away_is_unavailable() -> None:
+    """A lost or refused connection is a 503 to retry; a deadlock or a bad query stays a bug."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    from kit.db import database_unreachable
+
+    def wrapped(orig: Exception, cls: type[sa_exc.DBAPIError] = sa_exc.OperationalError) -> sa_exc.DBAPIError:
+        return cls("SELECT 1", {}, orig)
+
+    assert database_unreachable(wrapped(psycopg.OperationalError("connection refused")))
+    assert database_unreachable(wrapped(psycopg.errors.AdminShutdown("terminating connection")))
+    assert database_unreachable(wrapped(psycopg.errors.CannotConnectNow("the database system is starting up")))
+    assert database_unreachable(sa_exc.TimeoutError("QueuePool limit reached"))
+    assert not database_unreachable(wrapped(psycopg.errors.DeadlockDetected("deadlock detected")))
+    assert not database_unreachable(wrapped(psycopg.errors.UndefinedTable("no such table"),
+                                            sa_exc.ProgrammingError))
+    assert not database_unreachable(ValueError("not a database error"))
