@@ -254,6 +254,8 @@ def _watch_cancel(request_id: str, replica: Any, stop: threading.Event) -> None:
             return
 
 
+# Where the cap is an address-space limit (no cgroup v2 memory controller), the model sees
+# a MemoryError; under a cgroup cap the kernel kills the sandbox and the replica says so.
 OUT_OF_MEMORY = ("the model ran out of memory: it tried to use more than its sandbox's memory cap "
                  "(the deployment's hardware.memory_gb)")
 
@@ -314,8 +316,9 @@ def _run(claimed: Claim, running: dict[str, Any]) -> None:
         return
     except ReplicaError as exc:
         broken = True
-        if isinstance(exc.__cause__, TimeoutError):
-            _fail(claimed, str(exc))  # a hung model would hang again: no retry
+        out_of_memory = replica.sandbox.out_of_memory() or str(exc).startswith("the model ran out of memory")
+        if isinstance(exc.__cause__, TimeoutError) or out_of_memory:
+            _fail(claimed, str(exc))  # a hung model would hang again, a greedy one fill its cap again
         else:  # the model's process died: another replica may well succeed
             _retry(claimed, str(exc))
         return
