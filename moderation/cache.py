@@ -41,6 +41,8 @@ _lock = threading.Lock()
 # Bumped by every invalidation: a value loaded before the bump is not stored after it.
 _generation = 0
 _listener_pid: int | None = None
+# Set while this process follows the channel (cleared while it reconnects).
+listening = threading.Event()
 _CHANGED = "moderation_cache_changed"
 
 
@@ -157,13 +159,16 @@ def _listen(url: str) -> None:
         try:
             pubsub = redis.Redis.from_url(url, health_check_interval=30).pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(CHANNEL)
+            pubsub.get_message(timeout=5)  # the subscription's confirmation: from here nothing is missed
             # Changes made while nobody listened are unknown: start from nothing.
             forget(EVERYTHING)
+            listening.set()
             for message in pubsub.listen():
                 data = message.get("data")
                 if isinstance(data, bytes):
                     kind, _, key = data.decode().partition("|")
                     forget(kind, key or EVERYTHING)
         except Exception:  # noqa: BLE001 - keep following; entries expire meanwhile
+            listening.clear()
             log.warning("moderation cache invalidations unavailable; retrying", exc_info=True)
             time.sleep(1.0)
