@@ -165,14 +165,18 @@ def overdue_queued(session: Session, now: dt.datetime, limit: int = 500) -> list
 # -- leases ----------------------------------------------------------------------------------
 
 
-def renew_leases(session: Session, owner: str, request_ids: list[str], until: dt.datetime) -> set[tuple[str, int]]:
-    """Extend the owner's leases on these running requests; the (id, attempt) pairs it still holds."""
+def renew_leases(session: Session, owner: str, request_ids: list[str],
+                 until: dt.datetime) -> dict[str, tuple[str, int, str | None]]:
+    """Extend the owner's leases on these of its running requests; each request's (status,
+    attempts, lease owner) afterwards, to tell which it still holds."""
     if not request_ids:
-        return set()
-    held = and_(Request.id.in_(request_ids), Request.status == "running", Request.lease_owner == owner)
-    session.execute(update(Request).where(held).values(lease_expires_at=until)
-                    .execution_options(synchronize_session=False))
-    return {(rid, attempt) for rid, attempt in session.execute(select(Request.id, Request.attempts).where(held))}
+        return {}
+    session.execute(update(Request).where(Request.id.in_(request_ids), Request.status == "running",
+                                          Request.lease_owner == owner)
+                    .values(lease_expires_at=until).execution_options(synchronize_session=False))
+    rows = session.execute(select(Request.id, Request.status, Request.attempts, Request.lease_owner)
+                           .where(Request.id.in_(request_ids)))
+    return {rid: (status, attempts, lease_owner) for rid, status, attempts, lease_owner in rows}
 
 
 def lapsed_running(session: Session, now: dt.datetime, *, unleased_before: dt.datetime,

@@ -123,14 +123,16 @@ class LeaseKeeper:
             return
         until = utcnow() + dt.timedelta(seconds=get_gateway_settings().lease_s)
         with session_scope() as session:
-            still = repo.renew_leases(session, self.owner, sorted({rid for rid, _ in held}), until)
+            now_held = repo.renew_leases(session, self.owner, sorted({rid for rid, _ in held}), until)
         for key in held:
-            if key in still:
-                continue
+            status, attempts, owner = now_held.get(key[0], ("gone", 0, None))
+            if (owner, attempts) == (self.owner, key[1]) and status in ("running", *FINAL_STATUSES):
+                continue  # still ours, or just finished by this very attempt
             with self._lock:
                 on_lost = self._held.pop(key, None)
             if on_lost is not None:
-                log.warning("request %s attempt %d was taken over by another worker", *key)
+                log.warning("request %s attempt %d lost its lease (queued again or taken over); "
+                            "its model is stopped", *key)
                 on_lost()
 
 
