@@ -60,6 +60,7 @@ def recover_lapsed() -> int:
             runs.retry_or_fail(session, req, reason="the worker running it was lost")
         stale = repo.stale_queued(session, now, created_before=now - dt.timedelta(seconds=settings.requeue_stale_s))
         for req in stale:
+            log.warning("request %s is still queued past its resend time; its task is sent again", req.id)
             runs.send_again(session, req)
         return len(lapsed) + len(stale)
 

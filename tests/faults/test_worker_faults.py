@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from billing.models import UsageRecord
 from kit.db import session_scope, utcnow
 from tests.e2e.api_support import Receiver
+from tests.e2e.conftest import ADMIN
 from tests.faults.conftest import (
     holder,
     kill_group,
@@ -121,4 +122,29 @@ def test_stalled_worker_that_comes_back_late_records_nothing(api, start_worker, 
     for _ in range(2):
         again = wait_final(_submit(api, world), timeout=60)
         assert again.status == "succeeded", again.error
+    assert_invariants(settle_s=10)
+
+
+def test_messages_a_killed_worker_held_are_sent_again(api, start_worker, deploy) -> None:  # type: ignore[no-untyped-def]
+    # One request at a time for this account: the second waits on a short countdown message,
+    # which the worker holds. Killed, it takes that message with it (the broker would give it
+    # back only after its visibility timeout, an hour).
+    world = deploy(FIXTURE_MODELS / "flaky", unit="images", price_micros=40_000)
+    r = api.put(f"/v1/admin/accounts/{world.account_id}/limits", json={"max_concurrency": 1}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    first = start_worker(MEDIAGATE_GATEWAY_REQUEUE_DELAY_S="2")  # the message is held 2 s of every ~2
+    running_id = _submit(api, world)
+    waiting_id = _submit(api, world)
+    _running(running_id)
+    wait_until(lambda: request_row(waiting_id).lease_expires_at is not None, timeout=20,
+               what="the second request to wait for the account's slot")
+    wait_until(lambda: sandboxed_runners(first), timeout=30, what="the model's sandbox to start")
+    kill_group(first)
+
+    second = start_worker()
+    done = [wait_final(running_id, timeout=60), wait_final(waiting_id, timeout=60)]
+    assert [(r.status, r.attempts) for r in done] == [("succeeded", 2), ("succeeded", 1)], (
+        [r.error for r in done], warnings([first, second]))
+    assert f"request {waiting_id} is still queued past its resend time" in warnings([second])
+    assert _usage_count(running_id) == _usage_count(waiting_id) == 1
     assert_invariants(settle_s=10)
