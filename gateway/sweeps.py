@@ -60,8 +60,10 @@ def recover_lapsed() -> int:
             runs.retry_or_fail(session, req, reason="the worker running it was lost")
         stale = repo.stale_queued(session, now, created_before=now - dt.timedelta(seconds=settings.requeue_stale_s))
         for req in stale:
-            log.warning("request %s is still queued past its resend time; its task is sent again", req.id)
             runs.send_again(session, req)
+        if stale:  # one line a round: a long backlog would otherwise flood the log
+            log.warning("%d requests still queued past their resend time were sent again: %s%s", len(stale),
+                        ", ".join(r.id for r in stale[:20]), ", …" if len(stale) > 20 else "")
         return len(lapsed) + len(stale)
 
 
