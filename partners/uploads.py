@@ -31,7 +31,7 @@ from partners import service
 from partners.models import ModelVersion, Partner, UploadSession
 from partners.packaging import PackageRejected
 from partners.tenancy.packages import ArchiveDigestMismatch, artifact_store
-from partners.tenancy.spool import SpoolAppender, SpoolBusy, UploadSpool
+from partners.tenancy.spool import SpoolAppender, SpoolBusy, SpoolGone, UploadSpool
 
 MAX_UPLOAD_BYTES = 64 * 1024**3
 UPLOAD_TTL = dt.timedelta(hours=24)
@@ -123,7 +123,7 @@ def _locked_part(upload: UploadSession) -> Iterator[SpoolAppender]:
     try:
         with spool_of(upload).locked() as spool:
             yield spool
-    except FileNotFoundError as exc:
+    except SpoolGone as exc:
         raise Conflict(f"upload {upload.id} is {upload.status}; start a new one") from exc
     except SpoolBusy as exc:
         raise Conflict("another chunk of this upload is being written; retry when it is done",

@@ -73,7 +73,7 @@ from typing import Any, BinaryIO
 
 from engine.runner.protocol import ProtocolError, recv_frame, send_frame
 from partners.tenancy import cgroups, seccomp
-from partners.tenancy.sandbox_files import SandboxFiles, check_name, is_out_of_space
+from partners.tenancy.sandbox_files import SandboxFiles, check_name, is_out_of_space, started_at
 from partners.tenancy.sandbox_spec import (
     APP_DIR,
     INIT_SCRIPT,
@@ -131,6 +131,7 @@ class Sandbox(SandboxFiles):
         self._own_dirs: list[Path] = []
         self.socket_dir = spec.socket_dir
         self._pidfd: int | None = None
+        self._pid_started: str | None = None
         self.cgroup: cgroups.SandboxCgroup | None = None
         self.host_uid = spec.host_uid if spec.host_uid is not None else auto_host_uid(spec)
         self._stopped = False
@@ -372,6 +373,7 @@ class Sandbox(SandboxFiles):
             pid = int(json.loads(data.decode() or "{}")["child-pid"])
             with contextlib.suppress(OSError):
                 self._pidfd = os.pidfd_open(pid)
+            self._pid_started = started_at(pid)
             self.sandbox_pid = pid
 
     def _pump(self, stream: BinaryIO, name: str) -> None:

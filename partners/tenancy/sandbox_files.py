@@ -34,6 +34,7 @@ class SandboxFiles:
     spec: SandboxSpec
     sandbox_pid: int | None
     _pidfd: int | None
+    _pid_started: str | None
 
     @property
     def alive(self) -> bool:
@@ -42,11 +43,13 @@ class SandboxFiles:
     def _open_inside(self, path: str) -> int:
         """A directory fd of `path` inside the running sandbox (its own mount namespace)."""
         pid, pidfd = self.sandbox_pid, self._pidfd
-        if pid is None or pidfd is None or not self.alive:
+        if pid is None or not self.alive:
             raise SandboxError("the sandbox is not running")
         nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(f"/proc/{pid}/root{path}", os.O_RDONLY | os.O_DIRECTORY | nofollow)
-        if select.select([pidfd], [], [], 0)[0]:  # it exited: that pid may be another process now
+        # If it exited, that pid may be another process now (whose root could be the host's).
+        if (select.select([pidfd], [], [], 0)[0] if pidfd is not None
+                else started_at(pid) != self._pid_started or self._pid_started is None):
             os.close(fd)
             raise SandboxError("the sandbox is not running")
         return fd
@@ -109,6 +112,15 @@ class SandboxFiles:
         spec = self.spec
         return {OUT_DIR: spec.output_tmpfs_bytes, SCRATCH_DIR: spec.scratch_tmpfs_bytes,
                 "/tmp": spec.tmp_tmpfs_bytes}[path]
+
+
+def started_at(pid: int) -> str | None:
+    """When a process started (clock ticks since boot): with the pid, it names one process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def is_out_of_space(message: str) -> bool:

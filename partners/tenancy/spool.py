@@ -43,6 +43,10 @@ class SpoolBusy(Exception):
     """Another writer holds the upload's lock."""
 
 
+class SpoolGone(Exception):
+    """The upload's file is gone: the upload ended."""
+
+
 @dataclass
 class SpoolState:
     """Where the whole frames end: file position, plaintext offset and frame count."""
@@ -110,7 +114,10 @@ class UploadSpool:
     @contextlib.contextmanager
     def locked(self) -> Iterator[SpoolAppender]:
         """The upload's file under an exclusive lock, torn tail removed: append or read it."""
-        fd = os.open(self.path, os.O_RDWR)  # FileNotFoundError when the upload ended
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError as exc:
+            raise SpoolGone(str(self.path)) from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
