@@ -266,7 +266,9 @@ def _soak(args: argparse.Namespace, console: Console, engine: Any, api: ApiProce
             except Exception as exc:  # noqa: BLE001 - a sample is skipped, the soak goes on
                 counts = {"error": str(exc)[:100]}
             timeline.append({"t_s": round(time.monotonic() - t0, 1), "submitted": load.submitted,
-                             "accepted": len(load.accepted), **counts})
+                             "accepted": len(load.accepted), "load_average": os.getloadavg()[0], **counts})
+            if len(timeline) % 6 == 0:
+                console.print(f"[dim]{timeline[-1]}[/]")
 
     threads = [threading.Thread(target=chaos, daemon=True), threading.Thread(target=sample, daemon=True)]
     for t in threads:
@@ -320,6 +322,9 @@ def report(console: Console, args: argparse.Namespace, r: dict[str, Any]) -> Non
                   f"{kills} / {sum(1 for e in r['events'] if e['event'] == 'redis restarted')}", f"every {args.kill_every:.0f} s / 1")
     table.add_row("succeeded per host", ", ".join(f"{h}: {n:,}" for h, n in sorted(r["hosts"].items())), "")
     table.add_row("run time (submit / until drained)", f"{r['submit_seconds']:.0f} / {r['total_seconds']:.0f} s", "")
+    loads = [t["load_average"] for t in r["timeline"]]
+    if loads:
+        table.add_row("machine load average (1 min) min / max", f"{min(loads):.1f} / {max(loads):.1f}", "")
     console.print(table)
     if r["invariants"] != "hold":
         console.print(r["invariants"])

@@ -94,7 +94,7 @@ class _PoolState:
     current: int
     last_up: float
     history: deque[tuple[float, int]] = field(default_factory=deque)
-    running: deque[tuple[float, int]] = field(default_factory=deque)
+    running: deque[tuple[float, float]] = field(default_factory=deque)
 
 
 class Autoscaler:
