@@ -163,7 +163,7 @@ def snapshot(engine: Any) -> dict[str, int]:
             select(Request.status, func.count()).group_by(Request.status))}
 
 
-def outcome(engine: Any, accepted: dict[str, str]) -> dict[str, Any]:
+def outcome(engine: Any, accepted: dict[str, str], *, by_process: bool = False) -> dict[str, Any]:
     """What became of the accepted requests, and what the books say."""
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
@@ -195,7 +195,9 @@ def outcome(engine: Any, accepted: dict[str, str]) -> dict[str, Any]:
         "attempts": dict(Counter(r.attempts for r in succeeded)),
         "submit_to_succeeded_ms": summary(latency) if latency else None,
         "ledger_balance_micros": balance, "unbalanced_transactions": unbalanced,
-        "hosts": dict(Counter((r.lease_owner or "?").split("/")[0] for r in succeeded)),
+        # Which host ran each request (its lease owner: host/pid/nonce); on one machine, which process.
+        "hosts": dict(Counter("/".join((r.lease_owner or "?").split("/")[:2 if by_process else 1])
+                              for r in succeeded)),
     }
 
 
@@ -288,7 +290,7 @@ def _soak(args: argparse.Namespace, console: Console, engine: Any, api: ApiProce
         for t in threads:
             t.join(timeout=120)
     drained_s = time.monotonic() - t0
-    result = outcome(engine, load.accepted)
+    result = outcome(engine, load.accepted, by_process=hosts_kind.startswith("processes"))
     from tests.faults.invariants import assert_invariants
 
     try:

@@ -205,7 +205,8 @@ class PrivatePostgres:
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
                       "--encoding=UTF8", "--locale=C")
             with open(self.data / "postgresql.conf", "a") as conf:
-                conf.write(f"\nlisten_addresses = '127.0.0.1,{self.address}'\nport = {self.port}\n"
+                listen = ",".join(dict.fromkeys(["127.0.0.1", self.address]))
+                conf.write(f"\nlisten_addresses = '{listen}'\nport = {self.port}\n"
                            f"unix_socket_directories = '{self.root}'\nfsync = off\n"
                            "synchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n")
             with open(self.data / "pg_hba.conf", "a") as hba:
@@ -260,7 +261,7 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", self.address,
+            ["redis-server", "--port", str(self.port), "--bind", *dict.fromkeys(["127.0.0.1", self.address]),
              "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(self.root),
              "--logfile", str(self.log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
