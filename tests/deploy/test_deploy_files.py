@@ -241,6 +241,12 @@ def test_every_pool_has_a_gpu_worker_in_compose_and_kubernetes_and_the_autoscale
     role = of_kind("Role")["mediagate-autoscaler"]["rules"]
     assert {n for rule in role for n in rule["resourceNames"]} == set(k8s_pools.values())
     assert all(rule["resources"] == ["deployments/scale"] for rule in role)
+    # It plans with the concurrency the workers really run.
+    worker_concurrency = {option(s["command"], "--concurrency") for s in services.values() if s["command"][0] == "worker"}
+    worker_concurrency |= {option(c["args"], "--concurrency") for d in deployments.values()
+                           for c in d["spec"]["template"]["spec"]["containers"] if c.get("args", [""])[0] == "worker"}
+    assert worker_concurrency == {option(autoscaler, "--concurrency"), option(services["autoscale"]["command"], "--concurrency")}
+    assert worker_concurrency == {of_kind("ConfigMap")["mediagate-config"]["data"]["MEDIAGATE_WORKER_CONCURRENCY"]}
     policy = json.loads(of_kind("ConfigMap")["mediagate-autoscale"]["data"]["pools.json"])
     assert set(policy) == set(k8s_pools)
     from gateway.autoscale import PoolPolicy, policies_from
