@@ -21,6 +21,8 @@ from gateway.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from moderation import repository as moderation_repo
+from moderation.models import ModerationRecord
 
 # -- keys and requests ---------------------------------------------------------------------
 
@@ -46,54 +48,69 @@ def request_by_idempotency_key(session: Session, account_id: str, key: str) -> R
 # -- the submit path: one statement writes the request and counts the queue ahead of it ------
 
 
-def insert_request(session: Session, req: Request) -> tuple[bool, int | None]:
-    """Write a new request; (written, its queue position). Not written: the account already
-    has a request with this Idempotency-Key (a concurrent duplicate waits for the first to
-    commit, then finds it).
+def insert_request(session: Session, req: Request, *,
+                   record: dict[str, Any] | None = None) -> tuple[bool, int | None]:
+    """Write a new request and, when given, its input check's record (see `moderation.service.
+    check_input`'s `defer_record`); returns (written, its queue position). Not written: the
+    account already has a request with this Idempotency-Key (a concurrent duplicate waits for
+    the first to commit, then finds it), and then neither is the record.
 
     On PostgreSQL this is one round trip outside the unit of work: the INSERT, skipping a
-    duplicate key, and the count of queued requests ahead of it, in one statement. The
-    object joins the session as if it had been loaded. Elsewhere it is the ORM's flush in a
-    savepoint, and the position is left to `queue_position` (None).
+    duplicate key, the record's INSERT for the row written, and the count of queued requests
+    ahead, in one statement. The object joins the session as if it had been loaded.
+    Elsewhere it is the ORM's flush in a savepoint, and the position is left to
+    `queue_position` (None).
     """
     if session.get_bind().dialect.name != "postgresql":
-        if req.idempotency_key is None:
-            session.add(req)
-            session.flush()
-            return True, None
-        try:
-            with session.begin_nested():  # a lost race leaves nothing pending in the outer transaction
-                session.add(req)
-                session.flush()
-        except IntegrityError:
-            return False, None
-        return True, None
-    row = _row_of(req)
-    statement = _insert_counting(tuple(sorted(row)), low=req.priority == "low")
-    found = session.connection().execute(statement, {**row, "ahead_pool": req.pool,
-                                                     "ahead_created_at": req.created_at}).first()
+        written = _insert_with_flush(session, req)
+        if written and record is not None:
+            moderation_repo.insert_record(session, record)
+        return written, None
+    row = _complete(_REQUESTS, {_REQUEST_COLUMNS[k]: v for k, v in req.__dict__.items() if k in _REQUEST_COLUMNS})
+    params = {**row, "ahead_pool": req.pool, "ahead_created_at": req.created_at}
+    record_columns: tuple[str, ...] = ()
+    if record is not None:
+        completed = _complete(_RECORDS, record)
+        record_columns = tuple(sorted(completed))
+        params.update({f"mod_{k}": v for k, v in completed.items()})
+    statement = _insert_counting(tuple(sorted(row)), record_columns, low=req.priority == "low")
+    found = session.connection().execute(statement, params).first()
     if found is None:
         return False, None
-    for key, value in row.items():
-        setattr(req, _REQUEST_ATTRS[key], value)
+    for column, value in row.items():
+        setattr(req, _REQUEST_ATTRS[column], value)
     make_transient_to_detached(req)
     session.add(req)
     return True, int(found[1])
 
 
+def _insert_with_flush(session: Session, req: Request) -> bool:
+    if req.idempotency_key is None:
+        session.add(req)
+        session.flush()
+        return True
+    try:
+        with session.begin_nested():  # a lost race leaves nothing pending in the outer transaction
+            session.add(req)
+            session.flush()
+    except IntegrityError:
+        return False
+    return True
+
+
 _REQUESTS = Request.__table__
+_RECORDS = ModerationRecord.__table__
 _REQUEST_ATTRS = {prop.columns[0].name: prop.key for prop in Request.__mapper__.column_attrs}
+_REQUEST_COLUMNS = {attr: column for column, attr in _REQUEST_ATTRS.items()}
 
 
-def _row_of(req: Request) -> dict[str, Any]:
-    """Every column's value: what the object was given, else the column's Python default;
-    columns with only a server default are left to the database."""
-    state = req.__dict__
+def _complete(table: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """Every column's value: the one given, else the column's Python default; columns with
+    only a server default are left to the database."""
     row: dict[str, Any] = {}
-    for column in _REQUESTS.columns:
-        attr = _REQUEST_ATTRS[column.name]
-        if attr in state:
-            row[column.name] = state[attr]
+    for column in table.columns:
+        if column.name in given:
+            row[column.name] = given[column.name]
         elif column.default is not None and column.default.is_scalar:
             row[column.name] = column.default.arg
         elif column.default is not None and column.default.is_callable:
@@ -104,7 +121,7 @@ def _row_of(req: Request) -> dict[str, Any]:
 
 
 @functools.cache
-def _insert_counting(columns: tuple[str, ...], *, low: bool) -> Any:
+def _insert_counting(columns: tuple[str, ...], record_columns: tuple[str, ...], *, low: bool) -> Any:
     inserted = (
         pg_insert(_REQUESTS).values({c: bindparam(c, type_=_REQUESTS.c[c].type) for c in columns})
         .on_conflict_do_nothing(index_elements=[_REQUESTS.c.account_id, _REQUESTS.c.idempotency_key])
@@ -117,7 +134,11 @@ def _insert_counting(columns: tuple[str, ...], *, low: bool) -> Any:
     ahead = select(func.count()).select_from(_REQUESTS).where(
         _REQUESTS.c.status == "queued", _REQUESTS.c.pool == bindparam("ahead_pool"),
         or_(normal, earlier) if low else and_(normal, earlier))
-    return select(inserted.c.id, ahead.scalar_subquery())
+    statement = select(inserted.c.id, ahead.scalar_subquery())
+    if record_columns:
+        recorded = moderation_repo.insert_record_per_row(inserted, record_columns).cte("recorded")
+        statement = statement.add_cte(recorded)
+    return statement
 
 
 def queue_position(session: Session, req: Request) -> int:

@@ -112,8 +112,8 @@ def submit(
     """Queue a request for a model. Enqueued only on commit.
 
     The hot path reads nothing from the database when the per-process caches are warm (key,
-    account, model, route, policy, holds) and writes with two statements: the input's
-    moderation record, then the request together with its queue position.
+    account, model, route, policy, holds) and writes with one statement: the request, the
+    input check's record and the request's queue position.
     """
     if moderation.is_account_suspended(session, account.id):
         raise Forbidden("this account is suspended pending a content review", type="account-suspended")
@@ -132,7 +132,7 @@ def submit(
     filled = validate_input(target.inputs_schema, input, target.validator)
     request_id = new_id("req")
     verdict = moderation.check_input(session, account_id=account.id, model_id=target.model_id,
-                                     input=filled, request_id=request_id)
+                                     input=filled, request_id=request_id, defer_record=True)
     now = utcnow()
     req = Request(
         id=request_id,
@@ -148,7 +148,8 @@ def submit(
         req.status = "blocked"
         req.error = verdict.reason or "the input was blocked by content policy"
         req.completed_at = now
-    created, position = repo.insert_request(session, req)
+    created, position = repo.insert_request(session, req, record=verdict.record)
+    verdict.record = None
     if not created:  # a concurrent submit with the same Idempotency-Key won
         existing = repo.request_by_idempotency_key(session, account.id, idempotency_key or "")
         if existing is None:

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import bindparam, case, func, insert, select
 from sqlalchemy.orm import Session
 
 from moderation.models import (
@@ -34,6 +34,16 @@ def insert_record(session: Session, values: dict[str, Any]) -> None:
     """Write one check's record as a single INSERT, outside the unit of work (every submit
     writes one, so it skips the ORM's flush bookkeeping); columns left out get their defaults."""
     session.connection().execute(_INSERT_RECORD, values)
+
+
+def insert_record_per_row(rows: Any, columns: tuple[str, ...]) -> Any:
+    """An INSERT of one check record for each row of `rows` (a CTE of what the record belongs
+    to), for a caller to run inside its own statement: the record is written exactly when
+    those rows are. Values are bound as `mod_<column>`."""
+    return insert(ModerationRecord.__table__).from_select(
+        list(columns),
+        select(*[bindparam(f"mod_{c}", type_=ModerationRecord.__table__.c[c].type) for c in columns])
+        .select_from(rows))
 
 
 def policy(session: Session, scope: str, subject_id: str, source: str) -> ModerationPolicy | None:

@@ -67,7 +67,7 @@ from moderation.verdicts import FileVerdict, Verdict
 
 __all__ = [
     "FileVerdict", "Verdict", "check_input", "check_output", "is_account_suspended",
-    "link_request", "moderation_summary", "set_account_policy", "set_model_policy",
+    "link_request", "write_record", "moderation_summary", "set_account_policy", "set_model_policy",
     "moderation_stats", "effective_policy", "warm_up",
 ]
 
@@ -137,8 +137,14 @@ def check_input(
     input: dict[str, Any],
     request_id: str | None = None,
     request_options: Mapping[str, Any] | None = None,
+    defer_record: bool = False,
 ) -> Verdict:
-    """Check every text input of a request before it is queued (prompts, negative prompts, …)."""
+    """Check every text input of a request before it is queued (prompts, negative prompts, …).
+
+    With `defer_record`, the record comes back in `verdict.record` for the caller to write in
+    the same transaction (the gateway writes it with its request, in one statement, and only
+    if the request is written); a hit that escalates is always recorded here and now.
+    """
     from moderation.text.check import analyze_text
 
     started = time.perf_counter()
@@ -174,16 +180,23 @@ def check_input(
         decision, categories = BLOCKED, ["check_error"]
         reason = "the input could not be checked, so it was blocked"
 
-    record_id = _record(
-        session, request_id=request_id, account_id=account_id, model_id=model_id, stage="input",
+    fields = dict(
+        request_id=request_id, account_id=account_id, model_id=model_id, stage="input",
         decision=decision, categories=categories, reason=reason, scores=scores, checks=checks,
         policy_version=policy.fingerprint, policy=policy.to_dict(), request_options=option_fields,
         minor_signal=bool(findings and findings.minor), error=error,
         latency_ms=(time.perf_counter() - started) * 1000)
+    escalating = findings is not None and CSAM in findings.categories
+    record: dict[str, Any] | None = None
+    if defer_record and not escalating:
+        record = {"id": new_id("mod"), **fields}
+        record_id = record["id"]
+    else:
+        record_id = _record(session, **fields)
     verdict = Verdict(decision, categories, reason, record_id=record_id, stage="input",
                       scores=dict(findings.categories) if findings else {},
-                      policy_version=policy.fingerprint, notes=list(policy.notes))
-    if findings is not None and CSAM in findings.categories:
+                      policy_version=policy.fingerprint, notes=list(policy.notes), record=record)
+    if escalating:
         strength = findings.csam_strength or "strong"
         esc = escalate(session, record=_stored(session, record_id), strength=strength, details={
             "terms": sorted({t for s in ("csam", "minor", "sexual", "suggestive")
@@ -300,6 +313,13 @@ def is_account_suspended(session: Session, account_id: str) -> bool:
     Cached per process; a new or released hold reaches every process at once (see
     `moderation.cache`)."""
     return cached(session, HOLD, account_id, lambda: repo.has_active_hold(session, account_id))
+
+
+def write_record(session: Session, verdict: Verdict) -> None:
+    """Write a deferred record (see `check_input`'s `defer_record`) on its own."""
+    if verdict.record is not None:
+        repo.insert_record(session, verdict.record)
+        verdict.record = None
 
 
 def link_request(session: Session, *, record_id: str, request_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from moderation.categories import BLOCKED
 
@@ -36,6 +37,9 @@ class Verdict:
     escalated: bool = False
     account_suspended: bool = False
     notes: list[str] = field(default_factory=list)
+    # The check's record when the caller writes it (`check_input(..., defer_record=True)`),
+    # column by column; None once it is written.
+    record: dict[str, Any] | None = None
 
     @property
     def blocked(self) -> bool:

@@ -24,6 +24,9 @@ from kit.db import session_scope, utcnow
 from kit.errors import Conflict
 from kit.ids import new_id
 from kit.tasks import _publisher, get_celery, send_now
+from moderation import repository as moderation_repo
+from moderation.models import ModerationRecord
+from moderation.service import check_input
 from partners import service as partners
 from tests.support import FIXTURE_MODELS, package_bytes
 
@@ -61,6 +64,9 @@ def test_the_insert_counts_the_same_queue_position_as_a_read(db: Session, tmp_pa
         row = db.get(Request, d.request.id)
         assert row is d.request  # the written object is the session's own
         assert row.status == "queued" and row.cost_micros == 0 and row.attempts == 0
+        # Its input check's record went in with it, in the same statement.
+        [record] = moderation_repo.records_for_request(db, row.id)
+        assert (record.stage, record.decision, record.account_id) == ("input", "passed", account.id)
     # Each count matches what `queue_position` reads, given what was queued when it was written.
     assert repo.queue_position(db, done[-1].request) == done[-1].queue_position
 
@@ -87,13 +93,21 @@ def test_a_duplicate_key_waits_for_the_first_submit_then_finds_it(committed: Eng
                        pool=target.pool, priority="normal", input={}, idempotency_key="same",
                        body_digest="d", created_at=utcnow())
 
+    def record(s: Session, req: Request) -> dict:
+        verdict = check_input(s, account_id=account.id, model_id=req.model_id, input={},
+                              request_id=req.id, defer_record=True)
+        assert verdict.record is not None
+        return verdict.record
+
     results: list[tuple[bool, int | None]] = []
     with session_scope() as first:
-        assert repo.insert_request(first, request(first))[0] is True
+        req = request(first)
+        assert repo.insert_request(first, req, record=record(first, req))[0] is True
 
         def second() -> None:
             with session_scope() as s:
-                results.append(repo.insert_request(s, request(s)))
+                req = request(s)
+                results.append(repo.insert_request(s, req, record=record(s, req)))
 
         thread = threading.Thread(target=second)
         thread.start()
@@ -103,6 +117,8 @@ def test_a_duplicate_key_waits_for_the_first_submit_then_finds_it(committed: Eng
     assert results == [(False, None)]
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(Request)) == 1
+        # The second submit's check record was not written: it belongs to no request.
+        assert s.scalar(select(func.count()).select_from(ModerationRecord)) == 1
 
 
 def _stored(raw: bytes) -> dict:
