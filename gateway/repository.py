@@ -77,9 +77,10 @@ def insert_request(session: Session, req: Request, *,
     found = session.connection().execute(statement, params).first()
     if found is None:
         return False, None
-    for column, value in row.items():
-        setattr(req, _REQUEST_ATTRS[column], value)
-    make_transient_to_detached(req)
+    for column in _REQUESTS.columns:
+        if column.name in row or column.server_default is None:
+            setattr(req, _REQUEST_ATTRS[column.name], row.get(column.name))
+    make_transient_to_detached(req)  # what it was not given (a server default) loads on first use
     session.add(req)
     return True, int(found[1])
 
@@ -105,22 +106,25 @@ _REQUEST_COLUMNS = {attr: column for column, attr in _REQUEST_ATTRS.items()}
 
 
 def _complete(table: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """Every column's value: the one given, else the column's Python default; columns with
-    only a server default are left to the database."""
+    """Every column's value: the one given, else the column's Python default. NULLs are left
+    out (so are columns with only a server default): fewer parameters keep the statement
+    within what psycopg caches its parsing for (50)."""
     row: dict[str, Any] = {}
     for column in table.columns:
         if column.name in given:
-            row[column.name] = given[column.name]
+            value = given[column.name]
         elif column.default is not None and column.default.is_scalar:
-            row[column.name] = column.default.arg
+            value = column.default.arg
         elif column.default is not None and column.default.is_callable:
-            row[column.name] = column.default.arg(None)
-        elif column.server_default is None:
-            row[column.name] = None
+            value = column.default.arg(None)
+        else:
+            continue
+        if value is not None or column.server_default is not None:
+            row[column.name] = value
     return row
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)  # one statement per set of columns given
 def _insert_counting(columns: tuple[str, ...], record_columns: tuple[str, ...], *, low: bool) -> Any:
     inserted = (
         pg_insert(_REQUESTS).values({c: bindparam(c, type_=_REQUESTS.c[c].type) for c in columns})
