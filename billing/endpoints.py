@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -87,12 +87,22 @@ def customer_router(account: Callable[..., Account]) -> APIRouter:
     """The customer routes, authenticated by the gateway's key dependency `account`."""
     r = make_router(prefix="/v1/billing", tags=["billing"])
 
-    @r.post("/topups", response_model=TopupOut, status_code=201)
-    def create_topup(body: TopupIn, acct: Account = Depends(account),
-                     session: Session = Depends(get_session)) -> TopupOut:
+    @r.post("/topups", response_model=TopupOut, status_code=201, responses={
+        200: {"model": TopupOut, "description": "An earlier top-up with this Idempotency-Key"},
+        409: {"description": "The Idempotency-Key was used with another body",
+              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}})
+    def create_topup(body: TopupIn, response: Response, acct: Account = Depends(account),
+                     session: Session = Depends(get_session),
+                     idempotency_key: str | None = Header(default=None, max_length=255, description=(
+                         "Same key and body within 24 h return the first top-up (200, same id and status), "
+                         "never a second charge; the same key with another body is 409"))) -> TopupOut:
         """Add prepaid credit by card: confirm the PaymentIntent client-side, or pass a saved card."""
-        topup = payments.start_topup(session, acct, amount_cents=body.amount_cents, gateway=get_gateway(),
-                                     payment_method=body.payment_method)
+        started = payments.start_or_replay_topup(
+            session, acct, amount_cents=body.amount_cents, gateway=get_gateway(),
+            payment_method=body.payment_method, idempotency_key=idempotency_key)
+        topup = started.topup
+        if not started.created:
+            response.status_code = 200
         return TopupOut(id=topup.id, status=topup.status, amount_cents=topup.amount_cents, currency=topup.currency,
                         payment_intent=topup.payment_intent_id, client_secret=topup.client_secret)
 

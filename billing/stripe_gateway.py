@@ -37,6 +37,10 @@ class StripeRejected(AppError):
     status_code, type, title = 402, "stripe-rejected", "Payment provider refused"
 
 
+class StripeKeyReused(StripeRejected):
+    """Stripe holds this idempotency key for a request with other parameters."""
+
+
 @dataclass(frozen=True)
 class LineItem:
     description: str
@@ -52,8 +56,8 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise StripeUnavailable(f"Stripe is unreachable: {exc.user_message or exc}") from exc
     except (stripe.AuthenticationError, stripe.PermissionError) as exc:  # our configuration, not the object
         raise StripeUnavailable(f"Stripe refused our API key: {exc.user_message or exc}") from exc
-    except stripe.IdempotencyError as exc:  # our bug: the same key with other parameters
-        raise StripeRejected(f"Stripe refused a reused idempotency key: {exc.user_message or exc}") from exc
+    except stripe.IdempotencyError as exc:  # the same key with other parameters: a reused customer key, or our bug
+        raise StripeKeyReused(f"Stripe refused a reused idempotency key: {exc.user_message or exc}") from exc
     except stripe.StripeError as exc:
         status = exc.http_status or 0
         if status >= 500 or status in (409, 429) or status == 0:

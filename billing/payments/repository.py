@@ -38,10 +38,26 @@ def topup_for_update(session: Session, topup_id: str) -> Topup | None:
 
 
 def insert_topup_if_new(session: Session, values: dict[str, Any]) -> bool:
-    """Add a top-up row unless its id exists (waiting for an uncommitted one to land or go)."""
-    stmt = _insert(session, Topup).values(**values).on_conflict_do_nothing(index_elements=["id"]) \
-        .returning(Topup.id)
+    """Add a top-up row unless its id, PaymentIntent or Idempotency-Key is taken (waiting for
+    an uncommitted one to land or go)."""
+    stmt = _insert(session, Topup).values(**values).on_conflict_do_nothing().returning(Topup.id)
     return session.execute(stmt).scalar() is not None
+
+
+def insert_keyed_topup(session: Session, values: dict[str, Any]) -> Topup | None:
+    """Add a top-up that carries an Idempotency-Key, or None when the account already has one
+    with that key (a concurrent duplicate waits here for the first to commit or roll back)."""
+    stmt = _insert(session, Topup).values(**values).on_conflict_do_nothing(
+        index_elements=["account_id", "idempotency_key"]).returning(Topup.id)
+    if session.execute(stmt).scalar() is None:
+        return None
+    return session.get(Topup, values["id"])
+
+
+def topup_by_idempotency_key(session: Session, account_id: str, key: str) -> Topup | None:
+    """The account's top-up made under this Idempotency-Key."""
+    return session.scalar(select(Topup).where(Topup.account_id == account_id, Topup.idempotency_key == key)
+                          .execution_options(populate_existing=True))
 
 
 def topup_by_intent(session: Session, payment_intent_id: str) -> Topup | None:

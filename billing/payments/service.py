@@ -6,6 +6,9 @@ caller's transaction commits it. Stripe is only ever reached through `StripeGate
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -17,12 +20,20 @@ from billing.models import Account, Payee
 from billing.payments import repository as repo
 from billing.payments.models import Topup
 from billing.service import open_period, post_transaction
-from billing.stripe_gateway import LineItem, StripeGateway, StripeRejected, StripeUnavailable
+from billing.stripe_gateway import (
+    LineItem,
+    StripeGateway,
+    StripeKeyReused,
+    StripeRejected,
+    StripeUnavailable,
+)
 from kit.db import utcnow
 from kit.errors import Conflict, InvalidInput, NotFound
+from kit.ids import new_id
 from kit.money import MICROS_PER_CENT
 
 MAX_TOPUP_CENTS = 10_000_000  # $100,000: more than that is a wire, not a card
+KEY_REUSED = "this Idempotency-Key was used with a different body"
 
 
 def ensure_customer(session: Session, account: Account, gateway: StripeGateway) -> str:
@@ -36,30 +47,90 @@ def ensure_customer(session: Session, account: Account, gateway: StripeGateway) 
 
 # -- top-ups ----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class StartedTopup:
+    """What a top-up call did: the top-up, and whether this call made it (not a replay)."""
+
+    topup: Topup
+    created: bool
+
+
+def topup_body_digest(*, amount_cents: int, payment_method: str | None) -> str:
+    """A stable digest of a top-up's body, to tell a retry from a different top-up."""
+    body = {"amount_cents": amount_cents, "payment_method": payment_method}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def stripe_topup_key(account_id: str, idempotency_key: str) -> str:
+    """The Stripe idempotency key of a customer's Idempotency-Key: Stripe's keys are shared by
+    every account of ours, so it is scoped to the account (and hashed to fit Stripe's 255)."""
+    return f"topup-{account_id}-{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+
+
 def start_topup(session: Session, account: Account, *, amount_cents: int, gateway: StripeGateway,
-                payment_method: str | None = None) -> Topup:
+                payment_method: str | None = None, idempotency_key: str | None = None) -> Topup:
+    """A PaymentIntent for prepaid credit (see `start_or_replay_topup`)."""
+    return start_or_replay_topup(session, account, amount_cents=amount_cents, gateway=gateway,
+                                 payment_method=payment_method, idempotency_key=idempotency_key).topup
+
+
+def start_or_replay_topup(session: Session, account: Account, *, amount_cents: int, gateway: StripeGateway,
+                          payment_method: str | None = None, idempotency_key: str | None = None) -> StartedTopup:
     """A PaymentIntent for prepaid credit; the credit lands when Stripe confirms the payment.
 
     Without a saved card the client confirms it with the returned client secret; with one it is
     charged at once. Either way the credit is posted by `credit_topup`, from the webhook or
-    from the immediate answer, once.
+    from the immediate answer, once. With an `idempotency_key`, the same key and body return
+    the first top-up (never a second charge), and the same key with another body is a Conflict.
     """
     if account.billing_mode != "prepaid":
         raise InvalidInput("only prepaid accounts hold credit; postpaid usage is invoiced monthly")
     if isinstance(amount_cents, bool) or not isinstance(amount_cents, int) or not 50 <= amount_cents <= MAX_TOPUP_CENTS:
         raise InvalidInput(f"a top-up is a whole number of cents from 50 to {MAX_TOPUP_CENTS}")
+    digest = topup_body_digest(amount_cents=amount_cents, payment_method=payment_method)
+    if idempotency_key:
+        existing = repo.topup_by_idempotency_key(session, account.id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest)
+        topup = repo.insert_keyed_topup(session, {
+            "id": new_id("top"), "account_id": account.id, "amount_cents": amount_cents,
+            "currency": account.currency, "status": "pending", "idempotency_key": idempotency_key,
+            "body_digest": digest, "created_at": utcnow()})
+        if topup is None:  # a concurrent call with the same key committed first
+            existing = repo.topup_by_idempotency_key(session, account.id, idempotency_key)
+            if existing is None:
+                raise Conflict(KEY_REUSED)
+            return _replay(existing, digest)
+        # The same Stripe key and parameters on every attempt: an attempt whose answer was lost
+        # rolled its row back, and Stripe answers the retry with that attempt's PaymentIntent.
+        stripe_key = stripe_topup_key(account.id, idempotency_key)
+        metadata = {"account_id": account.id, "idempotency_key": idempotency_key, "body_digest": digest}
+    else:
+        topup = Topup(account_id=account.id, amount_cents=amount_cents, currency=account.currency)
+        session.add(topup)
+        session.flush()
+        stripe_key, metadata = topup.id, {"topup_id": topup.id, "account_id": account.id}
     customer = ensure_customer(session, account, gateway)
-    topup = Topup(account_id=account.id, amount_cents=amount_cents, currency=account.currency)
-    session.add(topup)
-    session.flush()
-    intent = gateway.create_payment_intent(
-        amount_cents=amount_cents, currency=account.currency, customer=customer, idempotency_key=topup.id,
-        metadata={"topup_id": topup.id, "account_id": account.id}, payment_method=payment_method)
+    try:
+        intent = gateway.create_payment_intent(
+            amount_cents=amount_cents, currency=account.currency, customer=customer, idempotency_key=stripe_key,
+            metadata=metadata, payment_method=payment_method)
+    except StripeKeyReused as exc:
+        if idempotency_key:  # an earlier attempt, rolled back here, reached Stripe with another body
+            raise Conflict(KEY_REUSED) from exc
+        raise
     topup.payment_intent_id, topup.client_secret = intent["id"], intent["client_secret"]
     session.flush()
     if intent["status"] == "succeeded":
         credit_topup(session, topup.id, amount_cents=intent["amount"], currency=intent["currency"])
-    return topup
+    return StartedTopup(topup, True)
+
+
+def _replay(existing: Topup, digest: str) -> StartedTopup:
+    """The earlier top-up of an Idempotency-Key, if this is the same body (409 otherwise)."""
+    if existing.body_digest != digest:
+        raise Conflict(KEY_REUSED)
+    return StartedTopup(existing, False)
 
 
 def credit_topup(session: Session, topup_id: str, *, amount_cents: int, currency: str) -> bool:
@@ -241,11 +312,14 @@ def handle_event(session: Session, event: dict[str, Any]) -> str:
 def _intent_succeeded(session: Session, intent: dict[str, Any]) -> str:
     topup = repo.topup_by_intent(session, intent.get("id", ""))
     metadata = intent.get("metadata") or {}
-    topup_id = topup.id if topup else metadata.get("topup_id")
-    if not topup_id:
+    if topup is not None:
+        topup_id = topup.id
+    elif metadata.get("topup_id") or metadata.get("idempotency_key"):
+        topup_id = _topup_from_stripe(session, intent, metadata)
+    else:
         return "ignored: not a top-up"
-    if topup is None:
-        _topup_from_stripe(session, intent, topup_id, metadata.get("account_id"))
+    if topup_id is None:
+        return "ignored: unknown top-up"
     try:
         credited = credit_topup(session, topup_id, amount_cents=int(intent.get("amount") or 0),
                                 currency=str(intent.get("currency") or ""))
@@ -256,25 +330,34 @@ def _intent_succeeded(session: Session, intent: dict[str, Any]) -> str:
     return "credited" if credited else "already credited"
 
 
-def _topup_from_stripe(session: Session, intent: dict[str, Any], topup_id: str, account_id: str | None) -> None:
-    """Keep the top-up Stripe charged for even when our side never committed it.
+def _topup_from_stripe(session: Session, intent: dict[str, Any], metadata: dict[str, Any]) -> str | None:
+    """Keep the top-up Stripe charged for even when our side never committed it; its id.
 
     A card charged at once whose answer was lost (a Stripe 500 or a timeout after the charge)
     fails the top-up call, and its row rolls back with it; Stripe's record, signed and
     carrying our ids in its metadata, is then what says the money arrived. Inserting waits
-    for a top-up call still in flight, so whichever lands first is the one credited.
+    for a top-up call still in flight, so whichever lands first is the one credited. A
+    top-up made under an Idempotency-Key is recorded under that key, so that the customer's
+    retry finds it instead of paying again.
     """
+    account_id = metadata.get("account_id")
     account = session.get(Account, account_id) if account_id else None
-    if account is None:
-        return
     amount = int(intent.get("amount") or 0)
-    if amount <= 0:
-        return
-    repo.insert_topup_if_new(session, {
-        "id": topup_id, "account_id": account.id, "amount_cents": amount,
+    intent_id = intent.get("id") or ""
+    if account is None or amount <= 0 or not intent_id:
+        return metadata.get("topup_id")
+    key = metadata.get("idempotency_key") or None
+    values = {
+        "id": metadata.get("topup_id") or new_id("top"), "account_id": account.id, "amount_cents": amount,
         "currency": str(intent.get("currency") or account.currency), "status": "pending",
-        "payment_intent_id": intent.get("id"), "created_at": utcnow(),
-        "last_error": "recorded from Stripe's payment_intent.succeeded: the top-up call did not complete"})
+        "payment_intent_id": intent_id, "created_at": utcnow(), "idempotency_key": key,
+        "body_digest": metadata.get("body_digest") if key else None,
+        "last_error": "recorded from Stripe's payment_intent.succeeded: the top-up call did not complete"}
+    if not repo.insert_topup_if_new(session, values) and key and repo.topup_by_intent(session, intent_id) is None:
+        # The key's top-up is paid by another PaymentIntent: this payment is kept apart.
+        repo.insert_topup_if_new(session, {**values, "idempotency_key": None, "body_digest": None})
+    found = repo.topup_by_intent(session, intent_id)
+    return found.id if found is not None else None
 
 
 def _intent_failed(session: Session, intent: dict[str, Any]) -> str:
