@@ -8,28 +8,31 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 Unit = Literal["requests", "images", "megapixels", "video_seconds", "gpu_seconds"]
+# Far above any real price or fee ($10,000,000), far below what a BIGINT column holds.
+MAX_MICROS = 10**13
 
 
 class Tier(BaseModel):
     up_to: float | None = Field(description="Monthly units this tier runs to; null for the last tier")
-    unit_price_micros: int = Field(ge=0)
+    unit_price_micros: int = Field(ge=0, le=MAX_MICROS)
 
 
 class PricingIn(BaseModel):
     tier: Literal["open", "revenue_share", "partner_priced"]
     unit: Unit
-    unit_price_micros: int = Field(ge=0, description="Price of one unit in micro-units of the currency")
+    unit_price_micros: int = Field(ge=0, le=MAX_MICROS, description="Price of one unit in micro-units of the currency")
     currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")
     licensor: str | None = Field(default=None, max_length=64)
     royalty_bps: int = Field(default=0, ge=0, le=10_000)
     platform_fee_bps: int = Field(default=0, ge=0, le=10_000)
     tiers: list[Tier] | None = Field(default=None, description="Graduated monthly volume tiers")
-    minimum_micros: int = Field(default=0, ge=0, description="The least one request costs")
-    royalty_per_unit_micros: int = Field(default=0, ge=0, description="revenue_share: royalty per unit")
+    minimum_micros: int = Field(default=0, ge=0, le=MAX_MICROS, description="The least one request costs")
+    royalty_per_unit_micros: int = Field(default=0, ge=0, le=MAX_MICROS, description="revenue_share: royalty per unit")
     included_units: float = Field(default=0, ge=0, description="revenue_share: monthly units without per-unit royalty")
-    minimum_fee_micros: int = Field(default=0, ge=0, description="revenue_share: monthly minimum royalty")
-    hosting_fee_per_gpu_second_micros: int = Field(default=0, ge=0, description="partner_priced: hosting fee")
-    version: int | None = Field(default=None, ge=1, description="Price only this version (default: every version)")
+    minimum_fee_micros: int = Field(default=0, ge=0, le=MAX_MICROS, description="revenue_share: monthly minimum royalty")
+    hosting_fee_per_gpu_second_micros: int = Field(default=0, ge=0, le=MAX_MICROS, description="partner_priced: hosting fee")
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1,
+                                description="Price only this version (default: every version)")
 
 
 class PricingOut(PricingIn):
@@ -47,17 +50,17 @@ class PriceCardOut(BaseModel):
 class AccountPriceIn(BaseModel):
     model: str = Field(description="owner/model")
     unit: Unit
-    unit_price_micros: int = Field(ge=0)
+    unit_price_micros: int = Field(ge=0, le=MAX_MICROS)
     tiers: list[Tier] | None = None
-    minimum_micros: int = Field(default=0, ge=0)
+    minimum_micros: int = Field(default=0, ge=0, le=MAX_MICROS)
     effective_from: dt.datetime | None = None
     ends_at: dt.datetime | None = None
 
 
 class PoolContractIn(BaseModel):
     pool: str = Field(min_length=1, max_length=64)
-    monthly_fee_micros: int = Field(ge=0)
-    latency_target_ms: int = Field(gt=0)
+    monthly_fee_micros: int = Field(ge=0, le=MAX_MICROS)
+    latency_target_ms: int = Field(gt=0, le=86_400_000)
     effective_from: dt.datetime | None = None
 
 
@@ -84,7 +87,7 @@ class PayeeConnectIn(BaseModel):
 class RefundIn(BaseModel):
     usage_id: str | None = None
     request_id: str | None = None
-    amount_micros: int | None = Field(default=None, gt=0, description="Default: what is left of the charge")
+    amount_micros: int | None = Field(default=None, gt=0, le=MAX_MICROS, description="Default: what is left of the charge")
     reason: str = Field(default="", max_length=500)
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from gateway.admin import router as admin_router
 from gateway.auth import account_writer
 from gateway.endpoints import router as customer_router
 from gateway.headers import SecurityHeaders
+from gateway.nul_guard import RejectNul
 from kit.db import assert_migrated
 from kit.telemetry import setup_tracing
 from kit.web import install_error_handlers
@@ -44,6 +45,7 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
     app.include_router(portal_router)
     app.include_router(billing_customer_router(account_writer))
     app.add_middleware(limits.CustomerEdges)
+    app.add_middleware(RejectNul)
     app.add_middleware(SecurityHeaders)  # outermost: 413s and 429s get the headers too
     openapi.install(app)
 

@@ -199,7 +199,7 @@ class PoolIn(BaseModel):
     kind: Literal["shared", "dedicated"] = "shared"
     account_id: str | None = None
     model: str | None = Field(default=None, description="owner/model, for a pool dedicated to one model")
-    p95_queue_ms_target: int = Field(default=2000, ge=1)
+    p95_queue_ms_target: int = Field(default=2000, ge=1, le=86_400_000)
 
 
 class PoolOut(BaseModel):

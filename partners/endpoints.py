@@ -190,7 +190,7 @@ def deployment_replicas(
 @router.get("/deployments/{deployment_id}/logs", response_model=LogPage)
 def deployment_logs(
     deployment_id: str,
-    after: int = Query(default=0, ge=0, description="Only lines after this sequence number"),
+    after: int = Query(default=0, ge=0, le=2**63 - 1, description="Only lines after this sequence number"),
     limit: int = Query(default=200, ge=1, le=1000),
     replica: str | None = Query(default=None, description="Only this replica's lines"),
     request: str | None = Query(default=None, alias="request_id", description="Only this request's lines"),
@@ -206,7 +206,7 @@ def deployment_logs(
 
 @router.get("/requests/{request_id}/logs", response_model=RequestLogs)
 def request_logs(
-    request_id: str, after: int = Query(default=0, ge=0),
+    request_id: str, after: int = Query(default=0, ge=0, le=2**63 - 1),
     partner: Partner = Depends(current_partner), session: Session = Depends(get_session),
 ) -> RequestLogs:
     """One customer request to the partner's model: its status, timing and log lines."""

@@ -54,7 +54,7 @@ class VersionOut(BaseModel):
 
 class DeploymentCreate(BaseModel):
     model: str = Field(description="The model's slug")
-    version: int | None = Field(default=None, description="Version number; latest if omitted")
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1, description="Version number; latest if omitted")
     pool: str = Field(default="shared", pattern=SLUG)
     min_replicas: int = Field(default=0, ge=0, le=64)
     max_replicas: int = Field(default=1, ge=1, le=64)
@@ -95,7 +95,7 @@ class DeploymentUpdate(BaseModel):
 
 
 class Rollout(BaseModel):
-    version: int = Field(ge=1, description="The version number to move to")
+    version: int = Field(ge=1, le=2**31 - 1, description="The version number to move to")
 
 
 class DeploymentEventOut(BaseModel):
@@ -149,7 +149,7 @@ class RequestLogs(LogPage):
 
 class UploadCreate(BaseModel):
     model: str = Field(description="The model's slug")
-    size: int | None = Field(default=None, gt=0, description="Total bytes, if known; chunks may not pass it")
+    size: int | None = Field(default=None, gt=0, le=2**62, description="Total bytes, if known; chunks may not pass it")
 
 
 class UploadOut(BaseModel):

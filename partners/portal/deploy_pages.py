@@ -80,7 +80,7 @@ def deployment_status(request: Request, deployment_id: str, user: PortalUser = D
 
 
 @router.get("/deployments/{deployment_id}/logs")
-def deployment_logs(request: Request, deployment_id: str, after: int = Query(0, ge=0),
+def deployment_logs(request: Request, deployment_id: str, after: int = Query(0, ge=0, le=2**63 - 1),
                     replica: str | None = Query(None), request_id: str | None = Query(None),
                     user: PortalUser = Depends(portal_user), session: Session = Depends(get_session)) -> HTMLResponse:
     """New log lines after `after`, plus an updated poller (polled by htmx)."""

@@ -24,6 +24,7 @@ def world(api: TestClient, tmp_path) -> World:  # type: ignore[no-untyped-def]
 
 def test_customer_api_conforms_to_its_openapi_document(api: TestClient, world: World) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", api.app).include(path_regex=CUSTOMER_PATHS)
+    schema.config.generation.update(allow_x00=False)  # text with NUL is refused at the edge (422)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15
 

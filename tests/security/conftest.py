@@ -3,6 +3,7 @@ through the API, each holding every kind of credential the gateway knows."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,31 @@ def app_client(engine: Engine) -> Iterator[TestClient]:
     with TestClient(create_app()) as client:
         yield client
     truncate_all(engine)
+
+
+@pytest.fixture(scope="module")
+def stripe_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Stripe's stand-in (localstripe and the Connect fake), with the SDK pointed at it: nothing
+    a test does reaches the real Stripe."""
+    from billing.settings import get_billing_settings
+    from billing.stripe_gateway import get_gateway
+    from tests.fakes.stripe_connect.processes import StripeProcesses
+
+    fakes = StripeProcesses(tmp_path_factory.mktemp("stripe"))
+    saved = os.environ.get("MEDIAGATE_STRIPE_API_BASE")
+    os.environ["MEDIAGATE_STRIPE_API_BASE"] = fakes.api_base
+    get_billing_settings.cache_clear()
+    get_gateway.cache_clear()
+    try:
+        yield fakes
+    finally:
+        fakes.stop()
+        if saved is None:
+            os.environ.pop("MEDIAGATE_STRIPE_API_BASE", None)
+        else:
+            os.environ["MEDIAGATE_STRIPE_API_BASE"] = saved
+        get_billing_settings.cache_clear()
+        get_gateway.cache_clear()
 
 
 @pytest.fixture(scope="session")

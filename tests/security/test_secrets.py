@@ -25,7 +25,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from tests.e2e.api_support import WORKER_ENV, Receiver, wait_for
-from tests.fakes.stripe_connect.processes import StripeProcesses
 from tests.security.conftest import PASSWORD, sign_in, truncate_all
 from tests.support import WorkerProcess, package_bytes
 
@@ -56,15 +55,14 @@ def _token(prefix: str = "") -> str:
 
 
 @pytest.fixture(scope="module")
-def platform_secrets(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def platform_secrets(engine: Engine, stripe_stand_in: object) -> Iterator[dict[str, str]]:
     """Fresh platform secrets in the environment (this process and the worker's), Stripe's
-    stand-in with our key and webhook secret; everything put back afterwards."""
+    stand-in taking our key and webhook secret; everything put back afterwards."""
     from billing.settings import get_billing_settings
     from billing.stripe_gateway import get_gateway
     from kit.settings import get_settings
     from partners.tenancy.packages import artifact_store
 
-    stripe_fakes = StripeProcesses(tmp_path_factory.mktemp("stripe"))
     values = {
         "MEDIAGATE_ADMIN_KEY": _token("mga_"),
         "MEDIAGATE_SECRET_KEY": _token(),
@@ -72,8 +70,8 @@ def platform_secrets(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -
         "MEDIAGATE_STRIPE_API_KEY": _token("sk_test_"),
         "MEDIAGATE_STRIPE_WEBHOOK_SECRET": _token("whsec_"),
     }
-    saved = {k: os.environ.get(k) for k in [*values, "MEDIAGATE_STRIPE_API_BASE"]}
-    os.environ.update(values, MEDIAGATE_STRIPE_API_BASE=stripe_fakes.api_base)
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     # Process-wide objects built from these settings are built again, now and afterwards.
     caches = (get_settings, get_billing_settings, get_gateway, artifact_store)
     for cached in caches:
@@ -81,7 +79,6 @@ def platform_secrets(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -
     try:
         yield {k.removeprefix("MEDIAGATE_").lower(): v for k, v in values.items()}
     finally:
-        stripe_fakes.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
