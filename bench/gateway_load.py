@@ -38,7 +38,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.common import machine, summary, write_json  # noqa: E402
-from bench.stack import fresh_database, seed_noop  # noqa: E402
+from bench.stack import api_command, fresh_database, seed_noop  # noqa: E402
 
 MODEL = "bench/noop"
 TARGETS = {"throughput_rps": 1000, "submit_p50_ms": 5, "submit_p99_ms": 30, "overhead_p50_ms": 25,
@@ -284,9 +284,7 @@ def main() -> None:
     headers = {"Authorization": f"Key {seed_noop(DATA, concurrency=8, unlimited=True)}",
                "Content-Type": "application/json"}
     log = DATA / "stack.log"
-    api_cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--port", str(PORT),
-               "--workers", str(args.api_workers), "--log-level", "warning", "--no-access-log",
-               "--no-server-header", "--backlog", "4096"]
+    api_cmd = api_command(sys.executable, PORT, args.api_workers)
     worker_cmd = [sys.executable, "-m", "gateway.cli", "worker", "--concurrency", str(args.worker_threads)]
     api, worker = start(api_cmd, log), start(worker_cmd, log)
     results: dict = {}
@@ -297,9 +295,12 @@ def main() -> None:
             warm, _ = await overhead(headers, 30)  # cold start of the replica, connection pools
             total, queue = await overhead(headers, args.overhead_requests)
             results["overhead_ms"], results["overhead_queue_ms"] = summary(total), summary(queue)
+            results["load_average"] = {"overhead": os.getloadavg()[0]}
             results["submit_at_200_ms"] = summary(await paced(headers, 200, args.seconds))
+            results["load_average"]["submit_at_200"] = os.getloadavg()[0]
             # At a rate this shared box sustains, the latency is the gateway's, not a backlog's.
             results["submit_at_50_ms"] = summary(await paced(headers, 50, args.seconds))
+            results["load_average"]["submit_at_50"] = os.getloadavg()[0]
             def snapshots() -> dict[str, dict[int, float]]:
                 return {"API (uvicorn)": cpu_snapshot(_descendants(api.pid)),
                         "Celery worker + runner": cpu_snapshot(_descendants(worker.pid)),
@@ -358,6 +359,8 @@ def report(console: Console, args: argparse.Namespace, r: dict) -> None:
     console.print("CPU per accepted submit during the throughput run (ms): " + ", ".join(
         f"{k} {v:.2f}" for k, v in t["cpu_ms_per_submit"].items())
         + f"; load average {t['load_average'][0]:.1f} on 2 cores (other work shares this machine)")
+    console.print("load average (1 min) at the end of each phase: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in r["load_average"].items()))
     path = write_json("gateway_load", {"date": dt.date.today().isoformat(), "machine": machine(),
                                        "args": vars(args), "targets": TARGETS, "met": checks, **r})
     chart(path, r)

@@ -35,7 +35,7 @@ from rich.progress import track  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.common import machine, summary, write_json  # noqa: E402
-from bench.stack import NOOP, fresh_database, seed_noop  # noqa: E402
+from bench.stack import NOOP, api_command, fresh_database, seed_noop  # noqa: E402
 
 
 def direct_runner(n: int) -> list[float]:
@@ -64,6 +64,7 @@ def direct_runner(n: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--api-workers", type=int, default=1)
     args = parser.parse_args()
     console = Console()
     import redis
@@ -76,8 +77,7 @@ def main() -> None:
     procs = [
         subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--concurrency", "4"], cwd=ROOT,
                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--port",
-                          str(PORT), "--log-level", "warning", "--no-server-header"], cwd=ROOT, env=env,
+        subprocess.Popen(api_command(sys.executable, PORT, args.api_workers), cwd=ROOT, env=env,
                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
     ]
     try:
@@ -122,8 +122,10 @@ def main() -> None:
     console.print(table)
     console.print(f"targets: overhead p50 ≤ 25 ms, p99 ≤ 100 ms → "
                   f"{'met' if overhead['p50'] <= 25 and overhead['p99'] <= 100 else 'missed'}")
+    console.print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     path = write_json("gateway_overhead", {
         "date": dt.date.today().isoformat(), "machine": machine(), "requests": args.requests,
+        "load_average": os.getloadavg()[0],
         "gateway_ms": g, "direct_ms": d, "overhead_ms": overhead, "queue_ms": queue,
     })
     try:

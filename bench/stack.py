@@ -1,4 +1,5 @@
-"""The stack the gateway benches stand up: a fresh database and a priced, deployed no-op model."""
+"""The stack the gateway benches stand up: a fresh database, a priced, deployed no-op model,
+and the API command (uvicorn, several processes)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,11 @@ def seed_noop(workdir: Path, *, concurrency: int, unlimited: bool = False) -> st
         if unlimited:  # one customer is the whole load: limits out of the way, the gateway measured
             s.add(AccountSettings(account_id=account.id, rate_per_s=1e6, rate_burst=10**7, max_concurrency=10_000))
         return gateway.issue_key(s, account)
+
+
+def api_command(python: str, port: int, workers: int = 1) -> list[str]:
+    """The API as the benches run it: uvicorn with `workers` processes sharing the port (what
+    `mediagate serve --workers N` runs), no access log, a backlog deep enough for a burst."""
+    return [python, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--port", str(port),
+            "--workers", str(workers), "--log-level", "warning", "--no-access-log", "--no-server-header",
+            "--backlog", "4096"]
