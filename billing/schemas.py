@@ -28,7 +28,7 @@ class PricingIn(BaseModel):
     tiers: list[Tier] | None = Field(default=None, description="Graduated monthly volume tiers")
     minimum_micros: int = Field(default=0, ge=0, le=MAX_MICROS, description="The least one request costs")
     royalty_per_unit_micros: int = Field(default=0, ge=0, le=MAX_MICROS, description="revenue_share: royalty per unit")
-    included_units: float = Field(default=0, ge=0, description="revenue_share: monthly units without per-unit royalty")
+    included_units: float = Field(default=0, ge=0, le=1e12, description="revenue_share: monthly units without per-unit royalty")
     minimum_fee_micros: int = Field(default=0, ge=0, le=MAX_MICROS, description="revenue_share: monthly minimum royalty")
     hosting_fee_per_gpu_second_micros: int = Field(default=0, ge=0, le=MAX_MICROS, description="partner_priced: hosting fee")
     version: int | None = Field(default=None, ge=1, le=2**31 - 1,

@@ -149,7 +149,7 @@ class RequestLogs(LogPage):
 
 class UploadCreate(BaseModel):
     model: str = Field(description="The model's slug")
-    size: int | None = Field(default=None, gt=0, le=2**62, description="Total bytes, if known; chunks may not pass it")
+    size: int | None = Field(default=None, gt=0, le=2**50, description="Total bytes, if known; chunks may not pass it")
 
 
 class UploadOut(BaseModel):

@@ -10,6 +10,7 @@ from typing import Any
 
 import jinja2
 from fastapi import Depends, Form, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
@@ -242,7 +243,7 @@ def refund(body: RefundIn, _: FinanceUser = Depends(finance_api), session: Sessi
 
 
 @router.put("/api/licensors/{slug}")
-def set_licensor(slug: str, body: LicensorIn, _: FinanceUser = Depends(finance_api),
+def set_licensor(body: LicensorIn, slug: str = PathParam(max_length=64), _: FinanceUser = Depends(finance_api),
                  session: Session = Depends(get_session)) -> dict[str, Any]:
     """Where a licensor's usage reports go (and how they authenticate us)."""
     payee = billing.ensure_payee(session, "licensor", slug, name=body.name or slug, report_url=body.report_url,
@@ -251,8 +252,8 @@ def set_licensor(slug: str, body: LicensorIn, _: FinanceUser = Depends(finance_a
 
 
 @router.post("/api/payees/{kind}/{ref}/connect")
-def connect_payee(kind: str, ref: str, body: PayeeConnectIn, _: FinanceUser = Depends(finance_api),
-                  session: Session = Depends(get_session)) -> dict[str, Any]:
+def connect_payee(kind: str, body: PayeeConnectIn, ref: str = PathParam(max_length=64),
+                  _: FinanceUser = Depends(finance_api), session: Session = Depends(get_session)) -> dict[str, Any]:
     """Open (once) the Stripe Connect account a partner's or licensor's payouts go to."""
     from billing.payments.service import onboard_payee
     from billing.stripe_gateway import get_gateway

@@ -210,8 +210,8 @@ def test_nul_characters_are_refused_at_the_edge(app_client: TestClient, callers:
     assert r.status_code == 201 and r.json()["name"] == "ci \\u0000 key", r.text
 
 
-def test_integers_past_what_the_database_holds_are_refused(app_client: TestClient, callers: Callers) -> None:
-    """What the fuzz found: a number too big for its column must be a 422, not a 500."""
+def test_numbers_and_names_past_what_the_database_holds_are_refused(app_client: TestClient, callers: Callers) -> None:
+    """What the fuzz found: a number or name too big for its column must be a 422, not a 500."""
     partner, huge = callers.partner, 2**64
     deployment = app_client.get("/v1/partner/deployments", headers=partner).json()[0]["id"]
     account = app_client.post("/v1/admin/accounts", headers=admin_headers(), json={"name": "Big"}).json()["id"]
@@ -230,5 +230,10 @@ def test_integers_past_what_the_database_holds_are_refused(app_client: TestClien
                         json={"pool": "gold", "monthly_fee_micros": huge, "latency_target_ms": 100}),
         app_client.post(f"/finance/api/accounts/{account}/pool-contracts", headers=callers.finance,
                         json={"pool": "gold", "monthly_fee_micros": 1, "latency_target_ms": huge}),
+        app_client.put(f"/v1/partner/models/{callers.model}/pricing", headers=partner,
+                       json={"tier": "revenue_share", "unit": "images", "unit_price_micros": 1, "royalty_bps": 1,
+                             "included_units": 1e15}),
+        app_client.put(f"/finance/api/licensors/{'l' * 65}", headers=callers.finance, json={}),
+        app_client.post(f"/finance/api/payees/licensor/{'l' * 65}/connect", headers=callers.finance, json={}),
     ]
     assert [r.status_code for r in refused] == [422] * len(refused), [(r.request.url.path, r.text) for r in refused]
