@@ -145,7 +145,8 @@ def _publisher(app: Celery) -> RedisPublisher | None:
     key = id(app)
     if key not in _publishers:
         url = str(app.conf.broker_url or "")
-        plain = url.startswith(("redis://", "rediss://")) and not app.conf.broker_transport
+        plain = (url.startswith(("redis://", "rediss://")) and not app.conf.broker_transport
+                 and not app.conf.broker_use_ssl)  # TLS settings kombu would apply: leave it to kombu
         _publishers[key] = RedisPublisher(app) if plain else None
     return _publishers[key]
 
