@@ -32,7 +32,8 @@ from gateway.schemas import (
     WebhookDeliveryOut,
 )
 from kit.db import get_session, session_scope, utcnow
-from kit.errors import InvalidInput, NotFound
+from kit.errors import InvalidInput, NotFound, Unauthorized
+from kit.keys import bearer_token
 from kit.signing import verify
 from kit.storage import get_storage
 from kit.web import router as make_router
@@ -81,6 +82,13 @@ class WaitThenEnvelope(JSONResponse):
         await super().__call__(scope, receive, send)
 
 
+async def _submit_key(authorization: str | None = Security(API_KEY)) -> str | None:
+    # Solved before the body is read, so a call without a key is a 401 whatever its body.
+    if bearer_token(authorization) is None:
+        raise Unauthorized("an API key is required: Authorization: Key <key>")
+    return authorization
+
+
 @router.post("/models/{owner}/{model}/requests", response_model=Envelope, status_code=201,
              responses={200: {"model": Envelope, "description": "An earlier request with this Idempotency-Key"},
                         **problems(404, 409, 413, 422)})
@@ -95,7 +103,7 @@ async def submit(
         "Seconds the request may wait to start; still queued then, it ends `expired`, uncharged")),
     priority: Literal["normal", "low"] = Header(default="normal", description=(
         "Within the pool, `normal` requests start before `low` ones")),
-    authorization: str | None = Security(API_KEY),
+    authorization: str | None = Depends(_submit_key),
 ) -> Any:
     """Submit a request to a model. `Prefer: wait=N` holds the answer until it finishes (≤ 60 s)."""
     state = request.scope.setdefault("state", {})
