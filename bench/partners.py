@@ -325,6 +325,7 @@ def _upload_rows(upload: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("RSS peak (upload)", f"{upload['rss_peak_mb']:.0f} MB",
          f"growth {upload['rss_growth_mb']:.0f} MB, target <= 150 MB"),
         ("disk write baseline", f"{upload['disk_baseline_write_mb_s']:.0f} MB/s", "1 GB, no fsync"),
+        ("load average", "{:.1f} / {:.1f}".format(*upload["load_average"]), "before / after the uploads"),
     ]
 
 
@@ -345,10 +346,12 @@ def main() -> None:
     args = parser.parse_args()
     base = os.environ.get("MEDIAGATE_DATA_DIR") or None
     size = int(args.size_gb * 1024**3)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=base) as tmp:
         disk = disk_write_mb_s(Path(tmp))
         upload = bench_upload(size, Path(tmp), args.rounds)
         upload["disk_baseline_write_mb_s"] = disk
+        upload["load_average"] = [load_before, os.getloadavg()[0]]  # the machine is shared
         if args.only_upload:
             path = write_json("partners-upload", {"machine": machine(), "upload": upload})
             _print_upload(upload, path)
