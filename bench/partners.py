@@ -306,7 +306,7 @@ def bench_sandbox(starts: int) -> dict[str, Any]:
             ready.append(t_ready * 1000)
             first.append(t_first * 1000)
             stop.append(t_stop * 1000)
-    return {"starts": starts, "process_cap": box.process_cap,
+    return {"starts": starts, "process_cap": box.process_cap, "memory_cap": box.memory_cap,
             "cold_start_ready_ms": summary(ready), "cold_start_first_result_ms": summary(first),
             "stop_ms": summary(stop)}
 
@@ -384,6 +384,7 @@ def main() -> None:
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>10}  {note}")
     print(f"wrote {path.relative_to(ROOT)}; process cap: {sandbox['process_cap']}; "
+          f"memory cap: {sandbox['memory_cap']}; "
           f"median ready {statistics.median([sandbox['cold_start_ready_ms']['p50']]):.0f} ms")
 
 
