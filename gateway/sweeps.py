@@ -23,6 +23,7 @@ from kit.settings import get_settings
 from kit.storage import get_storage
 from partners import logs as partner_logs
 from partners import members as partner_members
+from partners import orphans as partner_orphans
 from partners import uploads as partner_uploads
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,11 @@ def purge_expired_files(limit: int = 500) -> int:
 
 
 def purge_partner_leftovers() -> None:
-    """Abandoned upload sessions, old deployment logs and expired portal sessions."""
+    """Abandoned upload sessions, stored objects nothing refers to, old deployment logs and
+    expired portal sessions."""
     with session_scope() as session:
         partner_uploads.purge_expired(session)
+        partner_orphans.purge_orphans(session)
         partner_logs.prune(session)
         partner_members.prune_sessions(session)
 
