@@ -6,6 +6,7 @@ Run on a CUDA machine from the repository root, one part per process:
     python bench/engine.py --part blocks    # our Triton kernels inside a compiled block vs inductor
     python bench/engine.py --part cache     # compile time cold / from the disk cache, LoRA hot-swap
     python bench/engine.py --part wan       # Wan 2.1 T2V 1.3B, 832x480, 81 frames
+    torchrun --nproc_per_node 2 bench/engine.py --part cp   # context parallel vs one GPU
     python bench/engine.py --merge a.json b.json ...   # one table, engine.json and a PNG
 
 Every model is built from its published config with random weights (text encoders too:
@@ -36,6 +37,7 @@ import torch  # noqa: E402
 from bench.enginebench.blocks import blocks_part  # noqa: E402
 from bench.enginebench.cache import cache_part, probe_part  # noqa: E402
 from bench.enginebench.common import RESULTS  # noqa: E402
+from bench.enginebench.cp import cp_part  # noqa: E402
 from bench.enginebench.flux import flux_part  # noqa: E402
 from bench.enginebench.profile import profile_part  # noqa: E402
 from bench.enginebench.report import chart, print_tables  # noqa: E402
@@ -47,7 +49,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--part", choices=["flux", "blocks", "cache", "probe", "wan", "profile"], default="flux"
+        "--part",
+        choices=["flux", "blocks", "cache", "probe", "wan", "profile", "cp"],
+        default="flux",
     )
     parser.add_argument(
         "--merge", nargs="*", help="result JSON files to merge into engine.json and print"
@@ -74,6 +78,8 @@ def main() -> None:
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument("--wan-variants", default="eager,exact,fast")
     parser.add_argument("--wan-steps", type=int, default=4)
+    parser.add_argument("--cp-modes", default="eager,exact,fast", help="modes for --part cp")
+    parser.add_argument("--cp-wan", action="store_true", help="--part cp: Wan after FLUX")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
     if args.size == "tiny" and args.resolution == 1024:
@@ -94,6 +100,9 @@ def main() -> None:
 
     if args.part == "probe":
         probe_part(args)
+        return
+    if args.part == "cp":
+        cp_part(args)  # one process per rank; rank 0 prints and writes the JSON
         return
     part = {
         "flux": flux_part,
