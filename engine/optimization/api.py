@@ -10,6 +10,14 @@ Modes:
     fast   exact + fp8 e4m3 linears in the repeated blocks (row-wise weight scales,
            row-wise dynamic activation scales).
     turbo  fast + step caching (fixed skip schedule, or first-block cache).
+
+`context_parallel=N` (exact and fast) splits the sequence over N ranks of an initialised
+torch.distributed group, Ulysses-style, through diffusers' `enable_parallelism`
+(engine/optimization/parallel.py). CUDA graphs stay off with it unless asked for with
+`cuda_graphs="always"`: `auto` times eager against replay per rank, and ranks that
+chose differently would no longer be in step. With "always" FLUX ran 4-9 % faster on two
+H200s, but the benchmark process then hung in its final barrier (graphs holding NCCL
+work): opt in only where the process group lives as long as the process.
 """
 
 from __future__ import annotations
@@ -28,6 +36,12 @@ from engine.optimization import compile as compile_mod
 from engine.optimization.cudagraph import apply_cuda_graphs
 from engine.optimization.fp8 import quantize_linears
 from engine.optimization.lora import add_lora_slot, has_lora
+from engine.optimization.parallel import (
+    check_context_parallel,
+    context_parallel_backend,
+    enable_context_parallel,
+    modules_with_cp_hooks,
+)
 from engine.optimization.turbo import TurboConfig, apply_turbo
 
 MODES = ("exact", "fast", "turbo")
@@ -62,6 +76,7 @@ class OptimizationReport:
     lora_slot_rank: int | None = None
     channels_last_vae: bool = False
     kernels: list[str] = field(default_factory=list)
+    context_parallel: str | None = None
     warmup_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
     hooks: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -149,6 +164,7 @@ def optimize(
     lora_rank: int | None = None,
     cache_dir: str | Path | None = None,
     dtype: torch.dtype = torch.bfloat16,
+    context_parallel: int | None = None,
 ) -> Any:
     """Optimize a diffusers pipeline (or a bare denoiser) in place for `mode`; returns it.
 
@@ -157,6 +173,13 @@ def optimize(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if context_parallel is not None:
+        if mode == "turbo":
+            # Step caching decides per rank; ranks that disagree would deadlock in the
+            # attention all-to-all. Not supported until measured with a shared decision.
+            raise ValueError("context_parallel composes with 'exact' and 'fast', not 'turbo'")
+        for _, model in _denoisers(pipeline):
+            check_context_parallel(model, context_parallel)
     report = OptimizationReport(mode=mode, dtype=str(dtype).removeprefix("torch."))
     quantize = mode in ("fast", "turbo")
     use_kernels = tuple(DEFAULT_KERNELS if kernels is None else kernels)
@@ -210,8 +233,14 @@ def optimize(
             via_op=attention_op,
         )
         report.attention_probe_ms = probe
+        if context_parallel:
+            backend = context_parallel_backend(backend, probe)
         routed = 0
-        if attention_op and "qk_rmsnorm_rope" not in use_kernels:
+        if context_parallel and (attention_op or "qk_rmsnorm_rope" in use_kernels):
+            report.notes.append(
+                f"{name}: diffusers' attention processors kept (context parallel needs its dispatch)"
+            )
+        elif attention_op and "qk_rmsnorm_rope" not in use_kernels:
             from engine.optimization.sdpa import use_sdpa_processors
 
             routed = use_sdpa_processors(model, backend)
@@ -221,7 +250,11 @@ def optimize(
             model.set_attention_backend(backend)
             report.attention_backend = backend
 
-        if "qk_rmsnorm_rope" in use_kernels and type(model).__name__ == "FluxTransformer2DModel":
+        if (
+            not context_parallel
+            and "qk_rmsnorm_rope" in use_kernels
+            and type(model).__name__ == "FluxTransformer2DModel"
+        ):
             from engine.optimization.kernel_processors import use_flux_kernel_attention
 
             use_flux_kernel_attention(model, report.attention_backend)
@@ -244,7 +277,12 @@ def optimize(
             fullgraph_eff, graphs = False, False
         else:
             fullgraph_eff = True if fullgraph is None else fullgraph
-            graphs = cuda_graphs
+            # With context parallel only an explicit "always" captures (measured in
+            # bench/engine.py --part cp); "auto" decides per rank, and ranks must agree.
+            graphs = cuda_graphs if not context_parallel or cuda_graphs == "always" else False
+
+        if context_parallel:
+            report.context_parallel = enable_context_parallel(model, context_parallel)
 
         if compile:
             report.compiled = compile_mod.compile_model(
@@ -254,6 +292,7 @@ def optimize(
                 dynamic=dynamic,
                 options=compile_options,
                 backend=compile_backend,
+                skip=modules_with_cp_hooks(model) if context_parallel else None,
             )
             report.compile_options = {
                 "mode": compile_mode,

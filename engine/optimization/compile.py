@@ -80,16 +80,30 @@ def compile_model(
     dynamic: bool | None = None,
     options: dict[str, Any] | None = None,
     backend: str = "inductor",
+    skip: set[torch.nn.Module] | None = None,
 ) -> str:
-    """Compile `model` in place: its repeated blocks when it declares them, else whole."""
+    """Compile `model` in place: its repeated blocks when it declares them, else whole.
+
+    Blocks in `skip` stay eager (a block carrying a hook dynamo cannot trace)."""
     kwargs: dict[str, Any] = {"fullgraph": fullgraph, "dynamic": dynamic, "backend": backend}
     if options:
         kwargs["options"] = options
     elif mode is not None:
         kwargs["mode"] = mode
     if getattr(model, "_repeated_blocks", None):
-        model.compile_repeated_blocks(**kwargs)
-        return "regional:" + ",".join(model._repeated_blocks)
+        if not skip:
+            model.compile_repeated_blocks(**kwargs)
+            return "regional:" + ",".join(model._repeated_blocks)
+        # diffusers' compile_repeated_blocks, minus the skipped blocks.
+        eager = 0
+        for module in model.modules():
+            if type(module).__name__ in model._repeated_blocks:
+                if module in skip:
+                    eager += 1
+                else:
+                    module.compile(**kwargs)
+        return "regional:" + ",".join(model._repeated_blocks) + f" ({eager} eager)"
+
     # Compile the instance's forward rather than `_call_impl`, so that model hooks added
     # afterwards (CUDA graphs, step caching) wrap the compiled code instead of being traced.
     model.forward = torch.compile(model.forward, **kwargs)

@@ -48,6 +48,9 @@ class FluxKernelAttnProcessor:
 
         from kernels.rope import qk_rmsnorm_rope
 
+        if self._parallel_config is not None:
+            # SDPA here sees only this rank's shard; context parallel needs diffusers' dispatch.
+            raise NotImplementedError("FluxKernelAttnProcessor does not run context parallel")
         if attention_mask is not None or image_rotary_emb is None:
             raise NotImplementedError(
                 "FluxKernelAttnProcessor handles unmasked, rotary attention only"

@@ -60,6 +60,11 @@ class _SDPAProcessor:
     def __init__(self, backend: str | None = None) -> None:
         self.backend = backend
 
+    def _check_not_parallel(self) -> None:
+        # SDPA here sees only this rank's shard; context parallel needs diffusers' dispatch.
+        if self._parallel_config is not None:
+            raise NotImplementedError(f"{type(self).__name__} does not run context parallel")
+
 
 class FluxSDPAProcessor(_SDPAProcessor):
     """diffusers' FluxAttnProcessor, attention through `sdpa_bshd`."""
@@ -75,6 +80,7 @@ class FluxSDPAProcessor(_SDPAProcessor):
         from diffusers.models.embeddings import apply_rotary_emb
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
+        self._check_not_parallel()
         if attention_mask is not None:
             raise NotImplementedError("FluxSDPAProcessor handles unmasked attention only")
         query, key, value, e_query, e_key, e_value = _get_qkv_projections(
@@ -118,6 +124,7 @@ class WanSDPAProcessor(_SDPAProcessor):
     ) -> torch.Tensor:
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
+        self._check_not_parallel()
         if attn.add_k_proj is not None or attention_mask is not None:
             raise NotImplementedError(
                 "WanSDPAProcessor handles unmasked text-to-video attention only"
