@@ -38,7 +38,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.common import machine, summary, write_json  # noqa: E402
-from tests.multihost.hosts import ApiProcess, Host, Network, PrivatePostgres, PrivateRedis  # noqa: E402
+from tests.faults.private_services import PrivatePostgres, PrivateRedis  # noqa: E402
+from tests.multihost.hosts import ApiProcess, Host, Network  # noqa: E402
 
 MODEL = "bench/noop"
 # Leases short enough that a killed worker's requests move on in seconds (production: 60 s).

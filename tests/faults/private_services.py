@@ -1,8 +1,9 @@
-"""PostgreSQL and Redis servers of a test's own, on free loopback ports, to stop and restart.
+"""PostgreSQL and Redis servers of a test's own, on free ports, to stop and restart.
 
 The shared servers on 5432 and 6379 serve every other test; a fault test that takes its
-database or broker away does it to these instead. Each is a context manager that stops its
-server and deletes its files on exit, whatever happened inside.
+database or broker away does it to these instead. They listen on loopback and, for tests
+with hosts of their own (tests/multihost), on one more address. Each is a context manager
+that stops its server and deletes its files on exit, whatever happened inside.
 """
 
 from __future__ import annotations
@@ -21,16 +22,23 @@ from types import TracebackType
 PG_USER = "postgres"
 
 
-def free_port() -> int:
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(address: str = LOOPBACK) -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         return sock.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
+def _listening(address: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((address, port)) == 0
+
+
+def _addresses(address: str) -> list[str]:
+    return list(dict.fromkeys([LOOPBACK, address]))
 
 
 def _pg_bin(name: str) -> str:
@@ -50,9 +58,10 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 class PrivatePostgres:
-    """A throwaway PostgreSQL cluster: trust auth, fsync off, one database `mediagate`."""
+    """A throwaway PostgreSQL cluster: trust auth (also for `subnet`), fsync off, one database."""
 
-    def __init__(self, database: str = "mediagate") -> None:
+    def __init__(self, address: str = LOOPBACK, subnet: str | None = None, database: str = "mediagate") -> None:
+        self.address, self.subnet = address, subnet
         self.port = free_port()
         self.database = database
         self.root = Path(tempfile.mkdtemp(prefix="mediagate-pg-"))
@@ -63,7 +72,7 @@ class PrivatePostgres:
     @property
     def server_url(self) -> str:
         """The server, as `MEDIAGATE_TEST_PG` spells it (no database)."""
-        return f"postgresql+psycopg://{PG_USER}@127.0.0.1:{self.port}"
+        return f"postgresql+psycopg://{PG_USER}@{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -96,9 +105,12 @@ class PrivatePostgres:
         self._run(["initdb", "-D", str(self.data), "-U", PG_USER, "--auth=trust", "--no-sync",
                    "--encoding=UTF8", "--locale=C"], timeout=120)
         with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+            conf.write(f"\nlisten_addresses = '{','.join(_addresses(self.address))}'\nport = {self.port}\n"
                        f"unix_socket_directories = '{self.root}'\nfsync = off\nsynchronous_commit = off\n"
-                       "full_page_writes = off\nmax_connections = 200\nshared_buffers = 32MB\n")
+                       "full_page_writes = off\nmax_connections = 300\nshared_buffers = 32MB\n")
+        if self.subnet:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"\nhost all all {self.subnet} trust\n")
 
     def start(self) -> None:
         """Start the server and wait until it takes connections."""
@@ -140,14 +152,15 @@ class PrivateRedis:
     """A throwaway redis-server on a free port, with no persistence: a restart loses everything,
     as a Redis without AOF does."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = LOOPBACK) -> None:
+        self.address = address
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="mediagate-redis-"))
         self.log = self.root / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"redis://{self.address}:{self.port}/{db}"
 
     def __enter__(self) -> PrivateRedis:
         try:
@@ -164,11 +177,12 @@ class PrivateRedis:
     def start(self) -> None:
         """Start the server and wait until it answers."""
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.root), "--logfile", str(self.log)],
+            ["redis-server", "--port", str(self.port), "--bind", *_addresses(self.address),
+             "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(self.root),
+             "--logfile", str(self.log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
-        while not _listening(self.port):
+        while not _listening(self.address, self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start:\n" + self.log.read_text(errors="replace"))
             time.sleep(0.05)

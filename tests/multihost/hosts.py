@@ -16,18 +16,15 @@ removes what a killed test run left behind.
 
 from __future__ import annotations
 
-import glob
 import ipaddress
 import os
-import pwd
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
+
+from tests.faults.private_services import free_port
 
 NAME = "mgnet"  # namespaces are `mgnet-<pid>-<host>`: the pid of the run that made them
 
@@ -151,141 +148,7 @@ class Network:
         ip("link", "del", self.bridge, check=False)
 
 
-# -- private servers on the test network ---------------------------------------------------
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]
-
-
-def _listening(address: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((address, port)) == 0
-
-
-def _pg(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
-    if not found[-1]:
-        raise RuntimeError(f"PostgreSQL's {name} is not installed")
-    return found[-1]
-
-
-class PrivatePostgres:
-    """A throwaway PostgreSQL cluster on loopback and `address` (trust for the test subnet,
-    fsync off), with one database; run as the `postgres` user, as initdb demands."""
-
-    def __init__(self, address: str, subnet: str, database: str = "mediagate") -> None:
-        self.address, self.subnet, self.database = address, subnet, database
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="mediagate-pg-"))
-        self.data = self.root / "data"
-        self.log = self.root / "postgres.log"
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@{self.address}:{self.port}/{self.database}"
-
-    def _run(self, *cmd: str, timeout: float = 120) -> None:
-        argv = [_pg(cmd[0]), *cmd[1:]]
-        if os.geteuid() == 0:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root)
-        if done.returncode != 0:
-            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}{log}")
-
-    def __enter__(self) -> PrivatePostgres:
-        try:
-            if os.geteuid() == 0:
-                user = pwd.getpwnam("postgres")
-                os.chown(self.root, user.pw_uid, user.pw_gid)
-            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync",
-                      "--encoding=UTF8", "--locale=C")
-            with open(self.data / "postgresql.conf", "a") as conf:
-                listen = ",".join(dict.fromkeys(["127.0.0.1", self.address]))
-                conf.write(f"\nlisten_addresses = '{listen}'\nport = {self.port}\n"
-                           f"unix_socket_directories = '{self.root}'\nfsync = off\n"
-                           "synchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n")
-            with open(self.data / "pg_hba.conf", "a") as hba:
-                hba.write(f"\nhost all all {self.subnet} trust\n")
-            self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
-            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        pid_file = self.data / "postmaster.pid"
-        if pid_file.exists():
-            try:
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop", timeout=60)
-            except (RuntimeError, subprocess.TimeoutExpired):
-                try:
-                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-class PrivateRedis:
-    """A throwaway redis-server on loopback and `address`, without persistence: a restart
-    loses every key, as a crashed Redis without AOF does."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="mediagate-redis-"))
-        self.log = self.root / "redis.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://{self.address}:{self.port}/{db}"
-
-    def __enter__(self) -> PrivateRedis:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", *dict.fromkeys(["127.0.0.1", self.address]),
-             "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", str(self.root),
-             "--logfile", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while not _listening(self.address, self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start:\n" + self.log.read_text(errors="replace"))
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Kill the server at once: its data is gone."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def restart(self, down_s: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_s)
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+# -- private servers on the test network: tests/faults/private_services, bound to the bridge
 
 
 # -- an API process on a host ----------------------------------------------------------------

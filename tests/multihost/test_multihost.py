@@ -27,7 +27,8 @@ from sqlalchemy.engine import Engine
 from gateway.models import FINAL_STATUSES, Request
 from tests.e2e.conftest import World
 from tests.faults.invariants import assert_invariants
-from tests.multihost.hosts import ApiProcess, Host, Network, PrivatePostgres, PrivateRedis
+from tests.faults.private_services import PrivatePostgres, PrivateRedis
+from tests.multihost.hosts import ApiProcess, Host, Network
 from tests.support import FIXTURE_MODELS, WorkerProcess
 
 pytestmark = [
