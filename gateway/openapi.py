@@ -156,6 +156,11 @@ def _fix(schema: dict[str, Any]) -> dict[str, Any]:
                 for code, response in operation.get("responses", {}).items():
                     if code.startswith("2"):
                         response.pop("content", None)
+            # Any call can meet the database away (kit.errors answers 503 database-unavailable).
+            unavailable = operation.setdefault("responses", {}).setdefault("503", {
+                "description": REASONS[503], "content": {"application/json": {"schema": {"$ref": PROBLEM_REF}}}})
+            unavailable.setdefault("headers", {})["Retry-After"] = {
+                "description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
             if "requestBody" in operation:  # a body that is not UTF-8 cannot even be parsed
                 operation["responses"].setdefault("400", {
                     "description": REASONS[400], "content": {"application/json": {"schema": {"$ref": PROBLEM_REF}}}})

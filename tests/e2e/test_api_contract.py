@@ -58,6 +58,12 @@ def test_document_describes_errors_as_problems_and_the_limit_headers(api: TestCl
     assert "HTTPValidationError" not in doc["components"]["schemas"]
     events = doc["paths"]["/v1/requests/{request_id}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
+    # Every call may meet the database away, and says when to come back.
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            unavailable = operation["responses"]["503"]
+            assert "application/problem+json" in unavailable["content"]
+            assert "Retry-After" in unavailable["headers"]
 
 
 def test_bad_input_unknown_and_foreign_ids_and_oversized_bodies(api: TestClient, world: World) -> None:
