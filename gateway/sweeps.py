@@ -15,10 +15,12 @@ import logging
 import threading
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from gateway import lifecycle, recovery, runs, webhooks
 from gateway import repository as repo
 from gateway.config import get_gateway_settings
-from kit.db import session_scope, utcnow
+from kit.db import get_engine, hold_advisory_lock, session_scope, utcnow
 from kit.settings import get_settings
 from kit.storage import get_storage
 from partners import logs as partner_logs
@@ -28,6 +30,7 @@ from partners import uploads as partner_uploads
 
 log = logging.getLogger(__name__)
 LOCK_KEY = "mediagate:sweep"
+ADVISORY_LOCK_KEY = 0x6D67_7377  # PostgreSQL's lock for the same, while Redis is away
 RETENTION_EVERY = 60  # ticks
 
 
@@ -130,8 +133,29 @@ def _leader(interval_s: float) -> bool:
         return True
     try:
         return bool(_redis().set(LOCK_KEY, "1", nx=True, px=max(1, int(interval_s * 900))))
-    except Exception:  # noqa: BLE001
-        return False
+    except Exception:  # noqa: BLE001 - Redis away: deadlines and lapsed leases still need a round
+        return _database_leader()
+
+
+_database_lock: Connection | None = None
+
+
+def _database_leader() -> bool:
+    """While Redis is away, the worker holding a PostgreSQL advisory lock does the rounds
+    (the database releases it when that worker dies)."""
+    global _database_lock
+    if get_engine().dialect.name != "postgresql":
+        return True  # the embedded database serves one worker
+    try:
+        if _database_lock is None:
+            _database_lock = hold_advisory_lock(ADVISORY_LOCK_KEY)
+        else:
+            _database_lock.exec_driver_sql("SELECT 1")  # still ours: the connection is alive
+    except Exception:  # noqa: BLE001 - the database is away too: nobody sweeps this round
+        if _database_lock is not None:
+            _database_lock.invalidate()
+        _database_lock = None
+    return _database_lock is not None
 
 
 _ticks = 0

@@ -15,9 +15,9 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import DateTime, MetaData, create_engine, event, inspect
+from sqlalchemy import DateTime, MetaData, create_engine, event, inspect, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 from starlette.concurrency import run_in_threadpool
@@ -205,6 +205,25 @@ def database_unreachable(exc: BaseException) -> bool:
 
 
 # -- schema state --------------------------------------------------------------------------
+
+def hold_advisory_lock(key: int, engine: Engine | None = None) -> Connection | None:
+    """Take PostgreSQL's session advisory lock `key` on a connection of its own.
+
+    Returns that connection while the lock is held (closing it, or the process dying,
+    releases the lock), or None when another session holds it.
+    """
+    conn = (engine or get_engine()).connect()
+    try:
+        held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+        conn.commit()
+    except BaseException:
+        conn.close()
+        raise
+    if not held:
+        conn.close()
+        return None
+    return conn
+
 
 class DatabaseNotMigrated(RuntimeError):
     """The database schema is behind the code's migrations."""
