@@ -17,11 +17,9 @@ import logging
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import select, tuple_
-from sqlalchemy.orm import Session
 
+from gateway import repository as repo
 from gateway import runs
-from gateway.models import Request
 from kit.db import session_scope, utcnow
 from kit.settings import get_settings
 
@@ -46,21 +44,12 @@ def broker_lost_messages() -> bool:
     return bool(_broker_redis().set(MARKER_KEY, utcnow().isoformat(), nx=True))
 
 
-def _queued_after(session: Session, after: tuple[Any, str] | None, limit: int) -> list[Request]:
-    # Kept here, not in gateway.repository, until that module takes it.
-    query = select(Request).where(Request.status == "queued")
-    if after is not None:
-        query = query.where(tuple_(Request.created_at, Request.id) > after)
-    return list(session.scalars(query.order_by(Request.created_at, Request.id).limit(limit)
-                                .with_for_update(skip_locked=True)))
-
-
 def resend_queued() -> int:
     """Send every queued request's task again, oldest first; the number sent."""
     sent, after = 0, None
     while True:
         with session_scope() as session:
-            batch = _queued_after(session, after, BATCH)
+            batch = repo.queued_after(session, after, BATCH)
             for req in batch:
                 runs.send_again(session, req)
             if batch:

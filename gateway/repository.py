@@ -6,7 +6,7 @@ import datetime as dt
 import functools
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -396,3 +396,12 @@ def attempts_of(session: Session, delivery_ids: list[str]) -> list[WebhookAttemp
         return []
     return list(session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(delivery_ids))
                                 .order_by(WebhookAttempt.delivery_id, WebhookAttempt.number)))
+
+
+def queued_after(session: Session, after: tuple[Any, str] | None, limit: int) -> list[Request]:
+    """Queued requests past (created_at, id) `after`, oldest first, locked (others skipped)."""
+    query = select(Request).where(Request.status == "queued")
+    if after is not None:
+        query = query.where(tuple_(Request.created_at, Request.id) > after)
+    return list(session.scalars(query.order_by(Request.created_at, Request.id).limit(limit)
+                                .with_for_update(skip_locked=True)))
