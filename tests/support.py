@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,3 +57,42 @@ class WorkerProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._file.close()
+
+
+def files_holding(roots: Iterable[Path], needle: bytes) -> list[str]:
+    """Regular files under `roots` whose bytes contain `needle` (links and files over 1 GiB skipped)."""
+    hits = []
+    for root in roots:
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                try:
+                    info = os.lstat(path)
+                    if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 30:
+                        continue
+                    with open(path, "rb") as f:
+                        tail = b""
+                        while block := f.read(8 << 20):
+                            if needle in tail + block:
+                                hits.append(path)
+                                break
+                            tail = block[-len(needle):]
+                except OSError:
+                    continue
+    return hits
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    """Wait until the API at `url` answers /healthz; raise with its log if it dies or never does."""
+    import httpx
+
+    deadline = time.monotonic() + timeout  # a busy machine starts Python slowly
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"API at {url} did not start:\n" + log.read_text(errors="replace"))
+        time.sleep(0.1)

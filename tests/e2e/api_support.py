@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.support import ROOT, WorkerProcess
+from tests.support import ROOT, WorkerProcess, wait_healthy
 
 # The test process's own app (TestClient) accepts webhooks to this machine.
 os.environ["MEDIAGATE_GATEWAY_WEBHOOK_ALLOW_PRIVATE"] = "1"
@@ -79,16 +79,7 @@ class LiveAPI:
             [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--port", str(self.port),
              "--log-level", "warning"], cwd=ROOT, env={**os.environ, **WORKER_ENV, **(env or {})},
             stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 90  # a busy machine starts Python slowly
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("API did not start:\n" + self.log.read_text())
-            time.sleep(0.1)
+        wait_healthy(self.url, self.process, self.log)
 
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kw)

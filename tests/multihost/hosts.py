@@ -21,10 +21,10 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from tests.faults.private_services import free_port
+from tests.support import wait_healthy
 
 NAME = "mgnet"  # namespaces are `mgnet-<pid>-<host>`: the pid of the run that made them
 
@@ -176,19 +176,11 @@ class ApiProcess:
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + 90  # a busy machine starts Python slowly
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"API on {self.address} did not start:\n" + self.log.read_text())
-            time.sleep(0.1)
+        try:
+            wait_healthy(self.url, self.process, self.log)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -9,7 +9,6 @@ import hashlib
 import os
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from kit.settings import get_settings
-from tests.support import ROOT
+from tests.support import ROOT, files_holding
 
 ADMIN = {"Authorization": f"Bearer {get_settings().admin_key}"}
 # Built at run time so no file of the repository ever holds it.
@@ -100,25 +99,7 @@ def _files_holding(needle: bytes, *, everywhere: bool = False) -> list[str]:
     roots = {get_settings().data_dir.resolve()}
     if everywhere:
         roots |= {Path(tempfile.gettempdir()).resolve(), Path("/var/tmp")}
-    hits = []
-    for root in roots:
-        for dirpath, _, names in os.walk(root):
-            for name in names:
-                path = os.path.join(dirpath, name)
-                try:
-                    info = os.lstat(path)
-                    if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 30:
-                        continue
-                    with open(path, "rb") as f:
-                        tail = b""
-                        while block := f.read(8 << 20):
-                            if needle in tail + block:
-                                hits.append(path)
-                                break
-                            tail = block[-len(needle):]
-                except OSError:
-                    continue
-    return hits
+    return files_holding(roots, needle)
 
 
 def _partner(url: str) -> dict[str, str]:

@@ -33,6 +33,7 @@ from partners.tenancy.sandbox import (
     SandboxSetupFailed,
     SandboxSpec,
 )
+from tests.support import files_holding
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
 
@@ -416,28 +417,6 @@ def test_cold_start_is_fast() -> None:
     assert sorted(times)[1] < 1.0, times
 
 
-def _grep_disk(roots: list[Path], needle: bytes) -> list[str]:
-    hits = []
-    for root in roots:
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                try:
-                    info = os.lstat(path)
-                    if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 30:
-                        continue
-                    with open(path, "rb") as f:
-                        tail = b""
-                        while block := f.read(8 << 20):
-                            if needle in tail + block:
-                                hits.append(path)
-                                break
-                            tail = block[-len(needle):]
-                except OSError:
-                    continue
-    return hits
-
-
 def test_decrypted_package_never_touches_disk(db) -> None:
     from kit.settings import get_settings
     from kit.storage import LocalStorage
@@ -461,6 +440,6 @@ def test_decrypted_package_never_touches_disk(db) -> None:
         assert sorted(seen) == ["/pkg/predict.py", "/pkg/weights.bin"]
         roots = [settings.data_dir.resolve(), Path(tempfile.gettempdir()), Path("/var/tmp"),
                  Path("/dev/shm"), box.socket_dir]
-        assert _grep_disk(roots, marker.encode()) == []
+        assert files_holding(roots, marker.encode()) == []
     log = repository.access_log(db, "par_disk", digest)
     assert [(r.actor, r.deployment_id) for r in log] == [("supervisor:test", "dep_disk")]
