@@ -3,9 +3,11 @@
 Run on a CUDA machine from the repository root, one part per process:
 
     python bench/engine.py --part flux      # eager, diffusers+compile, exact, fast, turbo
+    python bench/engine.py --part attn      # fp8 attention kernel vs cuDNN bf16 SDPA, per shape
     python bench/engine.py --part blocks    # our Triton kernels inside a compiled block vs inductor
     python bench/engine.py --part cache     # compile time cold / from the disk cache, LoRA hot-swap
     python bench/engine.py --part wan       # Wan 2.1 T2V 1.3B, 832x480, 81 frames
+    ... --flux-variants fast,fast-fp8attn / --wan-variants eager,fast,fast-fp8attn: fp8 attention
     torchrun --nproc_per_node 2 bench/engine.py --part cp   # context parallel vs one GPU
     python bench/engine.py --merge a.json b.json ...   # one table, engine.json and a PNG
 
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.enginebench.attn import attn_part  # noqa: E402
 from bench.enginebench.blocks import blocks_part  # noqa: E402
 from bench.enginebench.cache import cache_part, probe_part  # noqa: E402
 from bench.enginebench.common import RESULTS  # noqa: E402
@@ -50,7 +53,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--part",
-        choices=["flux", "blocks", "cache", "probe", "wan", "profile", "cp"],
+        choices=["flux", "attn", "blocks", "cache", "probe", "wan", "profile", "cp"],
         default="flux",
     )
     parser.add_argument(
@@ -76,7 +79,14 @@ def main() -> None:
     parser.add_argument("--no-baseline-compile", action="store_true")
     parser.add_argument("--no-peaks", action="store_true")
     parser.add_argument("--no-pipeline", action="store_true")
-    parser.add_argument("--wan-variants", default="eager,exact,fast")
+    parser.add_argument(
+        "--flux-variants",
+        default="exact,fast,turbo",
+        help="besides eager (and compile): any of exact, fast, turbo, fast-fp8attn",
+    )
+    parser.add_argument(
+        "--wan-variants", default="eager,exact,fast", help="eager, exact, fast, fast-fp8attn"
+    )
     parser.add_argument("--wan-steps", type=int, default=4)
     parser.add_argument("--cp-modes", default="eager,exact,fast", help="modes for --part cp")
     parser.add_argument("--cp-wan", action="store_true", help="--part cp: Wan after FLUX")
@@ -106,6 +116,7 @@ def main() -> None:
         return
     part = {
         "flux": flux_part,
+        "attn": attn_part,
         "blocks": blocks_part,
         "cache": cache_part,
         "wan": wan_part,

@@ -140,6 +140,7 @@ def flux_part(args: argparse.Namespace) -> dict[str, Any]:
         save_partial(args, "flux", {**result, "rows": rows})
         return row
 
+    wanted = set(args.flux_variants.split(","))
     keep(run_variant("eager", lambda: measure("eager", lambda p: None)))
     cache = args.cache_dir
     extra = json.loads(args.optimize_kwargs) if args.optimize_kwargs else {}
@@ -147,12 +148,15 @@ def flux_part(args: argparse.Namespace) -> dict[str, Any]:
     result["picked_kwargs"] = picks
     kw_exact = {**extra, **picks.get("exact", {})}
     kw_fast = {**extra, **picks.get("fast", {})}
-    keep(
-        run_variant(
-            "exact",
-            lambda: measure("exact", lambda p: optimize(p, "exact", cache_dir=cache, **kw_exact)),
+    if "exact" in wanted:
+        keep(
+            run_variant(
+                "exact",
+                lambda: measure(
+                    "exact", lambda p: optimize(p, "exact", cache_dir=cache, **kw_exact)
+                ),
+            )
         )
-    )
 
     fast_holder: dict[str, Any] = {}
 
@@ -161,7 +165,8 @@ def flux_part(args: argparse.Namespace) -> dict[str, Any]:
         fast_holder["pipe"] = row["_pipe"]
         return row
 
-    keep(run_variant("fast", fast_run))
+    if "fast" in wanted:
+        keep(run_variant("fast", fast_run))
 
     def turbo_run():
         # turbo = fast + the step cache: optimize() adds the same hook last, so reuse the
@@ -195,9 +200,20 @@ def flux_part(args: argparse.Namespace) -> dict[str, Any]:
             row["drift"] = drift(clock.latents, ref_latents["eager"])
         return row
 
-    if "pipe" in fast_holder:
+    if "pipe" in fast_holder and "turbo" in wanted:
         keep(run_variant("turbo", turbo_run))
     fast_holder.clear()
+    if "fast-fp8attn" in wanted:
+        # fast with attention through kernels/attention_fp8.py.
+        kw = {**kw_fast, "attention": "fp8"}
+        keep(
+            run_variant(
+                "fast-fp8attn",
+                lambda: measure(
+                    "fast-fp8attn", lambda p: optimize(p, "fast", cache_dir=cache, **kw)
+                ),
+            )
+        )
     # diffusers + torch.compile last: its whole-model compile is the slowest step here.
     if not args.no_baseline_compile:
         keep(

@@ -152,7 +152,11 @@ def print_tables(results: list[dict[str, Any]]) -> str:
                 "peaks: "
                 + ", ".join(f"{k} {v:.0f}" for k, v in res["peaks"].items() if isinstance(v, float))
             )
-        if res.get("part") == "blocks":
+        if res.get("part") == "attn":
+            from bench.enginebench.attn import attn_table
+
+            out += attn_table(res)
+        elif res.get("part") == "blocks":
             out += blocks_table(res)
         elif res.get("part") == "profile":
             out += profile_table(res)

@@ -76,6 +76,9 @@ def wan_part(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         if variant == "compile":
             model.compile(fullgraph=True)
+        elif variant.endswith("-fp8attn"):
+            mode = variant.removesuffix("-fp8attn")
+            optimize(model, mode, cache_dir=args.cache_dir, **{**extra, "attention": "fp8"})
         elif variant != "eager":
             optimize(model, variant, cache_dir=args.cache_dir, **extra)
         row["setup_s"] = time.perf_counter() - t0
@@ -96,7 +99,7 @@ def wan_part(args: argparse.Namespace) -> dict[str, Any]:
         rep = report_of(model)
         if rep is not None:
             row["report"] = rep.to_dict()
-        if variant in ("eager", "fast") and not args.no_pipeline:
+        if variant in ("eager", "fast", "fast-fp8attn") and not args.no_pipeline:
             pipes[variant] = model
         else:
             del model

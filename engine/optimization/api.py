@@ -11,6 +11,10 @@ Modes:
            row-wise dynamic activation scales).
     turbo  fast + step caching (fixed skip schedule, or first-block cache).
 
+`attention="fp8"` (fast and turbo) runs FLUX and Wan attention through our fp8 e4m3
+kernel (kernels/attention_fp8.py, SageAttention-style scales) via the sequence-major
+processors of engine/optimization/sdpa.py, on this instance only.
+
 `context_parallel=N` (exact and fast) splits the sequence over N ranks of an initialised
 torch.distributed group, Ulysses-style, through diffusers' `enable_parallelism`
 (engine/optimization/parallel.py). CUDA graphs stay off with it unless asked for with
@@ -180,6 +184,15 @@ def optimize(
             raise ValueError("context_parallel composes with 'exact' and 'fast', not 'turbo'")
         for _, model in _denoisers(pipeline):
             check_context_parallel(model, context_parallel)
+    fp8_attention = attention == "fp8"
+    if fp8_attention and mode == "exact":
+        raise ValueError(
+            "attention='fp8' rounds to e4m3: use it with 'fast' or 'turbo', not 'exact'"
+        )
+    if fp8_attention and context_parallel:
+        raise ValueError(
+            "attention='fp8' does not run context parallel (it needs diffusers' dispatch)"
+        )
     report = OptimizationReport(mode=mode, dtype=str(dtype).removeprefix("torch."))
     quantize = mode in ("fast", "turbo")
     use_kernels = tuple(DEFAULT_KERNELS if kernels is None else kernels)
@@ -229,14 +242,22 @@ def optimize(
             model,
             device=device,
             seq_len=attention_seq_len,
-            requested=attention,
+            requested="auto" if fp8_attention else attention,
             via_op=attention_op,
         )
         report.attention_probe_ms = probe
         if context_parallel:
             backend = context_parallel_backend(backend, probe)
         routed = 0
-        if context_parallel and (attention_op or "qk_rmsnorm_rope" in use_kernels):
+        if fp8_attention:
+            from engine.optimization.sdpa import FP8_BACKEND, use_sdpa_processors
+
+            routed = use_sdpa_processors(model, FP8_BACKEND)
+            if routed:
+                report.attention_backend = f"sdpa_bshd:{FP8_BACKEND}"
+            else:
+                report.notes.append(f"{name}: no FLUX/Wan attention for fp8; kept bf16 attention")
+        elif context_parallel and (attention_op or "qk_rmsnorm_rope" in use_kernels):
             report.notes.append(
                 f"{name}: diffusers' attention processors kept (context parallel needs its dispatch)"
             )
@@ -245,13 +266,16 @@ def optimize(
 
             routed = use_sdpa_processors(model, backend)
         if routed:
-            report.attention_backend = f"sdpa_bshd:{backend or 'native'}"
+            report.attention_backend = (
+                report.attention_backend or f"sdpa_bshd:{backend or 'native'}"
+            )
         elif backend is not None and hasattr(model, "set_attention_backend"):
             model.set_attention_backend(backend)
             report.attention_backend = backend
 
         if (
             not context_parallel
+            and not fp8_attention
             and "qk_rmsnorm_rope" in use_kernels
             and type(model).__name__ == "FluxTransformer2DModel"
         ):

@@ -9,7 +9,9 @@ Measured inside compiled FLUX blocks on an H200 it did not pay (5.70 ms against 
 for the stock processor), so `optimize` leaves it off unless `attention_op=True`.
 
 `FluxSDPAProcessor` and `WanSDPAProcessor` are diffusers' processors with their attention
-call routed through this op; everything else in them is unchanged.
+call routed through this op; everything else in them is unchanged. With the backend
+"fp8" they call our fp8 attention kernel (kernels/attention_fp8.py, another opaque op on
+the same (B, S, H, D) layout) instead: `optimize(..., attention="fp8")`.
 """
 
 from __future__ import annotations
@@ -45,9 +47,17 @@ def _sdpa_bshd_fake(q, k, v, backend="native"):
     return q.new_empty(q.shape[:-1] + (v.shape[-1],))
 
 
+FP8_BACKEND = "fp8"
+"""The backend name that routes attention through kernels.attention_fp8 (e4m3 Q·Kᵀ and P·V)."""
+
+
 def _attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None
 ) -> torch.Tensor:
+    if backend == FP8_BACKEND:
+        from kernels.attention_fp8 import attention_fp8
+
+        return attention_fp8(q, k, v)
     return sdpa_bshd(q, k, v, backend or "native")
 
 

@@ -340,3 +340,41 @@ def test_cuda_graphs_and_attention_on_gpu(mode, tmp_path):
             **inputs2
         )[0].float()
     _close(_run(model, inputs2), ref2, EXACT if mode == "exact" else FAST)
+
+
+@pytest.mark.parametrize("build", ["flux", "wan"])
+def test_fp8_attention_matches_eager(build):
+    """fast + fp8 attention (compiled, the kernel as an opaque op) against eager bf16."""
+    if build == "flux":
+        model, inputs = _flux()
+    else:
+        model = build_wan_transformer("tiny", seed=0)
+        inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
+    ref = _run(model, inputs)
+    optimize(model, "fast", attention="fp8", **AOT)
+    assert report_of(model).attention_backend == "sdpa_bshd:fp8"
+    _close(_run(model, inputs), ref, FAST)
+
+
+def test_fp8_attention_is_refused_where_it_cannot_apply():
+    model, _ = _flux()
+    with pytest.raises(ValueError, match="exact"):
+        optimize(model, "exact", attention="fp8", **AOT)
+    # A UNet has no FLUX/Wan attention: it keeps bf16 attention and says so.
+    unet = build_sdxl_unet("tiny", seed=0)
+    optimize(unet, "fast", attention="fp8", **AOT)
+    assert any("fp8" in n for n in report_of(unet).notes)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp8_attention_under_cuda_graphs_on_gpu(tmp_path):
+    model = build_flux_transformer("tiny", device="cuda", dtype=torch.bfloat16, seed=0)
+    inputs = flux_transformer_inputs(model, height=128, width=128, text_len=32)
+    ref = _run(model, inputs)
+    optimize(model, "fast", attention="fp8", cuda_graphs="always", cache_dir=tmp_path)
+    _run(model, inputs)
+    report = report_of(model).to_dict()
+    assert report["attention_backend"] == "sdpa_bshd:fp8"
+    assert report["cuda_graph_decisions"] and report["cuda_graph_decisions"][0]["use_graph"]
+    _close(_run(model, inputs), ref, FAST)
