@@ -33,19 +33,28 @@ import httpx  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import track  # noqa: E402
 from rich.table import Table  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
 from bench.common import machine, summary, write_json  # noqa: E402
 from bench.stack import NOOP, api_command, fresh_database, seed_noop  # noqa: E402
 
+# The envelope's timestamps (this machine's clock for all of them): where a request's time goes.
+PHASES = (("submit → created", "sent", "created"), ("created → started", "created", "started"),
+          ("started → completed", "started", "completed"), ("completed → answer", "completed", "answer"))
+
 
 def direct_runner(n: int) -> list[float]:
     """The floor: the same model in its sandbox, called over its socket with no gateway between."""
+    from kit.db import session_scope
+    from partners.models import Deployment
     from partners.packaging import validate_archive
     from partners.tenancy.runner import DeploymentSpec, PackageLayers, ReplicaPool
     from partners.tenancy.sandbox_spec import directory_layer
 
+    with session_scope() as s:
+        deployment_id = s.scalars(select(Deployment.id)).one()
     manifest = validate_archive(DATA / "noop.oci.tar").manifest.to_dict()
-    spec = DeploymentSpec("dep_direct", lambda: PackageLayers([directory_layer(NOOP)], "", 1 << 20), manifest,
+    spec = DeploymentSpec(deployment_id, lambda: PackageLayers([directory_layer(NOOP)], "", 1 << 20), manifest,
                           concurrency=4)
     pool = ReplicaPool()
     replica = pool.acquire(spec, timeout=60)
@@ -97,18 +106,25 @@ def main() -> None:
             r = client.post("/v1/models/bench/noop/requests", json={"input": {"value": i}})
             assert r.json()["status"] == "succeeded", r.text
         gateway_ms, queue_ms = [], []
+        phases: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
         for i in track(range(args.requests), description="submit → succeeded"):
-            t0 = time.perf_counter()
+            sent, t0 = time.time(), time.perf_counter()
             body = client.post("/v1/models/bench/noop/requests", json={"input": {"value": i}}).json()
             gateway_ms.append((time.perf_counter() - t0) * 1000)
+            answered = time.time()
             assert body["status"] == "succeeded", body
             queue_ms.append(body["metrics"]["queue_ms"])
-        direct_ms = direct_runner(args.requests)
+            stamps = {"sent": sent, "answer": answered, **{k: dt.datetime.fromisoformat(body[f"{k}_at"]).timestamp()
+                                                          for k in ("created", "started", "completed")}}
+            for name, a, b in PHASES:
+                phases[name].append((stamps[b] - stamps[a]) * 1000)
     finally:
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             p.wait(timeout=30)
+    # After the stack is gone, so that nothing else competes; the replica rows name the real deployment.
+    direct_ms = direct_runner(args.requests)
     g, d = summary(gateway_ms), summary(direct_ms)
     overhead = {"p50": g["p50"] - d["p50"], "p99": g["p99"] - d["p99"]}
     table = Table(title=f"Gateway overhead, no-op model, {args.requests} sequential requests ({machine()})")
@@ -119,6 +135,9 @@ def main() -> None:
     table.add_row("overhead (difference)", f"{overhead['p50']:.2f}", "", f"{overhead['p99']:.2f}", "")
     queue = summary([float(x) for x in queue_ms])
     table.add_row("queue wait (server side)", *(f"{queue[k]:.2f}" for k in ("p50", "p90", "p99", "mean")))
+    phase = {name: summary(values) for name, values in phases.items()}
+    for name, stats in phase.items():
+        table.add_row(f"  {name}", *(f"{stats[k]:.2f}" for k in ("p50", "p90", "p99", "mean")))
     console.print(table)
     console.print(f"targets: overhead p50 ≤ 25 ms, p99 ≤ 100 ms → "
                   f"{'met' if overhead['p50'] <= 25 and overhead['p99'] <= 100 else 'missed'}")
@@ -126,7 +145,7 @@ def main() -> None:
     path = write_json("gateway_overhead", {
         "date": dt.date.today().isoformat(), "machine": machine(), "requests": args.requests,
         "load_average": os.getloadavg()[0],
-        "gateway_ms": g, "direct_ms": d, "overhead_ms": overhead, "queue_ms": queue,
+        "gateway_ms": g, "direct_ms": d, "overhead_ms": overhead, "queue_ms": queue, "phases_ms": phase,
     })
     try:
         import matplotlib

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import SimpleNamespace
@@ -134,31 +135,76 @@ class _Priced:
     royalty_key: tuple[str, str, str] | None = None
 
 
+def price_item(book: PriceBook, item: UsageItem, billing_mode: str | None,
+               month_names: dict[tuple[int, int], str] | None = None) -> _Priced:
+    """One item's card, license, checked units and billable quantity (422/404 when unusable)."""
+    if item.occurred_at.tzinfo is None:
+        raise InvalidInput("occurred_at must be timezone-aware")
+    if billing_mode is None:
+        raise NotFound(f"no account {item.account_id}")
+    checked = pricing.check_units(item.units)
+    card = book.card(item.model_id, item.occurred_at, version_id=item.version_id, account_id=item.account_id)
+    lic = book.license(item.model_id, item.occurred_at)
+    if card is None or lic is None:
+        raise NotFound("this model has no price card yet and cannot be called")
+    if card.unit not in checked:
+        raise InvalidInput(f"the model reported no {card.unit!r} units")
+    when = item.occurred_at.astimezone(dt.UTC)
+    month = (when.year, when.month)
+    names = month_names if month_names is not None else {}
+    if month not in names:
+        names[month] = f"{when.year:04d}-{when.month:02d}"
+    return _Priced(item, card, lic, billing_mode, checked, checked[card.unit],
+                   pricing.billable_quantity(card.unit, checked), names[month])
+
+
 def _price_items(session: Session, items: list[UsageItem]) -> list[_Priced]:
     book = PriceBook.load(session, {i.model_id for i in items}, snapshot=True)
     account_ids = {i.account_id for i in items}
     modes = dict(session.execute(select(Account.id, Account.billing_mode).where(Account.id.in_(account_ids))).all())
-    priced, month_names = [], {}
-    for item in items:
-        if item.occurred_at.tzinfo is None:
-            raise InvalidInput("occurred_at must be timezone-aware")
-        mode = modes.get(item.account_id)
-        if mode is None:
-            raise NotFound(f"no account {item.account_id}")
-        checked = pricing.check_units(item.units)
-        card = book.card(item.model_id, item.occurred_at, version_id=item.version_id, account_id=item.account_id)
-        lic = book.license(item.model_id, item.occurred_at)
-        if card is None or lic is None:
-            raise NotFound("this model has no price card yet and cannot be called")
-        if card.unit not in checked:
-            raise InvalidInput(f"the model reported no {card.unit!r} units")
-        when = item.occurred_at.astimezone(dt.UTC)
-        month = (when.year, when.month)
-        if month not in month_names:
-            month_names[month] = f"{when.year:04d}-{when.month:02d}"
-        priced.append(_Priced(item, card, lic, mode, checked, checked[card.unit],
-                              pricing.billable_quantity(card.unit, checked), month_names[month]))
-    return priced
+    month_names: dict[tuple[int, int], str] = {}
+    return [price_item(book, item, modes.get(item.account_id), month_names) for item in items]
+
+
+def charge_rows(p: _Priced, *, tier_start: Decimal, royalty_start: Decimal, usage_id: str, txn: str,
+                leg_ids: Iterator[str], now: dt.datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A priced item's usage row and its balanced ledger legs (booked in `p.period`)."""
+    card, lic = p.card, p.license
+    amount = pricing.charge_micros(p.billable, unit_price_micros=card.unit_price_micros,
+                                   tiers=card.tiers, already=tier_start,
+                                   minimum_micros=card.minimum_micros)
+    unit_royalty = 0
+    if lic.tier == "revenue_share" and lic.royalty_per_unit_micros:
+        unit_royalty = pricing.unit_royalty(p.billable, per_unit_micros=lic.royalty_per_unit_micros,
+                                            included=lic.included_units, already=royalty_start)
+    hosting = 0
+    if lic.tier == "partner_priced":
+        hosting = pricing.hosting_fee(p.checked.get("gpu_seconds", Decimal(0)),
+                                      lic.hosting_fee_per_gpu_second_micros)
+    split = ledger.split_charge(amount, tier=lic.tier, royalty_bps=lic.royalty_bps,
+                                platform_fee_bps=lic.platform_fee_bps, unit_royalty=unit_royalty,
+                                hosting_fee=hosting)
+    # A revenue-share royalty with no named licensor is owed to the model's partner.
+    licensor = (lic.licensor or p.item.partner_id) if lic.tier == "revenue_share" else lic.licensor
+    usage = {
+        "id": usage_id, "request_id": p.item.request_id, "meter": card.unit, "quantity": p.quantity,
+        "billable_quantity": p.billable, "account_id": p.item.account_id, "model_id": p.item.model_id,
+        "partner_id": p.item.partner_id, "version_id": p.item.version_id, "price_card_id": card.id,
+        "license_id": lic.id, "tier": lic.tier, "billing_mode": p.billing_mode, "licensor": licensor,
+        "amount_micros": amount, "platform_micros": split.platform, "royalty_micros": split.royalty,
+        "partner_micros": split.partner, "currency": card.currency, "period": p.period,
+        "event_period": p.event_period, "occurred_at": p.item.occurred_at, "ingested_at": now,
+        "units": p.item.units, "transaction_id": txn,
+    }
+    customer = ledger.customer_account(p.item.account_id, p.billing_mode)
+    # Usage legs point at their usage record; only late ones say more.
+    memo = f"late usage from {p.event_period}" if p.period != p.event_period else ""
+    legs = [{"id": next(leg_ids), "transaction_id": txn, "ledger_account": name, "amount_micros": amt,
+             "currency": card.currency, "period": p.period, "kind": "usage", "usage_id": usage_id,
+             "ref": None, "memo": memo, "created_at": now}
+            for name, amt in ledger.legs_for(split, customer=customer, licensor=licensor or "",
+                                             partner_id=p.item.partner_id)]
+    return usage, legs
 
 
 def record_batch(session: Session, items: list[UsageItem]) -> dict[str, str]:
@@ -196,52 +242,18 @@ def record_batch(session: Session, items: list[UsageItem]) -> dict[str, str]:
     txns = iter(bulk_ids("txn", len(fresh)))
     legs = iter(bulk_ids("led", 4 * len(fresh)))
     for p in fresh:
-        card, lic = p.card, p.license
-        tier_start = Decimal(0)
+        tier_start = royalty_start = Decimal(0)
         if p.tier_key:
             tier_start = running[p.tier_key]
             running[p.tier_key] += p.billable
-        amount = pricing.charge_micros(p.billable, unit_price_micros=card.unit_price_micros,
-                                       tiers=card.tiers, already=tier_start,
-                                       minimum_micros=card.minimum_micros)
-        unit_royalty = 0
-        if lic.tier == "revenue_share" and lic.royalty_per_unit_micros:
-            start = Decimal(0)
-            if p.royalty_key:
-                start = running[p.royalty_key]
-                running[p.royalty_key] += p.billable
-            unit_royalty = pricing.unit_royalty(p.billable, per_unit_micros=lic.royalty_per_unit_micros,
-                                                included=lic.included_units, already=start)
-        hosting = 0
-        if lic.tier == "partner_priced":
-            hosting = pricing.hosting_fee(p.checked.get("gpu_seconds", Decimal(0)),
-                                          lic.hosting_fee_per_gpu_second_micros)
-        split = ledger.split_charge(amount, tier=lic.tier, royalty_bps=lic.royalty_bps,
-                                    platform_fee_bps=lic.platform_fee_bps, unit_royalty=unit_royalty,
-                                    hosting_fee=hosting)
-        usage_id, txn = next(ids), next(txns)
-        # A revenue-share royalty with no named licensor is owed to the model's partner.
-        licensor = (lic.licensor or p.item.partner_id) if lic.tier == "revenue_share" else lic.licensor
-        usage_rows.append({
-            "id": usage_id, "request_id": p.item.request_id, "meter": card.unit, "quantity": p.quantity,
-            "billable_quantity": p.billable, "account_id": p.item.account_id, "model_id": p.item.model_id,
-            "partner_id": p.item.partner_id, "version_id": p.item.version_id, "price_card_id": card.id,
-            "license_id": lic.id, "tier": lic.tier, "billing_mode": p.billing_mode, "licensor": licensor,
-            "amount_micros": amount, "platform_micros": split.platform, "royalty_micros": split.royalty,
-            "partner_micros": split.partner, "currency": card.currency, "period": p.period,
-            "event_period": p.event_period, "occurred_at": p.item.occurred_at, "ingested_at": now,
-            "units": p.item.units, "transaction_id": txn,
-        })
-        customer = ledger.customer_account(p.item.account_id, p.billing_mode)
-        # Usage legs point at their usage record; only late ones say more.
-        memo = f"late usage from {p.event_period}" if p.period != p.event_period else ""
-        entry_rows.append([
-            {"id": next(legs), "transaction_id": txn, "ledger_account": name, "amount_micros": amt,
-             "currency": card.currency, "period": p.period, "kind": "usage", "usage_id": usage_id,
-             "ref": None, "memo": memo, "created_at": now}
-            for name, amt in ledger.legs_for(split, customer=customer, licensor=licensor or "",
-                                             partner_id=p.item.partner_id)])
-        by_request[p.item.request_id] = usage_id
+        if p.royalty_key and p.license.tier == "revenue_share" and p.license.royalty_per_unit_micros:
+            royalty_start = running[p.royalty_key]
+            running[p.royalty_key] += p.billable
+        usage, entries_of_one = charge_rows(p, tier_start=tier_start, royalty_start=royalty_start,
+                                            usage_id=next(ids), txn=next(txns), leg_ids=legs, now=now)
+        usage_rows.append(usage)
+        entry_rows.append(entries_of_one)
+        by_request[p.item.request_id] = usage["id"]
         undo.append([(k, p.billable) for k in (p.tier_key, p.royalty_key) if k])
 
     written = repo.insert_usages(session, usage_rows)

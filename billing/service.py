@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from billing import ledger, periods, pricing
 from billing import repository as repo
+from billing.charge import Charged, charge_request
 from billing.metering import PriceBook, UsageItem, booking_period, record_batch
 from billing.models import Account, License, Payee, PoolContract, PriceCard, Refund, UsageRecord
 from engine.manifest import BILLABLE_UNITS
@@ -22,7 +23,7 @@ from partners.models import Model, Partner
 
 period_of = periods.period_of
 
-__all__ = ["UsageItem", "booking_period", "period_of"]
+__all__ = ["Charged", "UsageItem", "booking_period", "charge_request", "period_of"]
 
 
 def create_account(session: Session, *, name: str, billing_mode: str = "postpaid",
@@ -195,12 +196,12 @@ def record_usage(
     """
     if status != "succeeded":
         raise InvalidInput(f"only succeeded requests are charged, this one is {status}")
-    record_batch(session, [UsageItem(request_id, account_id, model.id, model.partner_id, version_id,
-                                     units, occurred_at)])
-    records = repo.usage_of_request(session, request_id)
-    if not records:  # pragma: no cover - record_batch raises before this can happen
+    charged = charge_request(session, UsageItem(request_id, account_id, model.id, model.partner_id, version_id,
+                                                units, occurred_at))
+    record = session.get(UsageRecord, charged.usage_id)
+    if record is None:  # pragma: no cover - the charge was written in this transaction
         raise Conflict("the usage could not be recorded")
-    return records[0]
+    return record
 
 
 def record_usage_batch(session: Session, items: list[UsageItem]) -> int:

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from billing import service as billing
-from gateway import events, lifecycle
+from gateway import events, lifecycle, run_queries
 from gateway import repository as repo
 from gateway.auth import account_limits
 from gateway.config import get_gateway_settings
@@ -45,8 +46,6 @@ from kit.storage import get_storage
 from kit.tasks import enqueue, pool_queue
 from moderation import service as moderation
 from partners import logs as partner_logs
-from partners import repository as partners_repo
-from partners.models import Model
 from partners.tenancy.deployments import replica_spec
 from partners.tenancy.runner import (
     DeploymentSpec,
@@ -84,6 +83,10 @@ class Claim:
     queued_ms: int
     attempt: int
     owner: str
+    partner_id: str
+    # What the input check recorded: the output check goes by the same options.
+    input_options: dict[str, Any]
+    minor_signal: bool
 
 
 class LeaseKeeper:
@@ -186,9 +189,10 @@ def claim(session: Session, request_id: str, *, owner: str) -> Claim | None:
     A running request is taken over only when its lease lapsed (its worker is gone); while
     the lease holds, a duplicate or re-delivered message leaves it to its worker.
     """
-    req = repo.request_for_update(session, request_id)
-    if req is None or req.status in FINAL_STATUSES:
+    row = run_queries.request_to_claim(session, request_id)
+    if row is None or row.request.status in FINAL_STATUSES:
         return None
+    req = row.request
     now = utcnow()
     settings = get_gateway_settings()
     if req.status == "running":
@@ -206,17 +210,16 @@ def claim(session: Session, request_id: str, *, owner: str) -> Claim | None:
         # Over the account's limit: stays queued and is looked at again shortly, never dropped.
         send_again(session, req, delay_s=settings.requeue_delay_s)
         return None
-    deployment = partners_repo.deployment(session, req.deployment_id)
-    assert deployment is not None
     req.status, req.started_at = "running", req.started_at or now
     req.queue_ms = int((req.started_at - req.created_at).total_seconds() * 1000)
     req.attempts += 1
     req.lease_owner = owner
     req.lease_expires_at = now + dt.timedelta(seconds=settings.lease_s)
     lifecycle.announce(session, req)
-    spec = replica_spec(session, deployment)
+    spec = replica_spec(session, row.deployment)  # its version and model are in the session already
     queued_ms = int((now - req.created_at).total_seconds() * 1000)
-    return Claim(req.id, req.account_id, dict(req.input), spec, queued_ms, req.attempts, owner)
+    return Claim(req.id, req.account_id, dict(req.input), spec, queued_ms, req.attempts, owner,
+                 partner_id=row.partner_id, input_options=row.input_options, minor_signal=row.minor_signal)
 
 
 def _under_concurrency_limit(session: Session, req: Request) -> bool:
@@ -380,6 +383,14 @@ def _store_outputs(session: Session, req: Request, value: Any, output_dir: Path)
     return value
 
 
+def _has_files(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "$file" in value or any(_has_files(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_files(v) for v in value)
+    return False
+
+
 def _succeed(claimed: Claim, result: dict[str, Any], output_dir: Path, run_ms: int) -> None:
     with session_scope() as session:
         req = repo.request_for_update(session, claimed.request_id)
@@ -394,7 +405,9 @@ def _succeed(claimed: Claim, result: dict[str, Any], output_dir: Path, run_ms: i
             return
         files = sorted(p for p in output_dir.glob("*") if p.is_file()) if output_dir.exists() else []
         verdict = moderation.check_output(session, account_id=req.account_id, model_id=req.model_id,
-                                          request_id=req.id, files=files)
+                                          request_id=req.id, files=files,
+                                          request_options=claimed.input_options,
+                                          minor_signal=claimed.minor_signal)
         req.moderation_output = verdict.decision
         req.run_ms = run_ms
         req.completed_at = now
@@ -406,14 +419,14 @@ def _succeed(claimed: Claim, result: dict[str, Any], output_dir: Path, run_ms: i
         for checked in verdict.files:  # blurred stand-ins take the originals' place
             if checked.action == "replace" and checked.replace_with is not None:
                 os.replace(checked.replace_with, checked.path)
-        model = session.get(Model, req.model_id)
         units = result.get("units") or {}
+        item = billing.UsageItem(req.id, req.account_id, req.model_id, claimed.partner_id, req.version_id, units, now)
+        value = result.get("output")
         try:
-            with session.begin_nested():
-                output = _store_outputs(session, req, result.get("output"), output_dir)
-                usage = billing.record_usage(session, request_id=req.id, account_id=req.account_id,
-                                             model=model, version_id=req.version_id, units=units,
-                                             occurred_at=now)
+            # The charge raises before it writes anything; stored files are undone with it.
+            with session.begin_nested() if _has_files(value) else nullcontext():
+                usage = billing.charge_request(session, item)
+                output = _store_outputs(session, req, value, output_dir)
         except AppError as exc:  # e.g. the model reported unusable units: fail, charge nothing
             req.status, req.error = "failed", f"the result could not be recorded: {exc.message}"
             lifecycle.announce(session, req)

@@ -234,12 +234,18 @@ def check_output(
     request_id: str,
     files: list[Path],
     request_options: Mapping[str, Any] | None = None,
+    minor_signal: bool | None = None,
 ) -> Verdict:
-    """Check a request's output files before the customer can fetch them."""
+    """Check a request's output files before the customer can fetch them.
+
+    A caller that already holds what the input check recorded (its `request_options` and
+    `minor_signal`) passes both, and the input record is not read again.
+    """
     from moderation.output import check_files
 
     started = time.perf_counter()
-    input_record = repo.latest_input_record(session, request_id)
+    known = request_options is not None and minor_signal is not None
+    input_record = None if known else repo.latest_input_record(session, request_id)
     if request_options is not None:
         options = RequestOptions.from_input(request_options)
     elif input_record is not None:
@@ -248,7 +254,7 @@ def check_output(
         options = RequestOptions()
     policy = effective_policy(session, account_id=account_id, model_id=model_id,
                               request_options=options)
-    minor = bool(input_record and input_record.minor_signal)
+    minor = bool(minor_signal) if known else bool(input_record and input_record.minor_signal)
     result = check_files([Path(f) for f in files], policy=policy, minor_signal=minor)
 
     decision = PASSED
