@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, true
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session
 
 from gateway.models import Request
 from moderation.models import ModerationRecord
@@ -41,7 +41,6 @@ def request_to_claim(session: Session, request_id: str) -> ClaimRow | None:
         .outerjoin(record, true())
         .where(Request.id == request_id)
         .with_for_update(of=Request)
-        .options(lazyload("*"))  # the joined partner and version rows are not needed here
     ).first()
     if row is None:
         return None
