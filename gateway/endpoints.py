@@ -11,13 +11,12 @@ from fastapi import Depends, Header, Path, Query, Security
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from billing import service as billing
 from billing.models import Account
 from gateway import envelope as env
-from gateway import events, service, sse
+from gateway import events, group_commit, service, sse
 from gateway import repository as repo
 from gateway.auth import API_KEY, account_reader, account_writer, authenticate
 from gateway.models import FINAL_STATUSES, Request
@@ -109,24 +108,27 @@ async def submit(
     state = request.scope.setdefault("state", {})
     wait_s = _prefer_wait(prefer)
 
-    def submit_and_commit() -> Response:
-        # The whole submit in one worker thread and one transaction (key, limit, checks,
-        # insert, commit, then the task is sent): a single hop off the event loop instead of
-        # one per dependency. The answer is rendered before the commit and sent after it.
-        with session_scope() as session:
-            account = authenticate(authorization, state, session, "requests:write")
-            done = service.submit(
-                session, account, owner=owner, model_slug=model, input=body.input,
-                webhook=str(body.webhook) if body.webhook else None, webhook_events=body.webhook_events,
-                idempotency_key=idempotency_key, priority=priority, start_deadline_s=request_timeout,
-            )
-            req, status_code = done.request, 201 if done.created else 200
-            if wait_s and req.status not in FINAL_STATUSES:
-                return WaitThenEnvelope(req.id, account.id, wait_s, status_code)
-            rendered = env.envelope(session, req, queue_position=done.queue_position).model_dump_json()
-        return Response(rendered, status_code=status_code, media_type="application/json")
+    def submit_in(session: Session) -> Response:
+        # Key, limit, checks and insert in this process's next group commit (one thread, one
+        # transaction and one COMMIT for the submits that arrive together); the answer is
+        # rendered before the commit and sent after it, the task once it has landed.
+        account = authenticate(authorization, state, session, "requests:write")
+        done = service.submit(
+            session, account, owner=owner, model_slug=model, input=body.input,
+            webhook=str(body.webhook) if body.webhook else None, webhook_events=body.webhook_events,
+            idempotency_key=idempotency_key, priority=priority, start_deadline_s=request_timeout,
+        )
+        req, status_code = done.request, 201 if done.created else 200
+        if wait_s and req.status not in FINAL_STATUSES:
+            return WaitThenEnvelope(req.id, account.id, wait_s, status_code)
 
-    return await run_in_threadpool(submit_and_commit)
+        def render() -> Response:
+            rendered = env.envelope(session, req, queue_position=done.queue_position).model_dump_json()
+            return Response(rendered, status_code=status_code, media_type="application/json")
+
+        return group_commit.AfterWrites(render)
+
+    return await group_commit.run(submit_in)
 
 
 @router.get("/requests/{request_id}", response_model=Envelope, responses=problems(404))

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from gateway.config import get_gateway_settings
 from kit.db import after_commit
+from kit.pipelined import pipeline_for
 from kit.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,15 @@ def publish_many(request_id: str, batch: list[tuple[str, dict[str, Any]]]) -> li
     if not get_settings().redis_url or not batch:
         return []
     key = stream_key(request_id)
+    deferred = pipeline_for(_sync_redis())
     try:
-        pipe = _sync_redis().pipeline(transaction=False)
+        pipe = _sync_redis().pipeline(transaction=False) if deferred is None else deferred
         for kind, data in batch:
             pipe.xadd(key, {"type": kind, "data": json.dumps(data, default=str)}, maxlen=MAXLEN,
                       approximate=True)
         pipe.expire(key, get_gateway_settings().events_ttl_s)
+        if deferred is not None:  # sent with the rest of the batch's writes; ids unknown yet
+            return []
         *ids, _ = pipe.execute()
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
     except Exception:  # noqa: BLE001 - a missed event is recovered from the database

@@ -85,6 +85,73 @@ def insert_request(session: Session, req: Request, *,
     return True, int(found[1])
 
 
+# -- inside a group commit: the batch's plain submits written together ----------------------
+
+
+class PendingInsert:
+    """A request waiting for its group commit's write, and the queue position it gets there."""
+
+    def __init__(self, req: Request, record: dict[str, Any] | None) -> None:
+        self.req, self.record = req, record
+        self.position: int | None = None
+
+
+def defer_inserts(session: Session) -> None:
+    """From now on `defer_insert` collects into `session` until `write_deferred` (PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.info["deferred_requests"] = []
+
+
+def defer_insert(session: Session, req: Request, *, record: dict[str, Any] | None) -> PendingInsert | None:
+    """Collect a request (and its check record) for the batch's write; None when this session
+    does not defer. Only for requests no other statement refers to before the write: no
+    Idempotency-Key to race on, nothing else written about them yet."""
+    pending = session.info.get("deferred_requests")
+    if pending is None:
+        return None
+    entry = PendingInsert(req, record)
+    pending.append(entry)
+    return entry
+
+
+def write_deferred(session: Session) -> None:
+    """Write the collected requests and records in one multi-row INSERT each, and give each its
+    queue position: the queued requests of its pool counted once, before the write, plus those
+    of the batch ahead of it."""
+    pending: list[PendingInsert] = session.info.get("deferred_requests") or []
+    if not pending:
+        return
+    session.info["deferred_requests"] = []
+    conn = session.connection()
+    pools = sorted({p.req.pool for p in pending})
+    queued = {pool: [normal, other] for pool, normal, other in conn.execute(
+        select(Request.pool, func.count().filter(Request.priority == "normal"),
+               func.count().filter(Request.priority != "normal"))
+        .where(Request.status == "queued", Request.pool.in_(pools)).group_by(Request.pool))}
+    rows = [_full_row(_REQUESTS, {_REQUEST_COLUMNS[k]: v for k, v in p.req.__dict__.items() if k in _REQUEST_COLUMNS})
+            for p in pending]
+    conn.execute(_REQUESTS.insert(), rows)
+    records = [_full_row(_RECORDS, p.record) for p in pending if p.record is not None]
+    if records:
+        conn.execute(_RECORDS.insert(), records)
+    for entry in sorted(pending, key=lambda e: e.req.priority != "normal"):  # normal ones go first
+        counts = queued.setdefault(entry.req.pool, [0, 0])
+        normal = entry.req.priority == "normal"
+        entry.position = counts[0] if normal else counts[0] + counts[1]
+        counts[0 if normal else 1] += 1
+    for entry, row in zip(pending, rows, strict=True):
+        for column in _REQUESTS.columns:
+            setattr(entry.req, _REQUEST_ATTRS[column.name], row[column.name])
+        make_transient_to_detached(entry.req)
+        session.add(entry.req)
+
+
+def _full_row(table: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """Every column's value, NULLs included, so all rows of a multi-row INSERT have the same keys."""
+    row = _complete(table, given)
+    return {column.name: row.get(column.name) for column in table.columns}
+
+
 def _insert_with_flush(session: Session, req: Request) -> bool:
     if req.idempotency_key is None:
         session.add(req)

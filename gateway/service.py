@@ -97,11 +97,16 @@ def _target(session: Session, owner: str, model_slug: str) -> Target:
 @dataclass(frozen=True)
 class Submitted:
     """What a submit did: the request, whether it is new, and (when the insert counted it)
-    how many queued requests are ahead of it."""
+    how many queued requests are ahead of it; inside a group commit, known once the batch is
+    written."""
 
     request: Request
     created: bool
-    queue_position: int | None = None
+    position: int | repo.PendingInsert | None = None
+
+    @property
+    def queue_position(self) -> int | None:
+        return self.position.position if isinstance(self.position, repo.PendingInsert) else self.position
 
 
 def submit(
@@ -148,7 +153,12 @@ def submit(
         req.status = "blocked"
         req.error = verdict.reason or "the input was blocked by content policy"
         req.completed_at = now
-    created, position = repo.insert_request(session, req, record=verdict.record)
+    deferred = None if idempotency_key or verdict.blocked else repo.defer_insert(session, req, record=verdict.record)
+    position: int | repo.PendingInsert | None
+    if deferred is not None:  # written with the rest of its group commit
+        created, position = True, deferred
+    else:
+        created, position = repo.insert_request(session, req, record=verdict.record)
     verdict.record = None
     if not created:  # a concurrent submit with the same Idempotency-Key won
         existing = repo.request_by_idempotency_key(session, account.id, idempotency_key or "")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from kit import telemetry
 from kit.db import after_commit, reset_engine
+from kit.pipelined import pipeline_for
 from kit.settings import get_settings
 
 DEFAULT_QUEUE = "default"
@@ -134,7 +135,8 @@ class RedisPublisher:
                 "priority": 0 if priority is None else priority, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
             },
         }
-        self.client.lpush(self.key(queue, priority), kombu_json.dumps(payload))
+        deferred = pipeline_for(self.client)  # an empty pipeline is falsy: compare with None
+        (self.client if deferred is None else deferred).lpush(self.key(queue, priority), kombu_json.dumps(payload))
 
 
 _publishers: dict[int, RedisPublisher | None] = {}

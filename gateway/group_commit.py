@@ -1,0 +1,184 @@
+"""Group commit: the submits that arrive together share one transaction and one commit.
+
+Each API process runs its submits on one thread, a batch at a time: while a batch is in the
+database, the submits that arrive meanwhile queue up and become the next batch. A batch is
+one session (one connection checkout, one COMMIT) and one Redis pipeline per client for what
+follows the commit (task messages, `queued` events), instead of one of each per submit; under
+load that is most of a submit's cost, and when idle a batch is a single submit, so latency
+does not wait for a batch to fill.
+
+A job is a function of the session that returns the answer or raises. An `AppError` (the
+client's fault: bad key, 404, 422, 429...) must be raised before the job writes anything, so
+it fails that job alone; anything else (a database error, a bug) rolls the batch back and
+each of its jobs runs again in a transaction of its own, so one bad submit cannot fail its
+neighbours. A failed COMMIT fails the whole batch (each job gets the error) without a rerun:
+the database may have applied it, and the client's retry with its Idempotency-Key is the
+safe way back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.orm import Session
+
+from gateway import repository as repo
+from kit.db import get_sessionmaker
+from kit.errors import AppError
+from kit.pipelined import pipelined
+
+T = TypeVar("T")
+MAX_BATCH = 256
+
+
+Job = Callable[[Session], Any]
+
+
+@dataclass(frozen=True)
+class AfterWrites:
+    """A job's answer that needs the batch's deferred writes first (a plain submit's row and
+    queue position are written for the whole batch at once): `render()` runs after them, in
+    the same transaction, before the commit."""
+
+    render: Callable[[], Any]
+
+
+@dataclass
+class _Queued(Generic[T]):
+    job: Callable[[Session], T]  # runs in its request's context (trace, etc.)
+    future: asyncio.Future[T]
+
+
+class _Unsafe(Exception):
+    """A job failed in a way that may have left the shared transaction dirty."""
+
+
+def _left_behind(session: Session) -> tuple[int, int]:
+    return len(session.info.get("after_commit", ())), len(session.info.get("deferred_requests") or ())
+
+
+def _attempt(session: Session, job: Job) -> tuple[bool, Any]:
+    before = _left_behind(session)
+    try:
+        return True, job(session)
+    except AppError as exc:
+        clean = (_left_behind(session) == before and not session.new
+                 and not session.dirty and not session.deleted)
+        if not clean:
+            raise _Unsafe from exc
+        return False, exc
+    except Exception as exc:
+        raise _Unsafe from exc
+
+
+def _finish(session: Session, outcome: tuple[bool, Any]) -> tuple[bool, Any]:
+    ok, value = outcome
+    return (True, value.render()) if ok and isinstance(value, AfterWrites) else outcome
+
+
+def _alone(job: Job) -> tuple[bool, Any]:
+    session = get_sessionmaker()()
+    repo.defer_inserts(session)
+    try:
+        value = job(session)
+        repo.write_deferred(session)
+        ok, value = _finish(session, (True, value))
+        session.commit()
+        return True, value
+    except Exception as exc:  # noqa: BLE001 - handed to the job's caller
+        session.rollback()
+        return False, exc
+    finally:
+        session.close()
+
+
+def run_batch(jobs: list[Job]) -> list[tuple[bool, Any]]:
+    """Run `jobs` in one transaction; (True, answer) or (False, exception) for each."""
+    with pipelined():
+        session = get_sessionmaker()()
+        repo.defer_inserts(session)
+        try:
+            try:
+                outcomes = [_attempt(session, job) for job in jobs]
+                try:
+                    repo.write_deferred(session)
+                    outcomes = [_finish(session, outcome) for outcome in outcomes]
+                except Exception as exc:
+                    raise _Unsafe from exc
+            except _Unsafe as unsafe:
+                session.rollback()
+                if len(jobs) == 1:
+                    return [(False, unsafe.__cause__)]
+                return [_alone(job) for job in jobs]
+            try:
+                session.commit()
+            except Exception as exc:  # noqa: BLE001 - every job of the batch gets it
+                session.rollback()
+                return [(False, exc)] * len(jobs)
+            return outcomes
+        finally:
+            session.close()
+
+
+class GroupCommit:
+    """One process's submit queue and the thread that commits it batch by batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_batch: int = MAX_BATCH) -> None:
+        self.loop, self.max_batch = loop, max_batch
+        self.queue: list[_Queued[Any]] = []
+        self.drainer: asyncio.Task[None] | None = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="group-commit")
+        weakref.finalize(loop, self.executor.shutdown, wait=False)
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        """Run `work(session)` in the next batch; its answer once the batch has committed."""
+        queued = _Queued(functools.partial(contextvars.copy_context().run, work), self.loop.create_future())
+        self.queue.append(queued)
+        if self.drainer is None:
+            self.drainer = self.loop.create_task(self._drain())
+        return await queued.future
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
+                # A client that hung up before its submit began gets nothing, so nothing is made.
+                batch = [queued for queued in batch if not queued.future.done()]
+                if not batch:
+                    continue
+                try:
+                    outcomes = await self.loop.run_in_executor(
+                        self.executor, run_batch, [queued.job for queued in batch])
+                except BaseException as exc:
+                    for queued in batch:
+                        if not queued.future.done():
+                            queued.future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                    raise
+                for queued, (ok, value) in zip(batch, outcomes, strict=True):
+                    if queued.future.done():
+                        continue
+                    if ok:
+                        queued.future.set_result(value)
+                    else:
+                        queued.future.set_exception(value)
+        finally:
+            self.drainer = None
+
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
+
+
+async def run(work: Callable[[Session], T]) -> T:
+    """Run `work(session)` in this process's next group commit."""
+    loop = asyncio.get_running_loop()
+    group = _by_loop.get(loop)
+    if group is None:
+        group = _by_loop[loop] = GroupCommit(loop)
+    return await group.run(work)
