@@ -13,7 +13,8 @@ Modes:
 
 `attention="fp8"` (fast and turbo) runs FLUX and Wan attention through our fp8 e4m3
 kernel (kernels/attention_fp8.py, SageAttention-style scales) via the sequence-major
-processors of engine/optimization/sdpa.py, on this instance only.
+processors of engine/optimization/sdpa.py, on this instance only; attention over fewer
+than `attention_fp8_min_kv` keys (default 2048: Wan's text cross attention) stays bf16.
 
 `context_parallel=N` (exact and fast) splits the sequence over N ranks of an initialised
 torch.distributed group, Ulysses-style, through diffusers' `enable_parallelism`
@@ -160,6 +161,7 @@ def optimize(
     attention: str = "auto",
     attention_op: bool = False,
     attention_seq_len: int = 4608,
+    attention_fp8_min_kv: int | None = None,
     fuse_qkv: bool = True,
     fp8_backend: str | None = None,
     kernels: tuple[str, ...] | None = None,
@@ -250,9 +252,17 @@ def optimize(
             backend = context_parallel_backend(backend, probe)
         routed = 0
         if fp8_attention:
-            from engine.optimization.sdpa import FP8_BACKEND, use_sdpa_processors
+            from engine.optimization.sdpa import (
+                FP8_BACKEND,
+                FP8_MIN_KV_TOKENS,
+                use_sdpa_processors,
+            )
 
-            routed = use_sdpa_processors(model, FP8_BACKEND)
+            routed = use_sdpa_processors(
+                model,
+                FP8_BACKEND,
+                FP8_MIN_KV_TOKENS if attention_fp8_min_kv is None else attention_fp8_min_kv,
+            )
             if routed:
                 report.attention_backend = f"sdpa_bshd:{FP8_BACKEND}"
             else:

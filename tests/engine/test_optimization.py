@@ -351,7 +351,8 @@ def test_fp8_attention_matches_eager(build):
         model = build_wan_transformer("tiny", seed=0)
         inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
     ref = _run(model, inputs)
-    optimize(model, "fast", attention="fp8", **AOT)
+    # Every attention in fp8, however short its keys (the default keeps short ones bf16).
+    optimize(model, "fast", attention="fp8", attention_fp8_min_kv=0, **AOT)
     assert report_of(model).attention_backend == "sdpa_bshd:fp8"
     _close(_run(model, inputs), ref, FAST)
 
@@ -372,7 +373,14 @@ def test_fp8_attention_under_cuda_graphs_on_gpu(tmp_path):
     model = build_flux_transformer("tiny", device="cuda", dtype=torch.bfloat16, seed=0)
     inputs = flux_transformer_inputs(model, height=128, width=128, text_len=32)
     ref = _run(model, inputs)
-    optimize(model, "fast", attention="fp8", cuda_graphs="always", cache_dir=tmp_path)
+    optimize(
+        model,
+        "fast",
+        attention="fp8",
+        attention_fp8_min_kv=0,
+        cuda_graphs="always",
+        cache_dir=tmp_path,
+    )
     _run(model, inputs)
     report = report_of(model).to_dict()
     assert report["attention_backend"] == "sdpa_bshd:fp8"

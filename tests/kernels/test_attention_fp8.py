@@ -55,9 +55,12 @@ def test_quantize_matches_reference(shape, device):
     for name in ("q8", "k8", "v8"):
         g, r = getattr(got, name).cpu().float(), getattr(ref, name).float()
         assert g.shape == r.shape, name
-        # The mean of K is summed in another order: a rare code one e4m3 step apart.
+        # The mean of K is summed in another order and the GPU divides by its own rounding:
+        # a few codes land one e4m3 step (2**-3 relative, 2**-9 below 2**-6) apart.
         off = (g != r).float().mean().item()
-        assert off < 1e-3, f"{name}: {off:.2%} of codes differ"
+        assert off < 1e-2, f"{name}: {off:.2%} of codes differ"
+        step = torch.maximum(g.abs(), r.abs()) * 2**-3 + 2**-9
+        assert ((g - r).abs() <= step).all(), name
     # Padding past the sequence is zeros, so the kernel reads whole tiles unmasked.
     nk = -(-skv // KV_BLOCK) * KV_BLOCK
     if nk > skv:
