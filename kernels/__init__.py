@@ -9,6 +9,7 @@ or TRITON_INTERPRET=1 set before Triton's import), and the torch reference other
 # _utils goes first: it decides on Triton's interpreter before any module imports Triton.
 from kernels import _utils  # noqa: F401  isort: skip
 from kernels.adaln_norm import adaln_layernorm, adaln_layernorm_reference
+from kernels.attention_fp8 import attention_fp8, attention_fp8_reference, quantize_qkv_fp8
 from kernels.fp8 import (
     fp8_linear,
     fp8_linear_reference,
@@ -41,6 +42,8 @@ __all__ = [
     "adaln_layernorm_reference",
     "apply_rope",
     "apply_rope_reference",
+    "attention_fp8",
+    "attention_fp8_reference",
     "fp8_linear",
     "fp8_linear_reference",
     "gated_residual",
@@ -57,6 +60,7 @@ __all__ = [
     "qk_rmsnorm_rope_reference",
     "quantize_fp8_rowwise",
     "quantize_fp8_rowwise_reference",
+    "quantize_qkv_fp8",
     "quantize_weight_fp8_rowwise",
     "rmsnorm_reference",
 ]
