@@ -66,8 +66,8 @@ def _key(session: Session, token: str) -> KeyInfo | None:
     return cached("key", key_digest(token), load)
 
 
-def authenticate(authorization: str | None, state: dict, session: Session, scope: str) -> Account:
-    """The account behind a key with `scope`, after taking a token from the key's rate limit."""
+def admit(authorization: str | None, session: Session, scope: str, state: dict) -> tuple[Account, limits.Charge]:
+    """The account behind a key with `scope`, and the rate-limit token the call costs."""
     token = bearer_token(authorization)
     if token is None:
         raise Unauthorized("an API key is required: Authorization: Key <key>")
@@ -81,8 +81,14 @@ def authenticate(authorization: str | None, state: dict, session: Session, scope
         raise Unauthorized("the API key's account no longer exists")
     lim = account_limits(session, account.id)
     factor = 1 if scope == "requests:write" else READ_FACTOR
-    limits.enforce(state, f"{'w' if factor == 1 else 'r'}:{key.id}",
-                   rate_per_s=lim.rate_per_s * factor, burst=lim.burst * factor)
+    return account, limits.Charge(state, f"{'w' if factor == 1 else 'r'}:{key.id}",
+                                  rate_per_s=lim.rate_per_s * factor, burst=lim.burst * factor)
+
+
+def authenticate(authorization: str | None, state: dict, session: Session, scope: str) -> Account:
+    """The account behind a key with `scope`, after taking a token from the key's rate limit."""
+    account, charge = admit(authorization, session, scope, state)
+    limits.enforce(charge)
     return account
 
 

@@ -18,7 +18,7 @@ from billing.models import Account
 from gateway import envelope as env
 from gateway import events, group_commit, service, sse
 from gateway import repository as repo
-from gateway.auth import API_KEY, account_reader, account_writer, authenticate
+from gateway.auth import API_KEY, account_reader, account_writer, admit, authenticate
 from gateway.models import FINAL_STATUSES, Request
 from gateway.openapi import problems
 from gateway.schemas import (
@@ -108,11 +108,14 @@ async def submit(
     state = request.scope.setdefault("state", {})
     wait_s = _prefer_wait(prefer)
 
-    def submit_in(session: Session) -> Response:
+    def who(session: Session) -> tuple[Account, Any]:
+        return admit(authorization, session, "requests:write", state)
+
+    def submit_in(session: Session, account: Account) -> Any:
         # Key, limit, checks and insert in this process's next group commit (one thread, one
-        # transaction and one COMMIT for the submits that arrive together); the answer is
-        # rendered before the commit and sent after it, the task once it has landed.
-        account = authenticate(authorization, state, session, "requests:write")
+        # transaction and one COMMIT for the submits that arrive together, their rate-limit
+        # tokens taken in one round trip); the answer is rendered after the batch's rows are
+        # written, before the commit, and sent after it, the task once it has landed.
         done = service.submit(
             session, account, owner=owner, model_slug=model, input=body.input,
             webhook=str(body.webhook) if body.webhook else None, webhook_events=body.webhook_events,
@@ -128,7 +131,7 @@ async def submit(
 
         return group_commit.AfterWrites(render)
 
-    return await group_commit.run(submit_in)
+    return await group_commit.run(group_commit.Admitted(who, submit_in))
 
 
 @router.get("/requests/{request_id}", response_model=Envelope, responses=problems(404))

@@ -25,10 +25,11 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from gateway import limits
 from gateway import repository as repo
 from kit.db import get_sessionmaker
 from kit.errors import AppError
@@ -38,7 +39,17 @@ T = TypeVar("T")
 MAX_BATCH = 256
 
 
-Job = Callable[[Session], Any]
+@dataclass(frozen=True)
+class Admitted:
+    """A job in two steps. `admit(session)` says who is asking and which rate-limit token the
+    call costs; it runs for every job of the batch first, so the batch takes its tokens in one
+    Redis round trip. `work(session, who)` then runs for each job let through."""
+
+    admit: Callable[[Session], tuple[Any, limits.Charge]]
+    work: Callable[[Session, Any], Any]
+
+
+Job = Callable[[Session], Any] | Admitted
 
 
 @dataclass(frozen=True)
@@ -51,9 +62,9 @@ class AfterWrites:
 
 
 @dataclass
-class _Queued(Generic[T]):
-    job: Callable[[Session], T]  # runs in its request's context (trace, etc.)
-    future: asyncio.Future[T]
+class _Queued:
+    job: Job
+    future: asyncio.Future[Any]
 
 
 class _Unsafe(Exception):
@@ -64,7 +75,7 @@ def _left_behind(session: Session) -> tuple[int, int]:
     return len(session.info.get("after_commit", ())), len(session.info.get("deferred_requests") or ())
 
 
-def _attempt(session: Session, job: Job) -> tuple[bool, Any]:
+def _attempt(session: Session, job: Callable[[Session], Any]) -> tuple[bool, Any]:
     before = _left_behind(session)
     try:
         return True, job(session)
@@ -78,6 +89,35 @@ def _attempt(session: Session, job: Job) -> tuple[bool, Any]:
         raise _Unsafe from exc
 
 
+def _admit(session: Session, jobs: list[Job]) -> list[Callable[[Session], Any] | tuple[bool, Any]]:
+    """Each job ready to run, or its outcome when it is not let through (401, 403, 429)."""
+    firsts = [_attempt(session, job.admit) if isinstance(job, Admitted) else None for job in jobs]
+    verdicts = iter(limits.take_many([first[1][1] for first in firsts if first is not None and first[0]]))
+    ready: list[Callable[[Session], Any] | tuple[bool, Any]] = []
+    for job, first in zip(jobs, firsts, strict=True):
+        if not isinstance(job, Admitted) or first is None:
+            ready.append(job)  # type: ignore[arg-type]
+        elif not first[0]:
+            ready.append(first)
+        else:
+            who, charge = first[1]
+            try:
+                limits.settle(charge, next(verdicts))
+            except AppError as exc:
+                ready.append((False, exc))
+                continue
+            ready.append(functools.partial(_work, job.work, who))
+    return ready
+
+
+def _work(work: Callable[[Session, Any], Any], who: Any, session: Session) -> Any:
+    return work(session, who)
+
+
+def _run(session: Session, ready: Callable[[Session], Any] | tuple[bool, Any]) -> tuple[bool, Any]:
+    return ready if isinstance(ready, tuple) else _attempt(session, ready)
+
+
 def _finish(session: Session, outcome: tuple[bool, Any]) -> tuple[bool, Any]:
     ok, value = outcome
     return (True, value.render()) if ok and isinstance(value, AfterWrites) else outcome
@@ -87,11 +127,17 @@ def _alone(job: Job) -> tuple[bool, Any]:
     session = get_sessionmaker()()
     repo.defer_inserts(session)
     try:
-        value = job(session)
+        ready = _admit(session, [job])[0]
+        if isinstance(ready, tuple):
+            return ready
+        value = ready(session)
         repo.write_deferred(session)
         ok, value = _finish(session, (True, value))
         session.commit()
         return True, value
+    except _Unsafe as unsafe:
+        session.rollback()
+        return False, unsafe.__cause__
     except Exception as exc:  # noqa: BLE001 - handed to the job's caller
         session.rollback()
         return False, exc
@@ -106,7 +152,7 @@ def run_batch(jobs: list[Job]) -> list[tuple[bool, Any]]:
         repo.defer_inserts(session)
         try:
             try:
-                outcomes = [_attempt(session, job) for job in jobs]
+                outcomes = [_run(session, ready) for ready in _admit(session, jobs)]
                 try:
                     repo.write_deferred(session)
                     outcomes = [_finish(session, outcome) for outcome in outcomes]
@@ -132,14 +178,17 @@ class GroupCommit:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_batch: int = MAX_BATCH) -> None:
         self.loop, self.max_batch = loop, max_batch
-        self.queue: list[_Queued[Any]] = []
+        self.queue: list[_Queued] = []
         self.drainer: asyncio.Task[None] | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="group-commit")
         weakref.finalize(loop, self.executor.shutdown, wait=False)
 
-    async def run(self, work: Callable[[Session], T]) -> T:
-        """Run `work(session)` in the next batch; its answer once the batch has committed."""
-        queued = _Queued(functools.partial(contextvars.copy_context().run, work), self.loop.create_future())
+    async def run(self, job: Job) -> Any:
+        """Run the job in the next batch; its answer once the batch has committed."""
+        run_in = contextvars.copy_context().run  # the request's context: its trace, etc.
+        bound: Job = (Admitted(functools.partial(run_in, job.admit), functools.partial(run_in, job.work))
+                      if isinstance(job, Admitted) else functools.partial(run_in, job))
+        queued = _Queued(bound, self.loop.create_future())
         self.queue.append(queued)
         if self.drainer is None:
             self.drainer = self.loop.create_task(self._drain())
@@ -175,10 +224,10 @@ class GroupCommit:
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
 
 
-async def run(work: Callable[[Session], T]) -> T:
-    """Run `work(session)` in this process's next group commit."""
+async def run(job: Job) -> Any:
+    """Run the job (`job(session)`, or an `Admitted` pair) in this process's next group commit."""
     loop = asyncio.get_running_loop()
     group = _by_loop.get(loop)
     if group is None:
         group = _by_loop[loop] = GroupCommit(loop)
-    return await group.run(work)
+    return await group.run(job)

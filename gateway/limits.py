@@ -85,35 +85,66 @@ PAUSE_AFTER_FAILURE_S = 2.0
 _paused_until = 0.0
 
 
-def take(bucket: str, *, rate_per_s: float, burst: int, cost: int = 1) -> Verdict | None:
-    """Take `cost` tokens from a bucket; None when there is no limit to apply (no Redis
-    configured, or Redis away)."""
+@dataclass(frozen=True)
+class Charge:
+    """One token to take from a key's bucket; the answer's headers go into `state`."""
+
+    state: dict
+    bucket: str
+    rate_per_s: float
+    burst: int
+
+
+def take(charge: Charge) -> Verdict | None:
+    """Take the charge's token; None when there is no limit to apply (no Redis configured,
+    or Redis away)."""
+    return take_many([charge])[0]
+
+
+def take_many(charges: list[Charge]) -> list[Verdict | None]:
+    """Take each charge's token, in one round trip for all of them."""
     global _paused_until
-    if not get_settings().redis_url or time.monotonic() < _paused_until:
-        return None
+    if not charges or not get_settings().redis_url or time.monotonic() < _paused_until:
+        return [None] * len(charges)
+    script = _script()
     try:
-        allowed, tokens, retry_ms = _script()(keys=[f"mediagate:rl:{bucket}"], args=[rate_per_s, burst, cost])
+        if len(charges) == 1:
+            c = charges[0]
+            replies = [script(keys=[f"mediagate:rl:{c.bucket}"], args=[c.rate_per_s, c.burst, 1])]
+        else:
+            pipe = script.registered_client.pipeline(transaction=False)
+            for c in charges:
+                script(keys=[f"mediagate:rl:{c.bucket}"], args=[c.rate_per_s, c.burst, 1], client=pipe)
+            replies = pipe.execute()
     except Exception:  # noqa: BLE001 - a Redis outage must not take the API down with it
         _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
         log.warning("rate limiter unavailable; letting requests through for %g s", PAUSE_AFTER_FAILURE_S,
                     exc_info=True)
-        return None
+        return [None] * len(charges)
+    return [_verdict(c, *reply) for c, reply in zip(charges, replies, strict=True)]
+
+
+def _verdict(c: Charge, allowed: int, tokens: bytes | str, retry_ms: int) -> Verdict:
     left = float(tokens)
-    return Verdict(allowed=bool(allowed), limit=burst, remaining=max(0, math.floor(left)),
-                   reset_s=math.ceil(max(0.0, burst - left) / rate_per_s),
+    return Verdict(allowed=bool(allowed), limit=c.burst, remaining=max(0, math.floor(left)),
+                   reset_s=math.ceil(max(0.0, c.burst - left) / c.rate_per_s),
                    retry_after_s=max(1, math.ceil(int(retry_ms) / 1000)),
-                   window_s=max(1, math.ceil(burst / rate_per_s)))
+                   window_s=max(1, math.ceil(c.burst / c.rate_per_s)))
 
 
-def enforce(state: dict, bucket: str, *, rate_per_s: float, burst: int) -> None:
-    """Take a token or raise 429; the headers go on the answer either way (see `CustomerEdges`)."""
-    verdict = take(bucket, rate_per_s=rate_per_s, burst=burst)
+def settle(charge: Charge, verdict: Verdict | None) -> None:
+    """Put the verdict's headers on the answer (see `CustomerEdges`); 429 when refused."""
     if verdict is None:
         return
-    state["ratelimit_headers"] = verdict.headers()
+    charge.state["ratelimit_headers"] = verdict.headers()
     if not verdict.allowed:
-        raise RateLimited(f"rate limit of {burst} requests (refilling {rate_per_s:g}/s) reached; "
+        raise RateLimited(f"rate limit of {charge.burst} requests (refilling {charge.rate_per_s:g}/s) reached; "
                           f"retry in {verdict.retry_after_s} s", headers=verdict.headers())
+
+
+def enforce(charge: Charge) -> None:
+    """Take the charge's token or raise 429."""
+    settle(charge, take(charge))
 
 
 # Customer API paths whose bodies are small JSON; partner uploads have limits of their own.

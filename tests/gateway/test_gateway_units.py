@@ -57,13 +57,20 @@ def test_event_names_normalise_and_unknown_ones_are_refused() -> None:
 
 
 def test_token_bucket_refuses_past_the_burst_and_says_when(redis_client) -> None:  # type: ignore[no-untyped-def]
-    verdicts = [limits.take("t:1", rate_per_s=0.5, burst=3) for _ in range(5)]
+    def charge(bucket: str) -> limits.Charge:
+        return limits.Charge({}, bucket, rate_per_s=0.5, burst=3)
+
+    verdicts = [limits.take(charge("t:1")) for _ in range(5)]
     assert [v.allowed for v in verdicts] == [True, True, True, False, False]
     assert [v.remaining for v in verdicts[:3]] == [2, 1, 0]
     refused = verdicts[3]
     assert refused.retry_after_s == 2 and refused.headers()["Retry-After"] == "2"
     assert refused.headers()["RateLimit-Policy"] == "3;w=6"
-    assert limits.take("t:2", rate_per_s=0.5, burst=3).allowed  # buckets are per key
+    assert limits.take(charge("t:2")).allowed  # buckets are per key
+    # Many charges in one round trip take tokens in order, bucket by bucket.
+    batch = limits.take_many([charge("t:3"), charge("t:4"), charge("t:3"), charge("t:3"), charge("t:3")])
+    assert [v.allowed for v in batch] == [True, True, True, True, False]
+    assert [v.remaining for v in batch] == [2, 2, 1, 0, 0]
 
 
 def test_sse_frames_round_trip_through_the_client_parser() -> None:

@@ -212,3 +212,27 @@ def test_plain_submits_of_a_batch_are_one_insert_with_the_positions_a_read_gives
     with session_scope() as s:
         for request_id, position in positions:
             assert position == repo.queue_position(s, s.get(Request, request_id))
+
+
+def test_a_batch_takes_its_rate_limit_tokens_together_and_a_refusal_writes_nothing(
+        probe: None, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from gateway import limits
+    from kit.errors import RateLimited
+
+    states: list[dict] = [{} for _ in range(3)]
+
+    def admitted(i: int) -> group_commit.Admitted:
+        def admit(s: Session) -> tuple[str, limits.Charge]:
+            return f"caller-{i}", limits.Charge(states[i], "w:probe-key", rate_per_s=0.01, burst=2)
+
+        def work(s: Session, who: str) -> str:
+            return _insert(f"{who}")(s)
+
+        return group_commit.Admitted(admit, work)
+
+    outcomes = group_commit.run_batch([admitted(0), admitted(1), admitted(2)])
+    assert outcomes[:2] == [(True, "caller-0"), (True, "caller-1")]
+    assert outcomes[2][0] is False and isinstance(outcomes[2][1], RateLimited)
+    assert _stored() == ["caller-0", "caller-1"]
+    assert [s["ratelimit_headers"]["RateLimit-Remaining"] for s in states] == ["1", "0", "0"]
+    assert "Retry-After" in states[2]["ratelimit_headers"]
