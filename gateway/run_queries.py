@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, true
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.models import Request
@@ -29,16 +29,19 @@ class ClaimRow:
 
 def request_to_claim(session: Session, request_id: str) -> ClaimRow | None:
     """The request under a row lock, with its deployment, version and model in the session."""
-    record = (select(ModerationRecord.request_options, ModerationRecord.minor_signal)
-              .where(ModerationRecord.request_id == Request.id, ModerationRecord.stage == "input")
-              .order_by(ModerationRecord.created_at.desc(), ModerationRecord.id.desc())
-              .limit(1).lateral("input_record"))
+    def recorded(column: Any) -> Any:
+        # A correlated subquery rather than a LATERAL join, which SQLite lacks.
+        return (select(column)
+                .where(ModerationRecord.request_id == Request.id, ModerationRecord.stage == "input")
+                .order_by(ModerationRecord.created_at.desc(), ModerationRecord.id.desc())
+                .limit(1).scalar_subquery())
+
     row = session.execute(
-        select(Request, Deployment, ModelVersion, Model, record.c.request_options, record.c.minor_signal)
+        select(Request, Deployment, ModelVersion, Model, recorded(ModerationRecord.request_options),
+               recorded(ModerationRecord.minor_signal))
         .join(Deployment, Deployment.id == Request.deployment_id)
         .join(ModelVersion, ModelVersion.id == Deployment.version_id)
         .join(Model, Model.id == Deployment.model_id)
-        .outerjoin(record, true())
         .where(Request.id == request_id)
         .with_for_update(of=Request)
     ).first()

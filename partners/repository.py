@@ -375,10 +375,16 @@ def expired_uploads(session: Session, now: dt.datetime, *, limit: int = 100) -> 
 # -- orphans (housekeeping) -------------------------------------------------------------------
 
 # A blob is wanted while any version of its partner names it in its package.
-_NAMED_BY_NO_VERSION = text("""NOT EXISTS (
-    SELECT 1 FROM model_versions v JOIN models m ON m.id = v.model_id,
-           json_array_elements(CAST(v.package AS json) -> 'blobs') AS b
-    WHERE m.partner_id = artifact_blobs.partner_id AND b ->> 'digest' = artifact_blobs.digest)""")
+_NAMED_BY_NO_VERSION = {
+    "postgresql": text("""NOT EXISTS (
+        SELECT 1 FROM model_versions v JOIN models m ON m.id = v.model_id,
+               json_array_elements(CAST(v.package AS json) -> 'blobs') AS b
+        WHERE m.partner_id = artifact_blobs.partner_id AND b ->> 'digest' = artifact_blobs.digest)"""),
+    "sqlite": text("""NOT EXISTS (
+        SELECT 1 FROM model_versions v JOIN models m ON m.id = v.model_id, json_each(v.package, '$.blobs') AS b
+        WHERE m.partner_id = artifact_blobs.partner_id
+          AND json_extract(b.value, '$.digest') = artifact_blobs.digest)"""),
+}
 
 
 def orphan_blobs(session: Session, *, created_before: dt.datetime, limit: int) -> list[ArtifactBlob]:
@@ -387,7 +393,8 @@ def orphan_blobs(session: Session, *, created_before: dt.datetime, limit: int) -
     audited = select(ArtifactAccess.id).where(ArtifactAccess.blob_id == ArtifactBlob.id).exists()
     return list(session.scalars(
         select(ArtifactBlob)
-        .where(ArtifactBlob.created_at < created_before, ~audited, _NAMED_BY_NO_VERSION)
+        .where(ArtifactBlob.created_at < created_before, ~audited,
+               _NAMED_BY_NO_VERSION[session.get_bind().dialect.name])
         .order_by(ArtifactBlob.created_at).limit(limit)
         .with_for_update(skip_locked=True)
     ))

@@ -59,6 +59,8 @@ def test_up_serves_the_demo_on_sqlite_and_the_embedded_broker(tmp_path: Path) ->
         (row,) = json.loads(report.stdout)["rows"]
         assert row["model"] == "procedural-art" and row["gross_micros"] == 3_000
         assert row["platform_micros"] == 3_000  # open license: the platform keeps the price
+        # Every housekeeping round ran clean on SQLite (no PostgreSQL-only SQL on its path).
+        assert "housekeeping round failed" not in (tmp_path / "up.log").read_text()
     finally:
         os.killpg(up.pid, signal.SIGINT)
         try:
