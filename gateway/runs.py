@@ -173,14 +173,16 @@ def retry_or_fail(session: Session, req: Request, *, reason: str, delay_s: float
     lifecycle.announce(session, req)
 
 
-def _holds(req: Request | None, claimed: Claim) -> bool:
-    """Whether this attempt still owns the request (nobody took it over, nobody finished it)."""
-    if req is None or req.status != "running" or req.attempts != claimed.attempt or req.lease_owner != claimed.owner:
-        if req is not None and req.status not in FINAL_STATUSES:
+def _take_back(session: Session, claimed: Claim) -> Request | None:
+    """The request, locked, with its lease ended, while this attempt still owns it (nobody took
+    it over, nobody finished it); None otherwise."""
+    req = run_queries.request_to_finish(session, claimed.request_id, attempt=claimed.attempt, owner=claimed.owner)
+    if req is None:
+        now = session.get(Request, claimed.request_id)
+        if now is not None and now.status not in FINAL_STATUSES:
             log.warning("request %s attempt %d lost its lease; its outcome is dropped",
                         claimed.request_id, claimed.attempt)
-        return False
-    return True
+    return req
 
 
 def claim(session: Session, request_id: str, *, owner: str) -> Claim | None:
@@ -227,36 +229,100 @@ def _under_concurrency_limit(session: Session, req: Request) -> bool:
     return repo.running_count(session, req.account_id) < account_limits(session, req.account_id).max_concurrency
 
 
-def _cancel_requested(request_id: str) -> bool:
-    with session_scope() as session:
-        req = session.get(Request, request_id)
-        return req is not None and req.cancel_requested
+class CancelWatcher:
+    """One thread per process that watches every request the process runs for a cancel.
 
+    The `cancel` event in a request's stream arrives at once, for all watched requests in one
+    blocking XREAD; the database (the truth) is asked every few seconds, for all of them in
+    one query, in case an event was lost, and is the only source without Redis. A request
+    that starts while the read waits joins the next one, which reads its stream from the
+    start: a cancel sent in between is not missed, only seen up to `CANCEL_POLL_S` later.
+    """
 
-def _watch_cancel(request_id: str, replica: Any, stop: threading.Event) -> None:
-    # The `cancel` event in the request's stream arrives at once; the database (the truth)
-    # is looked at every few seconds in case that event was lost.
-    if not get_settings().redis_url:
-        while not stop.wait(CANCEL_POLL_S):
-            if _cancel_requested(request_id):
-                replica.cancel(request_id)
-                return
-        return
-    after, last_db_check = "0", time.monotonic()
-    while not stop.is_set():
+    def __init__(self) -> None:
+        self._watched: dict[str, tuple[Any, str]] = {}  # request id → (its replica, last event id)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, request_id: str, replica: Any) -> None:
+        """Cancel `replica`'s run of this request when the customer asks to."""
+        with self._lock:
+            self._watched[request_id] = (replica, "0")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="mediagate-cancels", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def unwatch(self, request_id: str) -> None:
+        with self._lock:
+            self._watched.pop(request_id, None)
+
+    def _loop(self) -> None:
+        last_db_check = time.monotonic()
+        while True:
+            self._wake.wait()
+            with self._lock:
+                watched = {rid: after for rid, (_, after) in self._watched.items()}
+                if not watched:
+                    self._wake.clear()
+                    continue
+            try:
+                signaled = self._read_events(watched) if get_settings().redis_url else set()
+                if not get_settings().redis_url:
+                    time.sleep(CANCEL_POLL_S)
+                if not get_settings().redis_url or time.monotonic() - last_db_check > CANCEL_DB_CHECK_S:
+                    last_db_check = time.monotonic()
+                    with session_scope() as session:
+                        signaled |= run_queries.cancel_requested_among(session, sorted(watched))
+            except Exception:  # noqa: BLE001 - the database is away: the next round asks again
+                log.warning("cancels could not be checked", exc_info=True)
+                time.sleep(CANCEL_POLL_S)
+                continue
+            for request_id in signaled:
+                with self._lock:
+                    replica = self._watched.pop(request_id, (None, ""))[0]
+                if replica is not None:
+                    replica.cancel(request_id)
+
+    def _read_events(self, watched: dict[str, str]) -> set[str]:
         try:
-            got = events.read_sync(request_id, after, block_ms=int(CANCEL_POLL_S * 1000))
-        except Exception:  # noqa: BLE001 - Redis away: the database check below still runs
-            got = []
-            stop.wait(CANCEL_POLL_S)
-        if got:
-            after = got[-1][0]
-        signaled = any(kind == "cancel" for _, kind, _ in got)
-        if not signaled and time.monotonic() - last_db_check > CANCEL_DB_CHECK_S:
-            last_db_check, signaled = time.monotonic(), _cancel_requested(request_id)
-        if signaled and not stop.is_set():
-            replica.cancel(request_id)
-            return
+            reply = _cancel_redis().xread({events.stream_key(rid): after for rid, after in watched.items()},
+                                          count=200, block=int(CANCEL_POLL_S * 1000))
+        except events.REDIS_AWAY:  # the database check still runs
+            time.sleep(CANCEL_POLL_S)
+            return set()
+        signaled = set()
+        prefix = len(events.stream_key(""))
+        for key, entries in reply or []:
+            request_id = (key.decode() if isinstance(key, bytes) else key)[prefix:]
+            got = events.decode(entries)
+            with self._lock:
+                if request_id in self._watched:
+                    self._watched[request_id] = (self._watched[request_id][0], got[-1][0])
+            if any(kind == "cancel" for _, kind, _ in got):
+                signaled.add(request_id)
+        return signaled
+
+
+@functools.cache
+def _cancel_redis() -> Any:
+    import redis
+
+    # Its own connection: the blocking read would otherwise hold one of the publishers'.
+    return redis.Redis.from_url(get_settings().redis_url, socket_timeout=events.SOCKET_TIMEOUT_S,
+                                socket_connect_timeout=events.CONNECT_TIMEOUT_S)
+
+
+_watchers: dict[int, CancelWatcher] = {}
+
+
+def cancel_watcher() -> CancelWatcher:
+    """This process's cancel watcher (a forked child gets its own)."""
+    watcher = _watchers.get(os.getpid())
+    if watcher is None:
+        watcher = _watchers[os.getpid()] = CancelWatcher()
+    return watcher
 
 
 # Where the cap is an address-space limit (no cgroup v2 memory controller), the model sees
@@ -301,9 +367,8 @@ def _run(claimed: Claim, running: dict[str, Any]) -> None:
         return
     running["replica"] = replica
     output_dir = Path(tempfile.mkdtemp(prefix=f"{request_id}-", dir=_outputs_root()))
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_cancel, args=(request_id, replica, stop), daemon=True)
-    watcher.start()
+    watcher = cancel_watcher()
+    watcher.watch(request_id, replica)
     broken = False
 
     def forward(event: dict[str, Any]) -> None:
@@ -329,7 +394,7 @@ def _run(claimed: Claim, running: dict[str, Any]) -> None:
         return
     finally:
         running.pop("replica", None)
-        stop.set()
+        watcher.unwatch(request_id)
         pool.release(replica, broken=broken)
     run_ms = int((time.perf_counter() - started) * 1000)
     try:
@@ -344,23 +409,21 @@ def _run(claimed: Claim, running: dict[str, Any]) -> None:
 
 def _retry(claimed: Claim, message: str) -> None:
     with session_scope() as session:
-        req = repo.request_for_update(session, claimed.request_id)
-        if not _holds(req, claimed):
+        req = _take_back(session, claimed)
+        if req is None:
             return
-        assert req is not None
         retry_or_fail(session, req, reason=message, delay_s=get_gateway_settings().retry_delay_s)
 
 
 def _fail(claimed: Claim, message: str) -> None:
     with session_scope() as session:
-        req = repo.request_for_update(session, claimed.request_id)
-        if not _holds(req, claimed):
+        req = _take_back(session, claimed)
+        if req is None:
             return
-        assert req is not None
         canceled = req.cancel_requested
         req.status = "canceled" if canceled else "failed"
         req.error = None if canceled else message[:4000]
-        req.completed_at, req.lease_expires_at = utcnow(), None
+        req.completed_at = utcnow()
         lifecycle.announce(session, req)
 
 
@@ -393,12 +456,10 @@ def _has_files(value: Any) -> bool:
 
 def _succeed(claimed: Claim, result: dict[str, Any], output_dir: Path, run_ms: int) -> None:
     with session_scope() as session:
-        req = repo.request_for_update(session, claimed.request_id)
-        if not _holds(req, claimed):
+        req = _take_back(session, claimed)
+        if req is None:
             return
-        assert req is not None
         now = utcnow()
-        req.lease_expires_at = None
         if req.cancel_requested:
             req.status, req.completed_at = "canceled", now
             lifecycle.announce(session, req)
