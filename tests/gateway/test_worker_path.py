@@ -4,6 +4,8 @@ and nothing recorded by an attempt that no longer holds the request."""
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from billing import service as billing
 from billing.models import LedgerEntry, UsageRecord
-from gateway import runs, service
+from gateway import events, runs, service
 from gateway.models import Request
 from kit.db import get_engine, session_scope
 from kit.ids import new_id
@@ -79,8 +81,9 @@ def test_the_claim_reads_request_deployment_model_and_input_record_in_one_statem
         record.request_options, record.minor_signal = {"enable_safety_checker": False}, True
     with _statements() as seen:
         claimed = _claim(request_id)
-    reads = [s for s in seen if "model_versions" in s or "moderation_records" in s or "FROM deployments" in s]
-    assert len(reads) == 1 and "FOR UPDATE OF requests" in reads[0], reads
+    reads = [s for s in seen if "model_versions" in s or "moderation_records" in s or "FROM deployments" in s
+             or "FROM models" in s]
+    assert len(reads) == 1 and "FOR UPDATE OF requests" in reads[0], reads  # the replica spec reads none again
     assert claimed.partner_id.startswith("par_") and claimed.spec.deployment_id.startswith("dep_")
     assert claimed.input_options == {"enable_safety_checker": False} and claimed.minor_signal is True
     with session_scope() as s:
@@ -96,6 +99,10 @@ def test_a_success_is_charged_once_and_the_finish_reads_no_row_the_claim_had(
     with _statements() as seen:
         runs._succeed(claimed, result, tmp_path / "none", run_ms=3)
     assert not [s for s in seen if s.startswith("SELECT") and ("moderation_records" in s or "FROM models" in s)]
+    # The lease check is the WHERE of the UPDATE that takes the request back: no locking read.
+    on_requests = [s for s in seen if "requests" in s.split(" WHERE ")[0] and "usage_records" not in s]
+    assert on_requests[0].startswith("UPDATE requests SET lease_expires_at") and "RETURNING" in on_requests[0]
+    assert "lease_owner" in on_requests[0] and not [s for s in on_requests if s.startswith("SELECT")], on_requests
     runs._succeed(claimed, result, tmp_path / "none", run_ms=3)  # a second finish records nothing
     [usage] = _charges(request_id)
     with session_scope() as s:
@@ -131,3 +138,43 @@ def test_canceled_and_unchargeable_results_end_uncharged(committed: Engine, tmp_
         failed = s.get(Request, bad)
         assert failed.status == "failed" and failed.cost_micros == 0 and "could not be recorded" in failed.error
         assert s.scalar(select(func.count()).select_from(UsageRecord)) == 0
+
+
+class _Replica:
+    """Stands in for a replica: records the runs it was told to cancel."""
+
+    def __init__(self) -> None:
+        self.canceled: list[str] = []
+
+    def cancel(self, request_id: str) -> None:
+        self.canceled.append(request_id)
+
+
+def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_one_watcher_thread_serves_every_running_request(committed: Engine, redis_client, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel event reaches its request's replica and no other; a cancel recorded only in the
+    database (its event lost) is found by the watcher's periodic look."""
+    monkeypatch.setattr(runs, "CANCEL_DB_CHECK_S", 0.5)
+    watcher = runs.CancelWatcher()
+    ids = [_submitted(tmp_path) for _ in range(3)]
+    replicas = [_Replica() for _ in ids]
+    before = set(threading.enumerate())
+    for request_id, replica in zip(ids, replicas, strict=True):
+        watcher.watch(request_id, replica)
+    assert [t.name for t in set(threading.enumerate()) - before] == ["mediagate-cancels"]
+    events.publish(ids[0], "cancel", {})
+    _until(lambda: replicas[0].canceled == [ids[0]])
+    with session_scope() as s:  # no event: only the database knows
+        s.get(Request, ids[1]).cancel_requested = True
+    _until(lambda: replicas[1].canceled == [ids[1]])
+    watcher.unwatch(ids[2])
+    events.publish(ids[2], "cancel", {})  # finished already: nothing to stop
+    time.sleep(1.0)
+    assert replicas[2].canceled == [] and replicas[0].canceled == [ids[0]]
