@@ -4,7 +4,10 @@ Runs the real stack: PostgreSQL, Redis (broker and events), a Celery worker proc
 in a uvicorn process, and load from this process over HTTP. Prints a table, writes
 bench/results/gateway_overhead.json and a latency chart.
 
-    .venv/bin/python bench/gateway_overhead.py [--requests 500]
+    .venv/bin/python bench/gateway_overhead.py [--requests 500] [--profile worker.raw]
+
+It also reports the CPU each request costs the worker (its process and the sandboxed runner
+under it) and the benchmark database's PostgreSQL backends, from /proc, over the timed loop.
 """
 
 from __future__ import annotations
@@ -43,6 +46,42 @@ PHASES = (("submit → created", "sent", "created"), ("created → started", "cr
           ("started → completed", "started", "completed"), ("completed → answer", "completed", "answer"))
 
 
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        out.add(p)
+        try:
+            todo.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
+def cpu_snapshot(pids: set[int] | None = None, match: str | None = None) -> dict[int, float]:
+    """CPU seconds (user + system) so far of the given processes, or of those whose command
+    line contains `match`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or (pids is not None and int(proc.name) not in pids):
+            continue
+        try:
+            if match and match not in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
 def direct_runner(n: int) -> list[float]:
     """The floor: the same model in its sandbox, called over its socket with no gateway between."""
     from kit.db import session_scope
@@ -74,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--profile", help="record the worker with py-spy (--gil, raw) into this file")
     args = parser.parse_args()
     console = Console()
     import redis
@@ -107,6 +147,20 @@ def main() -> None:
             assert r.json()["status"] == "succeeded", r.text
         gateway_ms, queue_ms = [], []
         phases: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
+        worker = procs[0].pid
+
+        def cpu() -> dict[str, dict[int, float]]:
+            return {"worker + runner": cpu_snapshot(_descendants(worker)),
+                    "PostgreSQL (bench database)": cpu_snapshot(match="mediagate_bench"),
+                    "API": cpu_snapshot(_descendants(procs[1].pid))}
+
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "-f", "raw",
+                                    "-r", "200", "-o", args.profile, "-p", str(worker)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        cpu_before = cpu()
         for i in track(range(args.requests), description="submit → succeeded"):
             sent, t0 = time.time(), time.perf_counter()
             body = client.post("/v1/models/bench/noop/requests", json={"input": {"value": i}}).json()
@@ -118,6 +172,11 @@ def main() -> None:
                                                           for k in ("created", "started", "completed")}}
             for name, a, b in PHASES:
                 phases[name].append((stamps[b] - stamps[a]) * 1000)
+        cpu_after = cpu()
+        cpu_ms = {name: cpu_used(cpu_before[name], cpu_after[name]) * 1000 / args.requests for name in cpu_after}
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
     finally:
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
@@ -139,6 +198,7 @@ def main() -> None:
     for name, stats in phase.items():
         table.add_row(f"  {name}", *(f"{stats[k]:.2f}" for k in ("p50", "p90", "p99", "mean")))
     console.print(table)
+    console.print("CPU per request: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu_ms.items()))
     console.print(f"targets: overhead p50 ≤ 25 ms, p99 ≤ 100 ms → "
                   f"{'met' if overhead['p50'] <= 25 and overhead['p99'] <= 100 else 'missed'}")
     console.print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -146,6 +206,7 @@ def main() -> None:
         "date": dt.date.today().isoformat(), "machine": machine(), "requests": args.requests,
         "load_average": os.getloadavg()[0],
         "gateway_ms": g, "direct_ms": d, "overhead_ms": overhead, "queue_ms": queue, "phases_ms": phase,
+        "cpu_ms_per_request": cpu_ms,
     })
     try:
         import matplotlib
