@@ -3,9 +3,9 @@
 Each API process runs its submits on one thread, a batch at a time: while a batch is in the
 database, the submits that arrive meanwhile queue up and become the next batch. A batch is
 one session (one connection checkout, one COMMIT) and one Redis pipeline per client for what
-follows the commit (task messages, `queued` events), instead of one of each per submit; under
-load that is most of a submit's cost, and when idle a batch is a single submit, so latency
-does not wait for a batch to fill.
+follows the commit (task messages, `queued` events; sent once the answers are out), instead
+of one of each per submit; under load that is most of a submit's cost, and when idle a batch
+is a single submit, so latency does not wait for a batch to fill.
 
 A job is a function of the session that returns the answer or raises. An `AppError` (the
 client's fault: bad key, 404, 422, 429...) must be raised before the job writes anything, so
@@ -33,7 +33,7 @@ from gateway import limits
 from gateway import repository as repo
 from kit.db import get_sessionmaker
 from kit.errors import AppError
-from kit.pipelined import pipelined
+from kit.pipelined import Pipelines, collecting
 
 T = TypeVar("T")
 MAX_BATCH = 256
@@ -147,7 +147,15 @@ def _alone(job: Job) -> tuple[bool, Any]:
 
 def run_batch(jobs: list[Job]) -> list[tuple[bool, Any]]:
     """Run `jobs` in one transaction; (True, answer) or (False, exception) for each."""
-    with pipelined():
+    outcomes, writes = run_batch_holding_writes(jobs)
+    writes.flush()
+    return outcomes
+
+
+def run_batch_holding_writes(jobs: list[Job]) -> tuple[list[tuple[bool, Any]], Pipelines]:
+    """As `run_batch`, handing back the Redis writes that follow the commit unsent: the
+    answers can go out first (the rows are committed; the writes are best effort)."""
+    with collecting() as writes:
         session = get_sessionmaker()()
         repo.defer_inserts(session)
         try:
@@ -161,14 +169,14 @@ def run_batch(jobs: list[Job]) -> list[tuple[bool, Any]]:
             except _Unsafe as unsafe:
                 session.rollback()
                 if len(jobs) == 1:
-                    return [(False, unsafe.__cause__)]
-                return [_alone(job) for job in jobs]
+                    return [(False, unsafe.__cause__)], writes
+                return [_alone(job) for job in jobs], writes
             try:
                 session.commit()
             except Exception as exc:  # noqa: BLE001 - every job of the batch gets it
                 session.rollback()
-                return [(False, exc)] * len(jobs)
-            return outcomes
+                return [(False, exc)] * len(jobs), writes
+            return outcomes, writes
         finally:
             session.close()
 
@@ -203,8 +211,8 @@ class GroupCommit:
                 if not batch:
                     continue
                 try:
-                    outcomes = await self.loop.run_in_executor(
-                        self.executor, run_batch, [queued.job for queued in batch])
+                    outcomes, writes = await self.loop.run_in_executor(
+                        self.executor, run_batch_holding_writes, [queued.job for queued in batch])
                 except BaseException as exc:
                     for queued in batch:
                         if not queued.future.done():
@@ -217,6 +225,8 @@ class GroupCommit:
                         queued.future.set_result(value)
                     else:
                         queued.future.set_exception(value)
+                # Sent after the answers, before the next batch (the executor runs in order).
+                self.loop.run_in_executor(self.executor, writes.flush)
         finally:
             self.drainer = None
 

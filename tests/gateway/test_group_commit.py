@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,6 +173,10 @@ def test_concurrent_submits_share_commits_and_one_key_makes_one_request(
     publisher = _publisher(get_celery())
     assert publisher is not None
     queue = f"pool.p-{ref.split('/')[0]}"
+    # The task messages and `queued` events follow the answers, in one pipeline per client.
+    deadline = time.monotonic() + 10
+    while redis_client.llen(publisher.key(queue, 0)) < 41 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert redis_client.llen(publisher.key(queue, 0)) == 41
     events = [k for k in redis_client.scan_iter("mediagate:events:*")]
     assert len(events) == 41
