@@ -96,3 +96,26 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"API at {url} did not start:\n" + log.read_text(errors="replace"))
         time.sleep(0.1)
+
+
+def deploy_stepper(session, tmp: Path):  # type: ignore[no-untyped-def]
+    """A new partner's `stepper` model (tests/fixtures), deployed in a pool of its own and priced
+    open at 100 µUSD a request, and a new customer account; returns (account, "owner/stepper")."""
+    import hashlib
+
+    from billing import service as billing
+    from kit.ids import new_id
+    from partners import service as partners
+
+    slug = f"lab-{new_id('x')[-8:]}"
+    partner, _ = partners.create_partner(session, slug=slug, name="Lab")
+    model = partners.create_model(session, partner, slug="stepper")
+    data = package_bytes(FIXTURE_MODELS / "stepper", tmp)
+    archive = tmp / "stepper.oci.tar"
+    archive.write_bytes(data)
+    partners.create_version(session, partner, model, archive=archive, digest=hashlib.sha256(data).hexdigest(),
+                            size=len(data))
+    partners.create_deployment(session, partner, model_slug="stepper", version=None, pool=f"p-{slug}",
+                               min_replicas=0, max_replicas=1, concurrency=1, keep_alive_s=60)
+    billing.set_pricing(session, model, tier="open", unit="requests", unit_price_micros=100)
+    return billing.create_account(session, name="Customer"), f"{slug}/stepper"

@@ -4,7 +4,6 @@ Redis round trips, and one failing submit never fails or duplicates its neighbou
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +14,13 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from billing import service as billing
 from gateway import group_commit, service
 from gateway.models import Request
 from kit.db import after_commit, session_scope
 from kit.errors import Conflict, InvalidInput
-from kit.ids import new_id
 from kit.settings import get_settings
 from kit.tasks import _publisher, enqueue, get_celery
-from partners import service as partners
-from tests.support import FIXTURE_MODELS, package_bytes
+from tests.support import deploy_stepper
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -129,20 +125,10 @@ def test_follow_up_writes_go_out_once_the_batch_commits(probe: None, redis_clien
 
 
 def _deployed(tmp: Path) -> tuple[str, str]:
-    """A priced, deployed model and a customer key; returns (key, owner/model)."""
+    """A deployed, priced model and a customer key; returns (key, owner/model)."""
     with session_scope() as s:
-        slug = f"lab-{new_id('x')[-8:]}"
-        partner, _ = partners.create_partner(s, slug=slug, name="Lab")
-        model = partners.create_model(s, partner, slug="stepper")
-        archive = tmp / "stepper.oci.tar"
-        data = package_bytes(FIXTURE_MODELS / "stepper", tmp)
-        archive.write_bytes(data)
-        partners.create_version(s, partner, model, archive=archive, digest=hashlib.sha256(data).hexdigest(),
-                                size=len(data))
-        partners.create_deployment(s, partner, model_slug="stepper", version=None, pool=f"p-{slug}",
-                                   min_replicas=0, max_replicas=1, concurrency=1, keep_alive_s=60)
-        billing.set_pricing(s, model, tier="open", unit="requests", unit_price_micros=100)
-        return service.issue_key(s, billing.create_account(s, name="Customer")), f"{slug}/stepper"
+        account, ref = deploy_stepper(s, tmp)
+        return service.issue_key(s, account), ref
 
 
 def test_concurrent_submits_share_commits_and_one_key_makes_one_request(

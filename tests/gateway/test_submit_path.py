@@ -5,7 +5,6 @@ messages written straight to the broker as Celery's `send_task` writes them."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import threading
 from pathlib import Path
@@ -15,7 +14,6 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from billing import service as billing
 from billing.models import Account
 from gateway import repository as repo
 from gateway import service
@@ -27,26 +25,13 @@ from kit.tasks import _publisher, get_celery, send_now
 from moderation import repository as moderation_repo
 from moderation.models import ModerationRecord
 from moderation.service import check_input
-from partners import service as partners
-from tests.support import FIXTURE_MODELS, package_bytes
+from tests.support import deploy_stepper
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _deployed(s: Session, tmp: Path) -> tuple[Account, str]:
-    """A priced, deployed model and a customer; returns the account and `owner/model`."""
-    slug = f"lab-{new_id('x')[-8:]}"
-    partner, _ = partners.create_partner(s, slug=slug, name="Lab")
-    model = partners.create_model(s, partner, slug="stepper")
-    archive = tmp / "stepper.oci.tar"
-    data = package_bytes(FIXTURE_MODELS / "stepper", tmp)
-    archive.write_bytes(data)
-    partners.create_version(s, partner, model, archive=archive, digest=hashlib.sha256(data).hexdigest(),
-                            size=len(data))
-    partners.create_deployment(s, partner, model_slug="stepper", version=None, pool=f"p-{slug}",
-                               min_replicas=0, max_replicas=1, concurrency=1, keep_alive_s=60)
-    billing.set_pricing(s, model, tier="open", unit="requests", unit_price_micros=100)
-    return billing.create_account(s, name="Customer"), f"{slug}/stepper"
+    return deploy_stepper(s, tmp)
 
 
 def _submit(s: Session, account: Account, ref: str, **kw) -> service.Submitted:  # type: ignore[no-untyped-def]
