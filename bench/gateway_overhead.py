@@ -82,6 +82,16 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
+def commits() -> int:
+    """Transactions committed in the benchmark's database so far (PostgreSQL's own count)."""
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/mediagate_bench", autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return int(conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = 'mediagate_bench'")
+                   .fetchone()[0])
+
+
 def direct_runner(n: int) -> list[float]:
     """The floor: the same model in its sandbox, called over its socket with no gateway between."""
     from kit.db import session_scope
@@ -160,7 +170,7 @@ def main() -> None:
                                     "-r", "200", "-o", args.profile, "-p", str(worker)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
-        cpu_before = cpu()
+        cpu_before, commits_before = cpu(), commits()
         for i in track(range(args.requests), description="submit → succeeded"):
             sent, t0 = time.time(), time.perf_counter()
             body = client.post("/v1/models/bench/noop/requests", json={"input": {"value": i}}).json()
@@ -172,7 +182,8 @@ def main() -> None:
                                                           for k in ("created", "started", "completed")}}
             for name, a, b in PHASES:
                 phases[name].append((stamps[b] - stamps[a]) * 1000)
-        cpu_after = cpu()
+        cpu_after, commits_after = cpu(), commits()
+        commits_per_request = (commits_after - commits_before) / args.requests
         cpu_ms = {name: cpu_used(cpu_before[name], cpu_after[name]) * 1000 / args.requests for name in cpu_after}
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -198,7 +209,8 @@ def main() -> None:
     for name, stats in phase.items():
         table.add_row(f"  {name}", *(f"{stats[k]:.2f}" for k in ("p50", "p90", "p99", "mean")))
     console.print(table)
-    console.print("CPU per request: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu_ms.items()))
+    console.print("CPU per request: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu_ms.items())
+                  + f"; {commits_per_request:.2f} commits per request (every process)")
     console.print(f"targets: overhead p50 ≤ 25 ms, p99 ≤ 100 ms → "
                   f"{'met' if overhead['p50'] <= 25 and overhead['p99'] <= 100 else 'missed'}")
     console.print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -206,7 +218,7 @@ def main() -> None:
         "date": dt.date.today().isoformat(), "machine": machine(), "requests": args.requests,
         "load_average": os.getloadavg()[0],
         "gateway_ms": g, "direct_ms": d, "overhead_ms": overhead, "queue_ms": queue, "phases_ms": phase,
-        "cpu_ms_per_request": cpu_ms,
+        "cpu_ms_per_request": cpu_ms, "commits_per_request": commits_per_request,
     })
     try:
         import matplotlib
