@@ -40,6 +40,7 @@ from sqlalchemy import select  # noqa: E402
 
 from bench.common import machine, summary, write_json  # noqa: E402
 from bench.stack import NOOP, api_command, fresh_database, seed_noop  # noqa: E402
+from kit.db import session_scope  # noqa: E402
 
 # The envelope's timestamps (this machine's clock for all of them): where a request's time goes.
 PHASES = (("submit → created", "sent", "created"), ("created → started", "created", "started"),
@@ -92,9 +93,47 @@ def commits() -> int:
                    .fetchone()[0])
 
 
+def worker_path(n: int) -> dict[str, float]:
+    """The worker's database path alone, in this process: claim and finish of `n` queued requests
+    (no broker, no sandbox), with this thread's CPU time per request and statements sent."""
+    import statistics
+
+    from sqlalchemy import event
+
+    from billing.models import Account
+    from gateway import runs, service
+    from kit.db import get_engine
+
+    sent = [0]
+
+    def count(*_: object) -> None:
+        sent[0] += 1
+
+    with session_scope() as s:
+        account_id = s.scalars(select(Account.id)).first()
+    ids = []
+    for i in range(n + 30):
+        with session_scope() as s:
+            account = s.get(Account, account_id)
+            ids.append(service.submit(s, account, owner="bench", model_slug="noop", input={"value": i}).request.id)
+    event.listen(get_engine(), "before_cursor_execute", count)
+    cpu, statements = [], []
+    for k, request_id in enumerate(ids):  # the first 30 warm the caches
+        c0, s0 = time.thread_time(), sent[0]
+        with session_scope() as s:
+            claimed = runs.claim(s, request_id, owner="bench")
+        assert claimed is not None
+        runs._succeed(claimed, {"output": {"value": k}, "units": {"requests": 1}}, DATA / "none", run_ms=1)
+        if k >= 30:
+            cpu.append((time.thread_time() - c0) * 1000)
+            statements.append(sent[0] - s0)
+    event.remove(get_engine(), "before_cursor_execute", count)
+    return {"cpu_ms_p50": statistics.median(cpu), "cpu_ms_mean": statistics.fmean(cpu),
+            "orm_statements": statistics.median(statements)}
+
+
 def direct_runner(n: int) -> list[float]:
     """The floor: the same model in its sandbox, called over its socket with no gateway between."""
-    from kit.db import session_scope
     from partners.models import Deployment
     from partners.packaging import validate_archive
     from partners.tenancy.runner import DeploymentSpec, PackageLayers, ReplicaPool
@@ -123,6 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--worker-path", type=int, default=300,
+                        help="requests for the in-process claim and finish timing (0: skip)")
     parser.add_argument("--profile", help="record the worker with py-spy (--gil, raw) into this file")
     args = parser.parse_args()
     console = Console()
@@ -196,6 +237,7 @@ def main() -> None:
     # After the stack is gone, so that nothing else competes; the replica rows name the real deployment.
     direct_ms = direct_runner(args.requests)
     g, d = summary(gateway_ms), summary(direct_ms)
+    path_cpu = worker_path(args.worker_path) if args.worker_path else {}
     overhead = {"p50": g["p50"] - d["p50"], "p99": g["p99"] - d["p99"]}
     table = Table(title=f"Gateway overhead, no-op model, {args.requests} sequential requests ({machine()})")
     for col in ("path", "p50 ms", "p90 ms", "p99 ms", "mean ms"):
@@ -211,6 +253,9 @@ def main() -> None:
     console.print(table)
     console.print("CPU per request: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu_ms.items())
                   + f"; {commits_per_request:.2f} commits per request (every process)")
+    if path_cpu:
+        console.print(f"worker path in-process (claim + finish, no broker or sandbox): {path_cpu['cpu_ms_p50']:.2f} ms "
+                      f"CPU per request (median), {path_cpu['orm_statements']:.0f} statements through the ORM")
     console.print(f"targets: overhead p50 ≤ 25 ms, p99 ≤ 100 ms → "
                   f"{'met' if overhead['p50'] <= 25 and overhead['p99'] <= 100 else 'missed'}")
     console.print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -219,6 +264,7 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
         "gateway_ms": g, "direct_ms": d, "overhead_ms": overhead, "queue_ms": queue, "phases_ms": phase,
         "cpu_ms_per_request": cpu_ms, "commits_per_request": commits_per_request,
+        "worker_path": path_cpu,
     })
     try:
         import matplotlib
