@@ -7,7 +7,7 @@ Run on a CUDA machine from the repository root, one part per process:
     python bench/engine.py --part blocks    # our Triton kernels inside a compiled block vs inductor
     python bench/engine.py --part cache     # compile time cold / from the disk cache, LoRA hot-swap
     python bench/engine.py --part wan       # Wan 2.1 T2V 1.3B, 832x480, 81 frames
-    ... --flux-variants fast,fast-fp8attn / --wan-variants eager,fast,fast-fp8attn: fp8 attention
+    ... --flux-variants fast,fast-fp8attn,fast-fp8attn-separate / --wan-variants eager,fast,fast-fp8attn: fp8 attention
     torchrun --nproc_per_node 2 bench/engine.py --part cp   # context parallel vs one GPU
     python bench/engine.py --merge a.json b.json ...   # one table, engine.json and a PNG
 
@@ -77,6 +77,9 @@ def main() -> None:
     )
     parser.add_argument("--optimize-kwargs", default="", help="JSON of extra optimize() arguments")
     parser.add_argument("--no-baseline-compile", action="store_true")
+    parser.add_argument(
+        "--attn-quick", action="store_true", help="--part attn: the tuning set only, no variants"
+    )
     parser.add_argument("--no-peaks", action="store_true")
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument(

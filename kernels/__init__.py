@@ -10,6 +10,11 @@ or TRITON_INTERPRET=1 set before Triton's import), and the torch reference other
 from kernels import _utils  # noqa: F401  isort: skip
 from kernels.adaln_norm import adaln_layernorm, adaln_layernorm_reference
 from kernels.attention_fp8 import attention_fp8, attention_fp8_reference, quantize_qkv_fp8
+from kernels.attention_fp8_producer import (
+    attention_fp8_norm_rope,
+    norm_rope_quantize_fp8,
+    norm_rope_quantize_fp8_reference,
+)
 from kernels.fp8 import (
     fp8_linear,
     fp8_linear_reference,
@@ -43,6 +48,7 @@ __all__ = [
     "apply_rope",
     "apply_rope_reference",
     "attention_fp8",
+    "attention_fp8_norm_rope",
     "attention_fp8_reference",
     "fp8_linear",
     "fp8_linear_reference",
@@ -54,6 +60,8 @@ __all__ = [
     "gelu_tanh_bias_reference",
     "linear_gelu_tanh",
     "linear_gelu_tanh_reference",
+    "norm_rope_quantize_fp8",
+    "norm_rope_quantize_fp8_reference",
     "qk_rmsnorm",
     "qk_rmsnorm_reference",
     "qk_rmsnorm_rope",

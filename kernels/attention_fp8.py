@@ -14,6 +14,11 @@ The quantization follows SageAttention's recipe, with fp8 in place of int8 for Q
       than fp32's mantissa bits). A fresh accumulator per KV block (`fresh_acc=True`)
       measured the same cosine at FLUX and Wan shapes on an H200 and was slower, so it is
       off by default.
+    - Variants (`Fp8AttnVariant`, all off by default): part of P's exp2 on the FMA pipe
+      (FlashAttention-4's polynomial, 12.5/25/50 %), a lazy rescale of the accumulator
+      (only when a tile's row max grew past a threshold), and max_num_imprecise_acc. Each
+      measured slower than the plain kernel on an H200 at FLUX's and Wan's shapes
+      (BENCHMARKS.md, Engine); they stay for the bench to re-measure.
 
 API:
     attention_fp8(q, k, v, scale=None) -> Tensor
@@ -228,37 +233,112 @@ def quantize_qkv_fp8(
 # ---------------------------------------------------------------------------- attention
 
 
+def _ex2_poly_ptx(out: str, x: str) -> str:
+    # 2**x on the FMA pipe (FlashAttention-4's emulation): x clamped to -127, its floor
+    # taken by a round-down add of 1.5 * 2**23 (whose low mantissa bits then hold it), a
+    # degree-3 minimax polynomial for 2**frac on [0, 1) (relative error under 1e-4, far
+    # below e4m3's 2**-4), and the floor shifted into the exponent bits with an integer add.
+    return (
+        "{ .reg .f32 xc, xr, xb, fr, p; .reg .b32 ib, pb;\n"
+        f"max.ftz.f32 xc, {x}, 0fC2FE0000;\n"
+        "add.rm.ftz.f32 xr, xc, 0f4B400000;\n"
+        "sub.rn.ftz.f32 xb, xr, 0f4B400000;\n"
+        "sub.rn.ftz.f32 fr, xc, xb;\n"
+        "fma.rn.ftz.f32 p, fr, 0f3D9DF09D, 0f3E6906A4;\n"
+        "fma.rn.ftz.f32 p, p, fr, 0f3F31F519;\n"
+        "fma.rn.ftz.f32 p, p, fr, 0f3F800000;\n"
+        "mov.b32 ib, xr; shl.b32 ib, ib, 23; mov.b32 pb, p; add.s32 pb, pb, ib;\n"
+        f"mov.b32 {out}, pb; }}\n"
+    )
+
+
+def _ex2_mixed_ptx(pack: int, n_poly: int) -> str:
+    # `pack` elements per asm instance: the last n_poly on the FMA pipe, the rest on MUFU.
+    lines = []
+    for i in range(pack):
+        o, x = f"${i}", f"${pack + i}"
+        lines.append(_ex2_poly_ptx(o, x) if i >= pack - n_poly else f"ex2.approx.ftz.f32 {o}, {x};")
+    return "\n".join(lines)
+
+
+EX2_POLY_FRACTIONS = {0: "0 %", 1: "25 %", 2: "50 %", 3: "12.5 %"}
+"""ex2_poly codes: the share of P's exponentials computed by the FMA-pipe polynomial."""
+_EX2_ASM_50 = tl.constexpr(_ex2_mixed_ptx(2, 1))
+_EX2_ASM_25 = tl.constexpr(_ex2_mixed_ptx(4, 1))
+_EX2_ASM_12 = tl.constexpr(_ex2_mixed_ptx(8, 1))
+
+
+@triton.jit
+def _exp2(x, EX2_POLY: tl.constexpr):
+    if EX2_POLY == 2:
+        return tl.inline_asm_elementwise(
+            _EX2_ASM_50, "=f,=f,f,f", [x], dtype=tl.float32, is_pure=True, pack=2
+        )
+    elif EX2_POLY == 1:
+        return tl.inline_asm_elementwise(
+            _EX2_ASM_25, "=f,=f,=f,=f,f,f,f,f", [x], dtype=tl.float32, is_pure=True, pack=4
+        )
+    elif EX2_POLY == 3:
+        return tl.inline_asm_elementwise(
+            _EX2_ASM_12, "=f,=f,=f,=f,=f,=f,=f,=f,f,f,f,f,f,f,f,f", [x], dtype=tl.float32,
+            is_pure=True, pack=8,
+        )
+    else:
+        return tl.math.exp2(x)
+
+
+@triton.jit
+def _dot(a, b, acc, IMPRECISE: tl.constexpr):
+    if IMPRECISE > 0:
+        return tl.dot(a, b, acc, max_num_imprecise_acc=IMPRECISE)
+    else:
+        return tl.dot(a, b, acc)
+
+
 @triton.jit
 def _attn_block(
     acc, l_i, m_i, q, qs, k_ptrs, v_ptrs, KS_row, start_n, SKV, BLOCK_N: tl.constexpr,
     MASK: tl.constexpr, UPCAST: tl.constexpr, FRESH_ACC: tl.constexpr, PRE_ROUND: tl.constexpr,
+    EX2_POLY: tl.constexpr, LAZY_TAU: tl.constexpr, IMPRECISE: tl.constexpr,
 ):
     k = tl.load(k_ptrs)
     if UPCAST:  # the interpreter's dot takes no fp8 operands; fp8 values are exact in fp32
         qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
     else:
-        qk = tl.dot(q, tl.trans(k))
+        qk = _dot(q, tl.trans(k), None, IMPRECISE)
     ks = tl.load(KS_row + start_n // 128)
     sc = qs * ks
     if MASK:
         cols = start_n + tl.arange(0, BLOCK_N)
         qk = tl.where((cols < SKV)[None, :], qk, float("-inf"))
     m_ij = tl.maximum(m_i, tl.max(qk, 1) * sc)
-    # exp2 lands in [0, 448]: P is in e4m3's range without a separate multiply.
-    p = tl.math.exp2(qk * sc[:, None] - (m_ij - 8.807354922057604)[:, None])
-    alpha = tl.math.exp2(m_i - m_ij)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    if LAZY_TAU > 0:
+        # The running max moves only when some row of the tile grew by more than LAZY_TAU
+        # (log2 units); P then carries 2**-LAZY_TAU of headroom so it stays under 448.
+        if tl.max(m_ij - m_i, 0) > LAZY_TAU:
+            alpha = tl.math.exp2(m_i - m_ij)
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha
+        else:
+            m_ij = m_i
+        p = _exp2(qk * sc[:, None] - (m_ij - 8.807354922057604 + LAZY_TAU)[:, None], EX2_POLY)
+        l_i = l_i + tl.sum(p, 1)
+    else:
+        # exp2 lands in [0, 448]: P is in e4m3's range without a separate multiply.
+        p = _exp2(qk * sc[:, None] - (m_ij - 8.807354922057604)[:, None], EX2_POLY)
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
     if PRE_ROUND:
         p = _round_to_e4m3(p)
     p8 = p.to(tl.float8e4nv)
     v = tl.load(v_ptrs)
     if UPCAST:
-        pv = tl.dot(p8.to(tl.float32), v.to(tl.float32))
-        acc = acc * alpha[:, None] + pv
+        acc = acc + tl.dot(p8.to(tl.float32), v.to(tl.float32))
     elif FRESH_ACC:
-        acc = acc * alpha[:, None] + tl.dot(p8, v)
+        acc = acc + _dot(p8, v, None, IMPRECISE)
     else:
-        acc = tl.dot(p8, v, acc * alpha[:, None])
+        acc = _dot(p8, v, acc, IMPRECISE)
     return acc, l_i, m_ij
 
 
@@ -267,6 +347,7 @@ def _attn_fp8_kernel(
     Q8, QS, K8, KS, V8, VS, OUT, SQ, SKV, H, SQ_PAD, SKV_PAD, sob, sos, soh, D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
     FRESH_ACC: tl.constexpr, PRE_ROUND: tl.constexpr, WARP_SPEC: tl.constexpr,
+    EX2_POLY: tl.constexpr, LAZY_TAU: tl.constexpr, IMPRECISE: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -289,12 +370,12 @@ def _attn_fp8_kernel(
         start_n = tl.multiple_of(start_n, BLOCK_N)
         acc, l_i, m_i = _attn_block(
             acc, l_i, m_i, q, qs, k_ptrs + start_n * D, v_ptrs + start_n, KS_row, start_n, SKV,
-            BLOCK_N, False, UPCAST, FRESH_ACC, PRE_ROUND,
+            BLOCK_N, False, UPCAST, FRESH_ACC, PRE_ROUND, EX2_POLY, LAZY_TAU, IMPRECISE,
         )
     if n_full < SKV:
         acc, l_i, m_i = _attn_block(
             acc, l_i, m_i, q, qs, k_ptrs + n_full * D, v_ptrs + n_full, KS_row, n_full, SKV,
-            BLOCK_N, True, UPCAST, FRESH_ACC, PRE_ROUND,
+            BLOCK_N, True, UPCAST, FRESH_ACC, PRE_ROUND, EX2_POLY, LAZY_TAU, IMPRECISE,
         )
     vs = tl.maximum(tl.load(VS + bh * D + d), 1e-12) / 448.0
     out = acc * (1.0 / l_i)[:, None] * vs[None, :]
@@ -311,28 +392,50 @@ ATTN_CONFIGS: tuple[tuple[int, int, int, int], ...] = (
     (64, 64, 4, 4),
 )
 DEFAULT_CONFIG = (128, 64, 4, 4)
+SWEEP_CONFIGS = ATTN_CONFIGS + ((128, 128, 8, 2), (128, 64, 8, 3), (256, 64, 8, 2))
+"""Configs the bench times beside the tuning set (two consumer warpgroups, wider tiles).
+BLOCK_N stays within KV_BLOCK: one K scale per tile."""
+
+
+class Fp8AttnVariant(NamedTuple):
+    """Kernel variants: ex2_poly (EX2_POLY_FRACTIONS code), lazy_tau (0 = rescale every
+    tile), imprecise (max_num_imprecise_acc of both dots; 0 = Triton's Hopper default)."""
+
+    ex2_poly: int = 0
+    lazy_tau: float = 0.0
+    imprecise: int = 0
+    fresh_acc: bool = False
+    warp_specialize: bool = False
+
+
+DEFAULT_VARIANT = Fp8AttnVariant()
 _tuned: dict[tuple, tuple[int, int, int, int]] = {}
 
 
 def _launch_attention(
     qkv: Fp8QKV, out: torch.Tensor, sq: int, skv: int, config: tuple[int, int, int, int],
-    fresh_acc: bool, warp_specialize: bool = False,
+    variant: Fp8AttnVariant,
 ) -> None:
     b, h, sq_pad, d = qkv.q8.shape
     block_m, block_n, warps, stages = config
+    if KV_BLOCK % block_n:
+        raise ValueError(f"BLOCK_N must divide {KV_BLOCK} (one K scale per tile), got {block_n}")
     _attn_fp8_kernel[(triton.cdiv(sq, block_m), b * h)](
         qkv.q8, qkv.q_scale, qkv.k8, qkv.k_scale, qkv.v8, qkv.v_amax, out, sq, skv, h, sq_pad,
         qkv.k8.shape[2],
         out.stride(0), out.stride(1), out.stride(2),
-        D=d, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=INTERPRETING, FRESH_ACC=fresh_acc,
-        PRE_ROUND=INTERPRETING, WARP_SPEC=warp_specialize,
+        D=d, BLOCK_M=block_m, BLOCK_N=block_n, UPCAST=INTERPRETING, FRESH_ACC=variant.fresh_acc,
+        PRE_ROUND=INTERPRETING, WARP_SPEC=variant.warp_specialize,
+        # The interpreter runs no PTX: the polynomial exponentials are GPU-only.
+        EX2_POLY=0 if INTERPRETING else variant.ex2_poly, LAZY_TAU=float(variant.lazy_tau),
+        IMPRECISE=0 if INTERPRETING else variant.imprecise,
         num_warps=warps,
         num_stages=stages,
     )
 
 
-def _pick_config(qkv: Fp8QKV, out: torch.Tensor, sq: int, skv: int, fresh_acc: bool):
-    key = (qkv.q8.shape[0], qkv.q8.shape[1], sq, skv, qkv.q8.shape[3], fresh_acc, out.dtype)
+def _pick_config(qkv: Fp8QKV, out: torch.Tensor, sq: int, skv: int, variant: Fp8AttnVariant):
+    key = (qkv.q8.shape[0], qkv.q8.shape[1], sq, skv, qkv.q8.shape[3], variant, out.dtype)
     best = _tuned.get(key)
     if best is not None:
         return best
@@ -342,7 +445,7 @@ def _pick_config(qkv: Fp8QKV, out: torch.Tensor, sq: int, skv: int, fresh_acc: b
     for cfg in ATTN_CONFIGS:
         try:
             timings[cfg] = triton.testing.do_bench(
-                lambda cfg=cfg: _launch_attention(qkv, out, sq, skv, cfg, fresh_acc),
+                lambda cfg=cfg: _launch_attention(qkv, out, sq, skv, cfg, variant),
                 warmup=5,
                 rep=20,
                 return_mode="median",
@@ -354,10 +457,25 @@ def _pick_config(qkv: Fp8QKV, out: torch.Tensor, sq: int, skv: int, fresh_acc: b
     return best
 
 
+def attention_fp8_quantized(
+    qkv: Fp8QKV, sq: int, skv: int, dtype: torch.dtype, *,
+    config: tuple[int, int, int, int] | None = None, variant: Fp8AttnVariant | None = None,
+) -> torch.Tensor:
+    """Attention over already quantized operands; output (B, Sq, H, D) in dtype."""
+    b, h, _, d = qkv.q8.shape
+    variant = DEFAULT_VARIANT if variant is None else variant
+    out = torch.empty(b, sq, h, d, device=qkv.q8.device, dtype=dtype)
+    if config is None:
+        config = _pick_config(qkv, out, sq, skv, variant)
+    _launch_attention(qkv, out, sq, skv, config, variant)
+    return out
+
+
 def attention_fp8_launch(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, *,
     config: tuple[int, int, int, int] | None = None, fresh_acc: bool = False,
     qkv: Fp8QKV | None = None, warp_specialize: bool = False,
+    variant: Fp8AttnVariant | None = None,
 ) -> torch.Tensor:
     """attention_fp8 with the launch exposed: a fixed config, or pre-quantized operands."""
     _check_inputs(q, k, v)
@@ -365,16 +483,18 @@ def attention_fp8_launch(
     if d < MIN_HEAD_DIM and qkv is None:
         # fp8 MMA reduces over at least 32 elements: zero channels change no score or output.
         pad = [F.pad(t, (0, MIN_HEAD_DIM - d)) for t in (q, k, v)]
-        out = attention_fp8_launch(*pad, d**-0.5 if scale is None else scale, config=config)
+        out = attention_fp8_launch(
+            *pad, d**-0.5 if scale is None else scale, config=config, variant=variant
+        )
         return out[..., :d].contiguous()
     if qkv is None:
         qkv = quantize_qkv_fp8(q, k, v, scale)
-    b, sq, h, d = q.shape
-    out = q.new_empty(b, sq, h, d)
-    if config is None:
-        config = _pick_config(qkv, out, sq, k.shape[1], fresh_acc)
-    _launch_attention(qkv, out, sq, k.shape[1], config, fresh_acc, warp_specialize)
-    return out
+    variant = DEFAULT_VARIANT if variant is None else variant
+    if fresh_acc or warp_specialize:
+        variant = variant._replace(fresh_acc=fresh_acc, warp_specialize=warp_specialize)
+    return attention_fp8_quantized(
+        qkv, q.shape[1], k.shape[1], q.dtype, config=config, variant=variant
+    )
 
 
 # fmt: on

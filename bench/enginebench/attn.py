@@ -55,6 +55,35 @@ def _bench(fn, device) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
+def _is_default(s: dict) -> bool:
+    from kernels.attention_fp8 import DEFAULT_VARIANT
+
+    return all(s[k] == v for k, v in DEFAULT_VARIANT._asdict().items())
+
+
+def _variants(device, skv, quick=False):
+    """(config, variant) pairs: the tuning set as shipped, wider configs, then the
+    exponential offload (25/50/12.5 %), lazy rescale and imprecise-accumulation variants."""
+    from kernels.attention_fp8 import (
+        ATTN_CONFIGS,
+        DEFAULT_VARIANT,
+        SWEEP_CONFIGS,
+        Fp8AttnVariant,
+    )
+
+    if device.type != "cuda" or quick:
+        return [(c, DEFAULT_VARIANT) for c in ATTN_CONFIGS[: 1 if device.type != "cuda" else None]]
+    out = [(c, Fp8AttnVariant()) for c in SWEEP_CONFIGS]
+    if skv < 2048:
+        return out
+    main = [(128, 64, 4, 4), (128, 64, 4, 3), (128, 128, 8, 3), (128, 128, 8, 2)]
+    out += [(c, Fp8AttnVariant(ex2_poly=p)) for c in main for p in (1, 2, 3)]
+    out += [(c, Fp8AttnVariant(lazy_tau=t)) for c in main[::2] for t in (2.0, 4.0)]
+    out += [(c, Fp8AttnVariant(ex2_poly=1, lazy_tau=2.0)) for c in main[::2]]
+    out += [(c, Fp8AttnVariant(imprecise=32)) for c in main[::2]]
+    return out
+
+
 def _fp8_totals(row, q, k, v, exact, flop, device) -> None:
     from kernels.attention_fp8 import attention_fp8
 
@@ -65,7 +94,7 @@ def _fp8_totals(row, q, k, v, exact, flop, device) -> None:
     row["speedup_vs_cudnn"] = row["bf16_cudnn_ms"] / ms
 
 
-def _one_shape(name, b, sq, skv, h, d, device, cudnn) -> dict[str, Any]:
+def _one_shape(name, b, sq, skv, h, d, device, cudnn, quick=False) -> dict[str, Any]:
     from engine.optimization.sdpa import sdpa_bshd
     from kernels._utils import use_triton
     from kernels.attention_fp8 import ATTN_CONFIGS, attention_fp8_launch, quantize_qkv_fp8
@@ -92,46 +121,24 @@ def _one_shape(name, b, sq, skv, h, d, device, cudnn) -> dict[str, Any]:
         return row
     qkv = quantize_qkv_fp8(q, k, v)
     row["quant_ms"] = _bench(lambda: quantize_qkv_fp8(q, k, v), device)
-    configs = ATTN_CONFIGS if device.type == "cuda" else ATTN_CONFIGS[:1]
-    # Each config as shipped, then with a fresh accumulator per KV block and with
-    # Triton's warp specialization of the KV loop.
-    variants = [(c, False, False) for c in configs]
-    variants += [(c, True, False) for c in configs[:2]]
-    variants += [(c, False, True) for c in configs] if device.type == "cuda" else []
     sweep = []
-    for cfg, fresh, ws in variants:
+    for cfg, var in _variants(device, skv, quick):
         try:
 
-            def call(cfg=cfg, fresh=fresh, ws=ws):
-                return attention_fp8_launch(
-                    q, k, v, config=cfg, fresh_acc=fresh, warp_specialize=ws, qkv=qkv
-                )
+            def call(cfg=cfg, var=var):
+                return attention_fp8_launch(q, k, v, config=cfg, qkv=qkv, variant=var)
 
             ms = _bench(call, device)
             dr = drift(call(), exact)
             sweep.append(
-                {
-                    "config": cfg,
-                    "fresh_acc": fresh,
-                    "warp_specialize": ws,
-                    "ms": ms,
-                    "tflops": flop / ms / 1e9,
-                    **dr,
-                }
+                {"config": cfg, **var._asdict(), "ms": ms, "tflops": flop / ms / 1e9, **dr}
             )
         except Exception as exc:  # noqa: BLE001  (a variant that does not compile is skipped)
-            sweep.append(
-                {
-                    "config": cfg,
-                    "fresh_acc": fresh,
-                    "warp_specialize": ws,
-                    "error": str(exc)[:200],
-                }
-            )
+            sweep.append({"config": cfg, **var._asdict(), "error": str(exc)[:200]})
     row["sweep"] = sweep
     ok = [s for s in sweep if "ms" in s]
     if ok:
-        shipped = (s for s in ok if not s["fresh_acc"] and not s["warp_specialize"])
+        shipped = (s for s in ok if s["config"] in ATTN_CONFIGS and _is_default(s))
         best = min(shipped, key=lambda s: s["ms"], default=None)
         row["fp8_kernel_ms"] = best["ms"] if best else None
         row["fp8_kernel_tflops"] = best["tflops"] if best else None
@@ -147,12 +154,92 @@ def attn_part(args: argparse.Namespace) -> dict[str, Any]:
     shapes = DEV_SHAPES if args.size == "dev" else TINY_SHAPES
     cudnn = "_native_cudnn" if device.type == "cuda" else "native"
     for name, b, sq, skv, h, d in shapes:
-        row = _one_shape(name, b, sq, skv, h, d, device, cudnn)
+        row = _one_shape(name, b, sq, skv, h, d, device, cudnn, getattr(args, "attn_quick", False))
         log(name, {k_: v_ for k_, v_ in row.items() if k_ != "sweep"})
         result["rows"].append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    result["producer"] = _producer_rows(device, args.size)
+    log("producer", result["producer"])
     return result
+
+
+def _producer_rows(device, size) -> list[dict[str, Any]]:
+    """FLUX's joint attention from the projections' output: norm + RoPE, then attention.
+
+    bf16: our QK RMSNorm+RoPE kernel per stream, the concatenation, cuDNN. fp8 separate: the
+    same, then quantize + fp8 kernel. fp8 fused: the producer kernel (norm, RoPE and
+    quantization in one pass, text stream read in place) + fp8 kernel.
+    """
+    from engine.optimization.sdpa import sdpa_bshd
+    from kernels.attention_fp8 import attention_fp8, attention_fp8_quantized
+    from kernels.attention_fp8_producer import attention_fp8_norm_rope, norm_rope_quantize_fp8
+    from kernels.rope import qk_rmsnorm_rope
+
+    b, st, si, h, d = (1, 512, 4096, 24, 128) if size == "dev" else (1, 40, 110, 2, 64)
+    g = torch.Generator(device=device).manual_seed(1)
+
+    def r(*shape):
+        return torch.randn(*shape, device=device, generator=g)
+
+    def views(s):
+        fused = r(b, s, 3 * h * d).to(torch.bfloat16)
+        return [t.unflatten(-1, (h, d)) for t in fused.chunk(3, dim=-1)]
+
+    qi, ki, vi = views(si)
+    qt, kt, vt = views(st)
+    # Norm weights away from 1, k's larger: keys of a larger scale than queries.
+    w = [(1 + 0.3 * r(d)).to(torch.bfloat16) for _ in range(4)]
+    w[1], w[3] = w[1] + 1.0, w[3] + 1.0
+    theta = r(st + si, d // 2).repeat_interleave(2, dim=-1)
+    cos, sin = theta.cos(), theta.sin()
+    cudnn = "_native_cudnn" if device.type == "cuda" else "native"
+
+    def normed():
+        tq, tk = qk_rmsnorm_rope(qt, kt, w[2], w[3], cos[:st], sin[:st], 1e-6, 1)
+        iq, ik = qk_rmsnorm_rope(qi, ki, w[0], w[1], cos[st:], sin[st:], 1e-6, 1)
+        return torch.cat([tq, iq], 1), torch.cat([tk, ik], 1), torch.cat([vt, vi], 1)
+
+    def bf16():
+        return sdpa_bshd(*normed(), cudnn)
+
+    def fp8_separate():
+        return attention_fp8(*normed())
+
+    def fp8_fused():
+        return attention_fp8_norm_rope(qi, ki, vi, w[0], w[1], cos, sin, 1e-6, qt, kt, vt, w[2], w[3])
+
+    def fp8_fused_nosmooth():
+        qkv = norm_rope_quantize_fp8(
+            qi, ki, vi, w[0], w[1], cos, sin, text=(qt, kt, vt, w[2], w[3]), smooth_k=False
+        )
+        return attention_fp8_quantized(qkv, st + si, st + si, torch.bfloat16)
+
+    qn, kn, vn = normed()
+    exact = _exact(qn, kn, vn, device)
+    rows = []
+    for name, fn in [
+        ("norm+rope+cat", normed),
+        ("bf16 cuDNN, with norm+rope", bf16),
+        ("fp8 separate (norm+rope, quantize, kernel)", fp8_separate),
+        ("fp8 fused producer + kernel", fp8_fused),
+        ("fp8 fused producer without K smoothing + kernel", fp8_fused_nosmooth),
+        (
+            "producer alone",
+            lambda: norm_rope_quantize_fp8(
+                qi, ki, vi, w[0], w[1], cos, sin, text=(qt, kt, vt, w[2], w[3])
+            ),
+        ),
+    ]:
+        try:
+            row = {"variant": name, "ms": _bench(fn, device)}
+            out = fn()
+            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[1] == st + si:
+                row.update(drift(out, exact))
+        except Exception as exc:  # noqa: BLE001
+            row = {"variant": name, "error": str(exc)[:300]}
+        rows.append(row)
+    return rows
 
 
 def attn_table(res: dict[str, Any]) -> list[str]:
@@ -179,11 +266,15 @@ def attn_table(res: dict[str, Any]) -> list[str]:
                 r["fp8_drift"]["rel_l2"],
             )
         )
+    for p in res.get("producer", []):
+        lines.append(
+            f"| producer: {p['variant']} | {p.get('ms', float('nan')):.3f} ms | cos {p.get('cosine', float('nan')):.5f} | {p.get('error', '')[:80]} |"
+        )
     for r in res.get("rows", []):
         for s in r.get("sweep", []):
             if "ms" in s:
                 lines.append(
-                    f"|   {r['shape']} {tuple(s['config'])} fresh_acc={s['fresh_acc']} ws={s['warp_specialize']} | | | {s['ms']:.3f} ({s['tflops']:.0f}) | | | {s['cosine']:.5f} | {s['rel_l2']:.4f} |"
+                    f"|   {r['shape']} {tuple(s['config'])} poly={s['ex2_poly']} lazy={s['lazy_tau']} imp={s['imprecise']} | | | {s['ms']:.3f} ({s['tflops']:.0f}) | | | {s['cosine']:.5f} | {s['rel_l2']:.4f} |"
                 )
             else:
                 lines.append(

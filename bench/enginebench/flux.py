@@ -214,6 +214,17 @@ def flux_part(args: argparse.Namespace) -> dict[str, Any]:
                 ),
             )
         )
+    if "fast-fp8attn-separate" in wanted:
+        # The same without the fused norm/RoPE/quantize producer (quantization as its own pass).
+        kw = {**kw_fast, "attention": "fp8", "attention_fp8_producer": False}
+        keep(
+            run_variant(
+                "fast-fp8attn-separate",
+                lambda: measure(
+                    "fast-fp8attn-separate", lambda p: optimize(p, "fast", cache_dir=cache, **kw)
+                ),
+            )
+        )
     # diffusers + torch.compile last: its whole-model compile is the slowest step here.
     if not args.no_baseline_compile:
         keep(

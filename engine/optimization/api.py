@@ -15,6 +15,8 @@ Modes:
 kernel (kernels/attention_fp8.py, SageAttention-style scales) via the sequence-major
 processors of engine/optimization/sdpa.py, on this instance only; attention over fewer
 than `attention_fp8_min_kv` keys (default 2048: Wan's text cross attention) stays bf16.
+With `attention_fp8_producer` (on by default) FLUX's QK RMSNorm, RoPE and the fp8
+quantization of q, k and v run as one producer kernel (kernels/attention_fp8_producer.py).
 
 `context_parallel=N` (exact and fast) splits the sequence over N ranks of an initialised
 torch.distributed group, Ulysses-style, through diffusers' `enable_parallelism`
@@ -162,6 +164,7 @@ def optimize(
     attention_op: bool = False,
     attention_seq_len: int = 4608,
     attention_fp8_min_kv: int | None = None,
+    attention_fp8_producer: bool = True,
     fuse_qkv: bool = True,
     fp8_backend: str | None = None,
     kernels: tuple[str, ...] | None = None,
@@ -262,6 +265,7 @@ def optimize(
                 model,
                 FP8_BACKEND,
                 FP8_MIN_KV_TOKENS if attention_fp8_min_kv is None else attention_fp8_min_kv,
+                fp8_producer=attention_fp8_producer,
             )
             if routed:
                 report.attention_backend = f"sdpa_bshd:{FP8_BACKEND}"

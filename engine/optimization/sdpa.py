@@ -72,9 +72,13 @@ class _SDPAProcessor:
     _attention_backend = None
     _parallel_config = None
 
-    def __init__(self, backend: str | None = None, fp8_min_kv: int = FP8_MIN_KV_TOKENS) -> None:
+    def __init__(
+        self, backend: str | None = None, fp8_min_kv: int = FP8_MIN_KV_TOKENS,
+        fp8_producer: bool = False,
+    ) -> None:
         self.backend = backend
         self.fp8_min_kv = fp8_min_kv
+        self.fp8_producer = fp8_producer
 
     def _check_not_parallel(self) -> None:
         # SDPA here sees only this rank's shard; context parallel needs diffusers' dispatch.
@@ -102,6 +106,11 @@ class FluxSDPAProcessor(_SDPAProcessor):
         query, key, value, e_query, e_key, e_value = _get_qkv_projections(
             attn, hidden_states, encoder_hidden_states
         )
+        if self._fused_fp8(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
+            hidden_states = _flux_fp8_norm_rope(
+                attn, query, key, value, e_query, e_key, e_value, image_rotary_emb
+            ).flatten(2, 3)
+            return _flux_out(attn, hidden_states, encoder_hidden_states)
         query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
         key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
         value = value.unflatten(-1, (-1, attn.head_dim))
@@ -120,15 +129,52 @@ class FluxSDPAProcessor(_SDPAProcessor):
             .flatten(2, 3)
             .to(query.dtype)
         )
+        return _flux_out(attn, hidden_states, encoder_hidden_states)
+
+    def _fused_fp8(self, attn, hidden_states, encoder_hidden_states, rotary) -> bool:
+        if self.backend != FP8_BACKEND or not self.fp8_producer or rotary is None:
+            return False
+        norms = [attn.norm_q, attn.norm_k]
         if encoder_hidden_states is not None:
-            s_txt = encoder_hidden_states.shape[1]
-            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-                [s_txt, hidden_states.shape[1] - s_txt], dim=1
-            )
-            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
-            return hidden_states, encoder_hidden_states
-        return hidden_states
+            if attn.added_kv_proj_dim is None:
+                return False
+            norms += [attn.norm_added_q, attn.norm_added_k]
+        if any(getattr(n, "weight", None) is None for n in norms):
+            return False
+        s = hidden_states.shape[1] + (
+            0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        )
+        return s >= self.fp8_min_kv and attn.head_dim >= 32
+
+
+def _flux_out(attn, hidden_states, encoder_hidden_states):
+    if encoder_hidden_states is not None:
+        s_txt = encoder_hidden_states.shape[1]
+        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+            [s_txt, hidden_states.shape[1] - s_txt], dim=1
+        )
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
+        encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
+        return hidden_states, encoder_hidden_states
+    return hidden_states
+
+
+def _flux_fp8_norm_rope(attn, query, key, value, e_query, e_key, e_value, rotary):
+    # QK RMSNorm, RoPE and the fp8 quantization in one producer kernel, the text stream read
+    # in place (kernels/attention_fp8_producer.py), then fp8 attention.
+    from kernels.attention_fp8_producer import attention_fp8_norm_rope
+
+    heads = lambda t: t.unflatten(-1, (-1, attn.head_dim))  # noqa: E731
+    eps = attn.norm_q.eps if attn.norm_q.eps is not None else 1e-6
+    text = (None,) * 5
+    if e_query is not None and attn.added_kv_proj_dim is not None:
+        text = (heads(e_query), heads(e_key), heads(e_value), attn.norm_added_q.weight,
+                attn.norm_added_k.weight)
+    cos, sin = rotary
+    return attention_fp8_norm_rope(
+        heads(query), heads(key), heads(value), attn.norm_q.weight, attn.norm_k.weight, cos,
+        sin, float(eps), *text,
+    )
 
 
 class WanSDPAProcessor(_SDPAProcessor):
@@ -176,7 +222,8 @@ def _wan_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor)
 
 
 def use_sdpa_processors(
-    model: torch.nn.Module, backend: str | None, fp8_min_kv: int = FP8_MIN_KV_TOKENS
+    model: torch.nn.Module, backend: str | None, fp8_min_kv: int = FP8_MIN_KV_TOKENS,
+    fp8_producer: bool = False,
 ) -> int:
     """Route this instance's FLUX / Wan attention through `sdpa_bshd`; returns how many modules."""
     from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
@@ -185,7 +232,7 @@ def use_sdpa_processors(
     n = 0
     for module in model.modules():
         if isinstance(module, FluxAttention) and type(module.processor) is FluxAttnProcessor:
-            module.set_processor(FluxSDPAProcessor(backend, fp8_min_kv))
+            module.set_processor(FluxSDPAProcessor(backend, fp8_min_kv, fp8_producer))
             n += 1
         elif (
             isinstance(module, WanAttention)

@@ -342,18 +342,36 @@ def test_cuda_graphs_and_attention_on_gpu(mode, tmp_path):
     _close(_run(model, inputs2), ref2, EXACT if mode == "exact" else FAST)
 
 
-@pytest.mark.parametrize("build", ["flux", "wan"])
+@pytest.mark.parametrize("build", ["flux", "flux-producer-off", "wan"])
 def test_fp8_attention_matches_eager(build):
     """fast + fp8 attention (compiled, the kernel as an opaque op) against eager bf16."""
-    if build == "flux":
-        model, inputs = _flux()
+    producer = build != "flux-producer-off"
+    if build.startswith("flux"):
+        from diffusers import FluxTransformer2DModel
+
+        from engine.pipelines._build import random_model
+        from engine.pipelines.configs import FLUX_TINY_TRANSFORMER
+
+        # Heads of 32 channels: the smallest the fused norm/RoPE/fp8 producer takes.
+        cfg = {**FLUX_TINY_TRANSFORMER, "attention_head_dim": 32, "axes_dims_rope": (8, 12, 12)}
+        model = random_model(FluxTransformer2DModel, cfg, device="cpu", dtype=torch.bfloat16, seed=0)
+        inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
     else:
         model = build_wan_transformer("tiny", seed=0)
         inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
     ref = _run(model, inputs)
     # Every attention in fp8, however short its keys (the default keeps short ones bf16).
-    optimize(model, "fast", attention="fp8", attention_fp8_min_kv=0, **AOT)
+    optimize(
+        model, "fast", attention="fp8", attention_fp8_min_kv=0,
+        attention_fp8_producer=producer, **AOT,
+    )
     assert report_of(model).attention_backend == "sdpa_bshd:fp8"
+    if build.startswith("flux"):
+        procs = {type(m.processor).__name__ for m in model.modules() if hasattr(m, "processor")}
+        assert procs == {"FluxSDPAProcessor"}
+        assert all(
+            m.processor.fp8_producer == producer for m in model.modules() if hasattr(m, "processor")
+        )
     _close(_run(model, inputs), ref, FAST)
 
 

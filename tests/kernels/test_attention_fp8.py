@@ -132,3 +132,50 @@ def test_small_head_dim_is_padded(device):
     out = attention_fp8(q, k, v)
     assert out.shape == q.shape
     assert _cos(out, _exact(q, k, v)) > 0.995
+
+
+def test_ex2_polynomial_matches_exp2():
+    # The FMA-pipe 2**x of the ex2_poly variants, replayed in torch: floor by a round-down
+    # add, degree-3 polynomial, integer add into the exponent bits.
+    x = torch.linspace(-126.0, 8.8, 200001, dtype=torch.float32)
+    j = torch.floor(x)
+    f = x - j
+    p = ((0.077119089663028717041015625 * f + 0.227564394474029541015625) * f
+         + 0.695146143436431884765625) * f + 1.0
+    bits = p.view(torch.int32) + (j.to(torch.int32) << 23)
+    rel = (bits.view(torch.float32).double() / torch.exp2(x.double()) - 1).abs().max()
+    assert rel < 2e-4
+
+
+def test_lazy_rescale_computes_the_same_function(device):
+    from kernels.attention_fp8 import Fp8AttnVariant
+
+    q, k, v = _qkv(1, 300, 500, 2, 64, device)
+    exact = _exact(q, k, v)
+    for tau in (2.0, 4.0):
+        out = attention_fp8_launch(q, k, v, variant=Fp8AttnVariant(lazy_tau=tau))
+        assert _cos(out, exact) > 0.995, tau
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the PTX exponentials and imprecise MMA run on a GPU")
+@pytest.mark.gpu
+def test_gpu_variants_compute_the_same_function(device):
+    from kernels.attention_fp8 import SWEEP_CONFIGS, Fp8AttnVariant
+
+    q, k, v = _qkv(1, 1000, 1000, 4, 128, device)
+    exact = _exact(q, k, v)
+    for poly in (1, 2, 3):
+        for tau in (0.0, 2.0):
+            var = Fp8AttnVariant(ex2_poly=poly, lazy_tau=tau)
+            out = attention_fp8_launch(q, k, v, variant=var)
+            assert _cos(out, exact) > 0.995, var
+    out = attention_fp8_launch(q, k, v, variant=Fp8AttnVariant(imprecise=32))
+    assert _cos(out, exact) > 0.995
+    for cfg in SWEEP_CONFIGS:
+        try:
+            out = attention_fp8_launch(q, k, v, config=cfg)
+        except Exception as exc:  # noqa: BLE001  (a config over this GPU's shared memory)
+            if "resources" not in str(exc).lower() and "shared" not in str(exc).lower():
+                raise
+            continue
+        assert _cos(out, exact) > 0.995, cfg
