@@ -18,7 +18,8 @@ from gateway.endpoints import router as customer_router
 from gateway.headers import SecurityHeaders
 from gateway.nul_guard import RejectNul
 from kit.db import assert_migrated
-from kit.telemetry import setup_tracing
+from kit.settings import get_settings
+from kit.telemetry import setup_tracing, tracing_configured
 from kit.web import install_error_handlers
 from partners.endpoints import router as partner_router
 
@@ -33,11 +34,16 @@ def create_app(*, check_schema: bool = True) -> FastAPI:
             assert_migrated()
         yield
 
+    # FastAPI opens each request's server span itself. Told up front whether tracing is on (our
+    # settings export spans, or a tracer provider is installed before the app is built), it
+    # does not look for a configured provider on every request.
+    tracing = get_settings().telemetry_exporter != "none" or tracing_configured()
     app = FastAPI(
         title="mediagate",
         version="0.1.0",
         summary="Hosting gateway for generative-media models",
         lifespan=lifespan,
+        telemetry={"tracing": tracing, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     for router in (customer_router, account_router, partner_router, billing_router, admin_router):

@@ -41,6 +41,11 @@ def setup_tracing(service_name: str) -> None:
     trace.set_tracer_provider(provider)
 
 
+def tracing_configured() -> bool:
+    """Whether a real tracer provider is installed in this process."""
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 def tracer(name: str) -> trace.Tracer:
     """A tracer for a module."""
     return trace.get_tracer(name)

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import time
 
+import pytest
+from fastapi.testclient import TestClient
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from gateway.app import create_app
+from tests.e2e.api_support import FLAKY_PRICING
+from tests.e2e.conftest import World
+from tests.support import FIXTURE_MODELS
 
-def test_submit_and_run_share_one_trace(api, worker, flaky_world) -> None:  # type: ignore[no-untyped-def]
+
+def test_submit_and_run_share_one_trace(committed, worker, tmp_path) -> None:  # type: ignore[no-untyped-def]
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)  # only the first call in a process takes effect
     if trace.get_tracer_provider() is not provider:
-        import pytest
-
         pytest.skip("a tracer provider was installed earlier in this process")
-    w = flaky_world
+    # Built after the provider is installed, the app traces its requests.
+    with TestClient(create_app()) as api:
+        _one_trace(api, worker, exporter, tmp_path)
+
+
+def _one_trace(api, worker, exporter, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    w = World(api, tmp_path, model_dir=FIXTURE_MODELS / "flaky", slug="flaky", pricing=FLAKY_PRICING)
     body = api.post(f"/v1/models/{w.model}/requests", headers={**w.customer, "Prefer": "wait=30"},
                     json={"input": {}}).json()
     assert body["status"] == "succeeded"
