@@ -7,6 +7,7 @@ Run on a CUDA machine from the repository root, one part per process:
     python bench/engine.py --part blocks    # our Triton kernels inside a compiled block vs inductor
     python bench/engine.py --part cache     # compile time cold / from the disk cache, LoRA hot-swap
     python bench/engine.py --part wan       # Wan 2.1 T2V 1.3B, 832x480, 81 frames
+    python bench/engine.py --part options   # exact's inductor options and region sizes, side by side
     ... --flux-variants fast,fast-fp8attn,fast-fp8attn-separate / --wan-variants eager,fast,fast-fp8attn: fp8 attention
     torchrun --nproc_per_node 2 bench/engine.py --part cp   # context parallel vs one GPU
     python bench/engine.py --merge a.json b.json ...   # one table, engine.json and a PNG
@@ -42,6 +43,7 @@ from bench.enginebench.cache import cache_part, probe_part  # noqa: E402
 from bench.enginebench.common import RESULTS  # noqa: E402
 from bench.enginebench.cp import cp_part  # noqa: E402
 from bench.enginebench.flux import flux_part  # noqa: E402
+from bench.enginebench.options import options_part  # noqa: E402
 from bench.enginebench.profile import profile_part  # noqa: E402
 from bench.enginebench.report import chart, print_tables  # noqa: E402
 from bench.enginebench.wan import wan_part  # noqa: E402
@@ -53,7 +55,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--part",
-        choices=["flux", "attn", "blocks", "cache", "probe", "wan", "profile", "cp"],
+        choices=["flux", "attn", "blocks", "cache", "probe", "wan", "profile", "cp", "options"],
         default="flux",
     )
     parser.add_argument(
@@ -75,6 +77,10 @@ def main() -> None:
     parser.add_argument(
         "--probes", default="", help="JSON list of compile probes (see DEFAULT_PROBES)"
     )
+    parser.add_argument(
+        "--option-variants", default="", help="--part options: JSON list of {name, options, kwargs}"
+    )
+    parser.add_argument("--only", default="", help="--part options: variant names to run")
     parser.add_argument("--optimize-kwargs", default="", help="JSON of extra optimize() arguments")
     parser.add_argument("--no-baseline-compile", action="store_true")
     parser.add_argument(
@@ -124,6 +130,7 @@ def main() -> None:
         "cache": cache_part,
         "wan": wan_part,
         "profile": profile_part,
+        "options": options_part,
     }[args.part]
     result = part(args)
     result.setdefault("part", args.part)

@@ -50,7 +50,9 @@ def cache_part(args: argparse.Namespace) -> dict[str, Any]:
         label = spec["label"]
         cmd = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            # The entry point, not this file: run as a script, this folder would go first on
+            # sys.path and our profile.py would shadow the standard library's.
+            str(Path(__file__).resolve().parents[1] / "engine.py"),
             "--part",
             "probe",
             "--size",

@@ -6,7 +6,8 @@ pipelines in one process can run different modes and nothing global is patched.
 
 Modes:
     exact  bf16, fused QKV, fastest exact attention (measured), regional compile,
-           CUDA graphs where they pay (measured), channels-last VAE.
+           CUDA graphs where they pay (measured), channels-last VAE. FLUX also compiles
+           the modules outside its blocks and always captures graphs (measured).
     fast   exact + fp8 e4m3 linears in the repeated blocks (row-wise weight scales,
            row-wise dynamic activation scales).
     turbo  fast + step caching (fixed skip schedule, or first-block cache).
@@ -58,6 +59,11 @@ MODES = ("exact", "fast", "turbo")
 # RMSNorm+RoPE 5.92 ms against inductor's 5.98 (1%, inside run-to-run spread), the fp8
 # linear's Triton quantizer 5.413 ms against 5.410. Neither is a measured win: none is on.
 DEFAULT_KERNELS: tuple[str, ...] = ()
+# FLUX in `exact` (H200, 2026-11-22, one process, ms per call): the modules outside the
+# blocks compiled too and CUDA graphs always on took a call from 137.4/136.3 to 132.5
+# (diffusers + torch.compile 134.0). The graphs' "auto" test, three queued calls each way,
+# sits inside the clock drift of a 130 ms call and had turned them off.
+EXACT_FLUX_GRAPHS = "always"
 DENOISERS = ("transformer", "transformer_2", "unet")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 REPORT_ATTR = "_mediagate_optimization"
@@ -157,9 +163,11 @@ def optimize(
     compile_mode: str | None = None,
     compile_options: dict[str, Any] | None = None,
     compile_backend: str = "inductor",
+    compile_group: dict[str, int] | None = None,
+    compile_rest: bool | None = None,
     fullgraph: bool | None = None,
     dynamic: bool | None = None,
-    cuda_graphs: str | bool = "auto",
+    cuda_graphs: str | bool | None = None,
     attention: str = "auto",
     attention_op: bool = False,
     attention_seq_len: int = 4608,
@@ -309,6 +317,11 @@ def optimize(
             if fp8_backend == "kernels" and "fp8_linear" not in report.kernels:
                 report.kernels.append("fp8_linear")
 
+        exact_flux = mode == "exact" and type(model).__name__ == "FluxTransformer2DModel"
+        rest = exact_flux if compile_rest is None else compile_rest
+        graphs_req = (
+            cuda_graphs if cuda_graphs is not None else EXACT_FLUX_GRAPHS if exact_flux else "auto"
+        )
         if turbo_cfg is not None and turbo_cfg.method == "fbc":
             # The first-block cache decides per step on the GPU's numbers: a graph break
             # between blocks, so no full-graph compile and no whole-forward CUDA graph.
@@ -317,7 +330,7 @@ def optimize(
             fullgraph_eff = True if fullgraph is None else fullgraph
             # With context parallel only an explicit "always" captures (measured in
             # bench/engine.py --part cp); "auto" decides per rank, and ranks must agree.
-            graphs = cuda_graphs if not context_parallel or cuda_graphs == "always" else False
+            graphs = graphs_req if not context_parallel or graphs_req == "always" else False
 
         if context_parallel:
             report.context_parallel = enable_context_parallel(model, context_parallel)
@@ -331,12 +344,16 @@ def optimize(
                 options=compile_options,
                 backend=compile_backend,
                 skip=modules_with_cp_hooks(model) if context_parallel else None,
+                group=compile_group if fullgraph_eff and not context_parallel else None,
+                rest=rest and not context_parallel,
             )
             report.compile_options = {
                 "mode": compile_mode,
                 "fullgraph": fullgraph_eff,
                 "dynamic": dynamic,
                 "backend": compile_backend,
+                "group": compile_group,
+                "rest": rest,
                 **(compile_options or {}),
             }
 

@@ -72,6 +72,53 @@ def save_cache_artifacts(cache_dir: str | os.PathLike) -> int:
     return len(blob)
 
 
+class _BlockChain(torch.nn.Module):
+    """Consecutive repeated blocks run as one compiled region (one graph for all of them)."""
+
+    def __init__(self, blocks: list[torch.nn.Module]) -> None:
+        super().__init__()
+        # A plain list: registering the blocks here would give them a second name.
+        self.__dict__["blocks"] = blocks
+
+    def forward(self, hidden_states, encoder_hidden_states, *args, **kwargs):
+        for block in self.blocks:
+            encoder_hidden_states, hidden_states = block(
+                hidden_states, encoder_hidden_states, *args, **kwargs
+            )
+        return encoder_hidden_states, hidden_states
+
+
+class _ChainedModuleList(torch.nn.ModuleList):
+    """A block list that the model's forward iterates as chains; names and weights unchanged."""
+
+    def __iter__(self):
+        return iter(self.__dict__["_mg_chains"])
+
+
+def group_repeated_blocks(model: torch.nn.Module, sizes: dict[str, int]) -> list[torch.nn.Module]:
+    """Make the model's loop over each listed block class run `size` blocks per call.
+
+    Only block lists whose blocks take and return `(encoder_hidden_states, hidden_states)`
+    (FLUX's double and single blocks) can be chained. State-dict names, LoRA targets and
+    `len()` of the list stay as they were; returns the chain modules to compile."""
+    chains: list[torch.nn.Module] = []
+    for module in list(model.modules()):
+        if not isinstance(module, torch.nn.ModuleList) or not len(module):
+            continue
+        name = type(module[0]).__name__
+        size = sizes.get(name, 1)
+        if size <= 1 or any(type(b).__name__ != name for b in module):
+            continue
+        if name not in ("FluxTransformerBlock", "FluxSingleTransformerBlock"):
+            raise ValueError(f"{name} blocks cannot be chained")
+        blocks = list(torch.nn.ModuleList.__iter__(module))
+        own = [_BlockChain(blocks[i : i + size]) for i in range(0, len(blocks), size)]
+        module.__class__ = _ChainedModuleList
+        module.__dict__["_mg_chains"] = own
+        chains += own
+    return chains
+
+
 def compile_model(
     model: torch.nn.Module,
     *,
@@ -81,15 +128,41 @@ def compile_model(
     options: dict[str, Any] | None = None,
     backend: str = "inductor",
     skip: set[torch.nn.Module] | None = None,
+    group: dict[str, int] | None = None,
+    rest: bool = False,
 ) -> str:
     """Compile `model` in place: its repeated blocks when it declares them, else whole.
 
-    Blocks in `skip` stay eager (a block carrying a hook dynamo cannot trace)."""
+    Blocks in `skip` stay eager (a block carrying a hook dynamo cannot trace). `group`
+    maps a block class to how many consecutive blocks one compiled region spans, so that
+    inductor can fuse across their boundaries (residual add into the next block's norm).
+    `rest` also compiles each top-level module outside the block lists (embedders,
+    rotary tables, output norm and projection), which otherwise run as many small eager
+    kernels before the first block can start."""
     kwargs: dict[str, Any] = {"fullgraph": fullgraph, "dynamic": dynamic, "backend": backend}
     if options:
         kwargs["options"] = options
     elif mode is not None:
         kwargs["mode"] = mode
+    if rest and getattr(model, "_repeated_blocks", None):
+        for child in model.children():
+            # A bare torch.nn layer (one linear) is one kernel already, and dynamo skips it.
+            if not type(child).__module__.startswith("torch."):
+                child.compile(**kwargs)
+    group = {k: v for k, v in (group or {}).items() if v > 1}
+    if group and getattr(model, "_repeated_blocks", None):
+        if skip:
+            raise ValueError("grouped blocks cannot leave single blocks eager")
+        chains = group_repeated_blocks(model, group)
+        grouped = {type(c.blocks[0]).__name__ for c in chains}
+        for chain in chains:
+            chain.compile(**kwargs)
+        for module in model.modules():
+            name = type(module).__name__
+            if name in model._repeated_blocks and name not in grouped:
+                module.compile(**kwargs)
+        sizes = ",".join(f"{k}x{v}" for k, v in sorted(group.items()))
+        return "regional:" + ",".join(model._repeated_blocks) + f" (chained {sizes})"
     if getattr(model, "_repeated_blocks", None):
         if not skip:
             model.compile_repeated_blocks(**kwargs)

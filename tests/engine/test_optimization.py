@@ -134,6 +134,37 @@ def test_flux_modes_traced_match_eager(mode, tol):
     _close(_run(model, inputs), ref, tol)
 
 
+def test_flux_exact_compiles_the_modules_outside_the_blocks():
+    model, inputs = _flux()
+    ref = _run(model, inputs)
+    optimize(model, "exact", **AOT)
+    report = report_of(model)
+    assert report.compile_options["rest"] and report.compiled.startswith("regional:")
+    _close(_run(model, inputs), ref, EXACT)
+    frames = compiled_frame_count()
+    _run(model, inputs)
+    assert compiled_frame_count() == frames
+
+
+def test_flux_chained_blocks_match_eager_and_keep_their_names():
+    """Several blocks per compiled region: same function, same state dict, no recompiles."""
+    model, inputs = _flux()
+    plain, _ = _flux()
+    optimize(plain, "exact", compile=False)  # fused QKV renames weights; chaining must not
+    keys = list(plain.state_dict())
+    sizes = (len(model.transformer_blocks), len(model.single_transformer_blocks))
+    ref = _run(model, inputs)
+    group = {"FluxSingleTransformerBlock": 2, "FluxTransformerBlock": 99}
+    optimize(model, "exact", compile_group=group, **AOT)
+    assert "chained" in report_of(model).compiled
+    assert list(model.state_dict()) == keys
+    assert (len(model.transformer_blocks), len(model.single_transformer_blocks)) == sizes
+    _close(_run(model, inputs), ref, EXACT)
+    frames = compiled_frame_count()
+    _run(model, inputs)
+    assert compiled_frame_count() == frames
+
+
 def test_flux_exact_uncompiled_is_the_same_function():
     model, inputs = _flux()
     ref = _run(model, inputs)
