@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -35,7 +35,6 @@ from kit.db import get_sessionmaker
 from kit.errors import AppError
 from kit.pipelined import Pipelines, collecting
 
-T = TypeVar("T")
 MAX_BATCH = 256
 
 
@@ -118,7 +117,7 @@ def _run(session: Session, ready: Callable[[Session], Any] | tuple[bool, Any]) -
     return ready if isinstance(ready, tuple) else _attempt(session, ready)
 
 
-def _finish(session: Session, outcome: tuple[bool, Any]) -> tuple[bool, Any]:
+def _finish(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
     ok, value = outcome
     return (True, value.render()) if ok and isinstance(value, AfterWrites) else outcome
 
@@ -132,9 +131,9 @@ def _alone(job: Job) -> tuple[bool, Any]:
             return ready
         value = ready(session)
         repo.write_deferred(session)
-        ok, value = _finish(session, (True, value))
+        outcome = _finish((True, value))
         session.commit()
-        return True, value
+        return outcome
     except _Unsafe as unsafe:
         session.rollback()
         return False, unsafe.__cause__
@@ -163,7 +162,7 @@ def run_batch_holding_writes(jobs: list[Job]) -> tuple[list[tuple[bool, Any]], P
                 outcomes = [_run(session, ready) for ready in _admit(session, jobs)]
                 try:
                     repo.write_deferred(session)
-                    outcomes = [_finish(session, outcome) for outcome in outcomes]
+                    outcomes = [_finish(outcome) for outcome in outcomes]
                 except Exception as exc:
                     raise _Unsafe from exc
             except _Unsafe as unsafe:
