@@ -44,6 +44,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.common import machine, summary, write_json  # noqa: E402
+from bench.procstat import cpu_snapshot, cpu_used, descendants  # noqa: E402
 from bench.stack import api_command, fresh_database, seed_noop  # noqa: E402
 
 MODEL = "bench/noop"
@@ -227,42 +228,6 @@ def rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
-def _descendants(pid: int) -> set[int]:
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        if p in out:
-            continue
-        out.add(p)
-        try:
-            todo.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return out
-
-
-def cpu_snapshot(pids: set[int] | None = None, match: str | None = None) -> dict[int, float]:
-    """CPU seconds (user + system) so far of the given processes, or of those whose command
-    line contains `match`."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or (pids is not None and int(proc.name) not in pids):
-            continue
-        try:
-            if match and match not in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                continue
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / ticks
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return out
-
-
-def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
-
-
 def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -334,8 +299,8 @@ def main() -> None:
             results["queued_after_200_with_worker"] = queued()
             results["load_average"]["submit_at_200_with_worker"] = os.getloadavg()[0]
             def snapshots() -> dict[str, dict[int, float]]:
-                return {"API (uvicorn)": cpu_snapshot(_descendants(api.pid)),
-                        "Celery worker + runner": cpu_snapshot(_descendants(worker.pid)),
+                return {"API (uvicorn)": cpu_snapshot(descendants(api.pid)),
+                        "Celery worker + runner": cpu_snapshot(descendants(worker.pid)),
                         "PostgreSQL": cpu_snapshot(match="postgres"), "Redis": cpu_snapshot(match="redis-server"),
                         "load generator": cpu_snapshot({os.getpid()})}
 

@@ -39,48 +39,13 @@ from rich.table import Table  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from bench.common import machine, summary, write_json  # noqa: E402
+from bench.procstat import cpu_snapshot, cpu_used, descendants  # noqa: E402
 from bench.stack import NOOP, api_command, fresh_database, seed_noop  # noqa: E402
 from kit.db import session_scope  # noqa: E402
 
 # The envelope's timestamps (this machine's clock for all of them): where a request's time goes.
 PHASES = (("submit → created", "sent", "created"), ("created → started", "created", "started"),
           ("started → completed", "started", "completed"), ("completed → answer", "completed", "answer"))
-
-
-def _descendants(pid: int) -> set[int]:
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        if p in out:
-            continue
-        out.add(p)
-        try:
-            todo.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return out
-
-
-def cpu_snapshot(pids: set[int] | None = None, match: str | None = None) -> dict[int, float]:
-    """CPU seconds (user + system) so far of the given processes, or of those whose command
-    line contains `match`."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or (pids is not None and int(proc.name) not in pids):
-            continue
-        try:
-            if match and match not in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                continue
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / ticks
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return out
-
-
-def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
 def commits() -> int:
@@ -201,9 +166,9 @@ def main() -> None:
         worker = procs[0].pid
 
         def cpu() -> dict[str, dict[int, float]]:
-            return {"worker + runner": cpu_snapshot(_descendants(worker)),
+            return {"worker + runner": cpu_snapshot(descendants(worker)),
                     "PostgreSQL (bench database)": cpu_snapshot(match="mediagate_bench"),
-                    "API": cpu_snapshot(_descendants(procs[1].pid))}
+                    "API": cpu_snapshot(descendants(procs[1].pid))}
 
         spy = None
         if args.profile:

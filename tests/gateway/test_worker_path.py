@@ -3,7 +3,6 @@ and nothing recorded by an attempt that no longer holds the request."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -14,15 +13,12 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 
-from billing import service as billing
 from billing.models import LedgerEntry, UsageRecord
 from gateway import events, runs, service
 from gateway.models import Request
 from kit.db import get_engine, session_scope
-from kit.ids import new_id
 from moderation.models import ModerationRecord
-from partners import service as partners
-from tests.support import FIXTURE_MODELS, package_bytes
+from tests.support import deploy_stepper
 
 pytestmark = pytest.mark.timeout(120)
 OWNER = "worker-test"
@@ -30,21 +26,10 @@ OWNER = "worker-test"
 
 def _submitted(tmp: Path) -> str:
     """A priced, deployed model and one queued request for it; returns the request id."""
-    slug = f"lab-{new_id('x')[-8:]}"
     with session_scope() as s:
-        partner, _ = partners.create_partner(s, slug=slug, name="Lab")
-        model = partners.create_model(s, partner, slug="stepper")
-        data = package_bytes(FIXTURE_MODELS / "stepper", tmp)
-        archive = tmp / "stepper.oci.tar"
-        archive.write_bytes(data)
-        partners.create_version(s, partner, model, archive=archive, digest=hashlib.sha256(data).hexdigest(),
-                                size=len(data))
-        partners.create_deployment(s, partner, model_slug="stepper", version=None, pool=f"p-{slug}",
-                                   min_replicas=0, max_replicas=1, concurrency=1, keep_alive_s=60)
-        billing.set_pricing(s, model, tier="open", unit="requests", unit_price_micros=100)
-        account = billing.create_account(s, name="Customer")
-        return service.submit(s, account, owner=slug, model_slug="stepper",
-                              input={"steps": 1}).request.id
+        account, ref = deploy_stepper(s, tmp)
+        owner, model = ref.split("/")
+        return service.submit(s, account, owner=owner, model_slug=model, input={"steps": 1}).request.id
 
 
 @contextmanager
