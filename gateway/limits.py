@@ -108,13 +108,11 @@ def take_many(charges: list[Charge]) -> list[Verdict | None]:
         return [None] * len(charges)
     script = _script()
     try:
-        if len(charges) == 1:
-            c = charges[0]
-            replies = [script(keys=[f"mediagate:rl:{c.bucket}"], args=[c.rate_per_s, c.burst, 1])]
-        else:
-            pipe = script.registered_client.pipeline(transaction=False)
-            for c in charges:
-                script(keys=[f"mediagate:rl:{c.bucket}"], args=[c.rate_per_s, c.burst, 1], client=pipe)
+        # One charge goes as a plain EVALSHA; more share a pipeline (still one round trip).
+        pipe = script.registered_client.pipeline(transaction=False) if len(charges) > 1 else None
+        replies = [script(keys=[f"mediagate:rl:{c.bucket}"], args=[c.rate_per_s, c.burst, 1], client=pipe)
+                   for c in charges]
+        if pipe is not None:
             replies = pipe.execute()
     except Exception:  # noqa: BLE001 - a Redis outage must not take the API down with it
         _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
