@@ -8,7 +8,8 @@ Run on a CUDA machine from the repository root, one part per process:
     python bench/engine.py --part cache     # compile time cold / from the disk cache, LoRA hot-swap
     python bench/engine.py --part wan       # Wan 2.1 T2V 1.3B, 832x480, 81 frames
     python bench/engine.py --part options   # exact's inductor options and region sizes, side by side
-    ... --flux-variants fast,fast-fp8attn,fast-fp8attn-separate / --wan-variants eager,fast,fast-fp8attn: fp8 attention
+    ... --flux-variants fast,fast-fp8attn,fast-fp8attn-triton,fast-fp8attn-separate / --wan-variants
+        eager,fast,fast-fp8attn,fast-fp8attn-triton: fp8 attention (default cuDNN on Hopper; our kernel)
     torchrun --nproc_per_node 2 bench/engine.py --part cp   # context parallel vs one GPU
     python bench/engine.py --merge a.json b.json ...   # one table, engine.json and a PNG
 
@@ -85,6 +86,9 @@ def main() -> None:
     parser.add_argument("--no-baseline-compile", action="store_true")
     parser.add_argument(
         "--attn-quick", action="store_true", help="--part attn: the tuning set only, no variants"
+    )
+    parser.add_argument(
+        "--profile-modes", default="eager,exact,fast", help="--part profile: modes, or mode-fp8attn"
     )
     parser.add_argument("--no-peaks", action="store_true")
     parser.add_argument("--no-pipeline", action="store_true")

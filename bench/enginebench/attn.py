@@ -112,6 +112,7 @@ def _one_shape(name, b, sq, skv, h, d, device, cudnn, quick=False) -> dict[str, 
             ms = _bench(lambda: F.scaled_dot_product_attention(qh, kh, vh), device)
         row["bf16_cudnn_headmajor_ms"] = ms
     row["bf16_drift"] = drift(sdpa_bshd(q, k, v, cudnn), exact)
+    _cudnn_fp8(row, q, k, v, exact, flop, device)
     row["quant_ms"] = None
     row["sweep"] = []
     if not use_triton(q):
@@ -145,6 +146,29 @@ def _one_shape(name, b, sq, skv, h, d, device, cudnn, quick=False) -> dict[str, 
         row["fp8_config"] = best["config"] if best else None
     _fp8_totals(row, q, k, v, exact, flop, device)
     return row
+
+
+def _cudnn_fp8(row, q, k, v, exact, flop, device) -> None:
+    """cuDNN's fp8 attention: the op on quantized operands, and with its quantization in
+    eager torch and compiled (inductor fuses the quantization passes)."""
+    from engine.optimization.cudnn_fp8 import (
+        attention_fp8_cudnn,
+        cudnn_attention_fp8,
+        cudnn_fp8_attention_available,
+        quantize_for_cudnn,
+    )
+
+    if device.type != "cuda" or not cudnn_fp8_attention_available(device.index or 0):
+        return
+    q8, k8, v8, dq, dk, _ = quantize_for_cudnn(q, k, v)
+    ms = _bench(lambda: cudnn_attention_fp8(q8, k8, v8, dq, dk), device)
+    row["cudnn_fp8_kernel_ms"] = ms
+    row["cudnn_fp8_kernel_tflops"] = flop / ms / 1e9
+    row["cudnn_fp8_eager_ms"] = _bench(lambda: attention_fp8_cudnn(q, k, v), device)
+    compiled = torch.compile(attention_fp8_cudnn, fullgraph=True)
+    row["cudnn_fp8_compiled_ms"] = _bench(lambda: compiled(q, k, v), device)
+    row["cudnn_fp8_drift"] = drift(compiled(q, k, v), exact)
+    row["cudnn_fp8_speedup_vs_cudnn"] = row["bf16_cudnn_ms"] / row["cudnn_fp8_compiled_ms"]
 
 
 def attn_part(args: argparse.Namespace) -> dict[str, Any]:
@@ -207,7 +231,9 @@ def _producer_rows(device, size) -> list[dict[str, Any]]:
         return attention_fp8(*normed())
 
     def fp8_fused():
-        return attention_fp8_norm_rope(qi, ki, vi, w[0], w[1], cos, sin, 1e-6, qt, kt, vt, w[2], w[3])
+        return attention_fp8_norm_rope(
+            qi, ki, vi, w[0], w[1], cos, sin, 1e-6, qt, kt, vt, w[2], w[3]
+        )
 
     def fp8_fused_nosmooth():
         qkv = norm_rope_quantize_fp8(
@@ -218,7 +244,9 @@ def _producer_rows(device, size) -> list[dict[str, Any]]:
     qn, kn, vn = normed()
     exact = _exact(qn, kn, vn, device)
     rows = []
+    compiled = _compiled_joint_attention(device, (qi, ki, vi, qt, kt, vt), w, cos, sin)
     for name, fn in [
+        *compiled,
         ("norm+rope+cat", normed),
         ("bf16 cuDNN, with norm+rope", bf16),
         ("fp8 separate (norm+rope, quantize, kernel)", fp8_separate),
@@ -240,6 +268,55 @@ def _producer_rows(device, size) -> list[dict[str, Any]]:
             row = {"variant": name, "error": str(exc)[:300]}
         rows.append(row)
     return rows
+
+
+def _compiled_joint_attention(device, qkv, w, cos, sin) -> list[tuple[str, Any]]:
+    """FLUX's joint attention as the processors write it (RMSNorm, concatenation, RoPE in
+    torch), compiled, with cuDNN bf16 and with cuDNN fp8 (static bounds of the norms)."""
+    from engine.optimization.cudnn_fp8 import (
+        attention_fp8_cudnn,
+        cudnn_fp8_attention_available,
+    )
+    from engine.optimization.sdpa import sdpa_bshd
+
+    if device.type != "cuda" or not cudnn_fp8_attention_available(device.index or 0):
+        return []
+    qi, ki, vi, qt, kt, vt = qkv
+    norms = [
+        torch.nn.RMSNorm(qi.shape[-1], eps=1e-6, device=device, dtype=torch.bfloat16) for _ in w
+    ]
+    with torch.no_grad():
+        for n, wt in zip(norms, w, strict=True):
+            n.weight.copy_(wt)
+            n.requires_grad_(False)
+
+    def rope(x):
+        x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        rot = torch.stack([-x2, x1], dim=-1).flatten(3)
+        return (x.float() * cos[None, :, None] + rot * sin[None, :, None]).to(x.dtype)
+
+    def qkv_normed():
+        q = rope(torch.cat([norms[2](qt), norms[0](qi)], 1))
+        k = rope(torch.cat([norms[3](kt), norms[1](ki)], 1))
+        return q, k, torch.cat([vt, vi], 1)
+
+    def bf16():
+        return sdpa_bshd(*qkv_normed(), "_native_cudnn")
+
+    def fp8():
+        from engine.optimization.cudnn_fp8 import rmsnorm_bound
+
+        q, k, v = qkv_normed()
+        bq, bk = rmsnorm_bound(norms[0], norms[2]), rmsnorm_bound(norms[1], norms[3])
+        return attention_fp8_cudnn(q, k, v, bq, bk)
+
+    return [
+        ("compiled torch norm+rope + bf16 cuDNN", torch.compile(bf16, fullgraph=True)),
+        (
+            "compiled torch norm+rope + cuDNN fp8 (static bounds)",
+            torch.compile(fp8, fullgraph=True),
+        ),
+    ]
 
 
 def attn_table(res: dict[str, Any]) -> list[str]:
@@ -266,6 +343,11 @@ def attn_table(res: dict[str, Any]) -> list[str]:
                 r["fp8_drift"]["rel_l2"],
             )
         )
+    for r in res.get("rows", []):
+        if r.get("cudnn_fp8_kernel_ms"):
+            lines.append(
+                f"| {r['shape']}: cuDNN fp8 | kernel {r['cudnn_fp8_kernel_ms']:.3f} ({r['cudnn_fp8_kernel_tflops']:.0f}) | eager {r['cudnn_fp8_eager_ms']:.3f} | compiled {r['cudnn_fp8_compiled_ms']:.3f} | | {r['cudnn_fp8_speedup_vs_cudnn']:.2f} | {r['cudnn_fp8_drift']['cosine']:.5f} | {r['cudnn_fp8_drift']['rel_l2']:.4f} |"
+            )
     for p in res.get("producer", []):
         lines.append(
             f"| producer: {p['variant']} | {p.get('ms', float('nan')):.3f} ms | cos {p.get('cosine', float('nan')):.5f} | {p.get('error', '')[:80]} |"

@@ -226,4 +226,3 @@ def add_rates(row: dict[str, Any], flops: dict[str, float], peaks: dict[str, flo
         floor_ms = flops["total"] / peak / 1e9
         row["floor_ms"] = floor_ms
         row["pct_floor"] = 100 * floor_ms / ms
-

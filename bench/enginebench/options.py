@@ -1,4 +1,4 @@
-"""Inductor options and compiled-region sizes for `exact`, side by side in one process.
+"""Inductor options and compiled-region sizes for `exact` (or another mode), side by side.
 
 FLUX.1-dev's transformer alone (random weights, the pipeline's input shapes, no text
 encoders or VAE): eager, diffusers + `torch.compile` (whole model, fullgraph) and each
@@ -198,7 +198,7 @@ def options_part(args: argparse.Namespace) -> dict[str, Any]:
             if spec.get("options"):
                 kw["compile_options"] = spec["options"]
             t0 = time.perf_counter()
-            optimize(model, "exact", cache_dir=root / f"v{i}", **kw)
+            optimize(model, spec.get("mode", "exact"), cache_dir=root / f"v{i}", **kw)
             row = measure(model, time.perf_counter() - t0, spec.get("profile", i == 0))
             row["spec"] = spec
             del model

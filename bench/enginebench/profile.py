@@ -43,7 +43,7 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     result: dict[str, Any] = {"env": env_info(device), "part": "profile", "rows": []}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    for mode in ("eager", "exact", "fast"):
+    for mode in getattr(args, "profile_modes", "eager,exact,fast").split(","):
 
         def one(mode=mode):
             torch._dynamo.reset()
@@ -51,7 +51,12 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
             model = build_flux_transformer(args.size, device=device, dtype=torch.bfloat16, seed=0)
             inp = flux_transformer_inputs(model, height=args.resolution, width=args.resolution)
             if mode != "eager":
-                optimize(model, mode, cuda_graphs=False, cache_dir=args.cache_dir)
+                # mode, or mode-fp8attn[-backend]: with fp8 attention.
+                base, fp8, backend = mode.partition("-fp8attn")
+                kw: dict[str, Any] = {"attention": "fp8"} if fp8 else {}
+                if backend:
+                    kw["attention_fp8_backend"] = backend.removeprefix("-")
+                optimize(model, base, cuda_graphs=False, cache_dir=args.cache_dir, **kw)
             with torch.no_grad():
                 for _ in range(3):
                     model(**inp)
@@ -81,7 +86,7 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
                 "kernel_ms": busy,
                 "gaps_ms": ms - busy,
                 "classes_ms": classes,
-                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:12]),
+                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:30]),
             }
 
         result["rows"].append(run_variant(f"profile {mode}", one))

@@ -76,9 +76,13 @@ def wan_part(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         if variant == "compile":
             model.compile(fullgraph=True)
-        elif variant.endswith("-fp8attn"):
-            mode = variant.removesuffix("-fp8attn")
-            optimize(model, mode, cache_dir=args.cache_dir, **{**extra, "attention": "fp8"})
+        elif "-fp8attn" in variant:
+            # mode-fp8attn (the default fp8 attention) or mode-fp8attn-<backend>.
+            mode, _, backend = variant.partition("-fp8attn")
+            kw = {**extra, "attention": "fp8"}
+            if backend:
+                kw["attention_fp8_backend"] = backend.removeprefix("-")
+            optimize(model, mode, cache_dir=args.cache_dir, **kw)
         elif variant != "eager":
             optimize(model, variant, cache_dir=args.cache_dir, **extra)
         row["setup_s"] = time.perf_counter() - t0

@@ -18,6 +18,11 @@ processors of engine/optimization/sdpa.py, on this instance only; attention over
 than `attention_fp8_min_kv` keys (default 2048: Wan's text cross attention) stays bf16.
 With `attention_fp8_producer` (on by default) FLUX's QK RMSNorm, RoPE and the fp8
 quantization of q, k and v run as one producer kernel (kernels/attention_fp8_producer.py).
+`attention_fp8_backend` picks the fp8 attention: "cudnn" (cuDNN's fused fp8 attention,
+engine/optimization/cudnn_fp8.py; the quantization left to inductor), "triton" (our
+kernel), or "auto" (default): cuDNN on Hopper where cudnn-frontend is installed, measured
+faster there, else our kernel. `attention_fp8_smooth_k=False` skips the cuDNN path's K
+centring (one reduction over the tokens per attention).
 
 `context_parallel=N` (exact and fast) splits the sequence over N ranks of an initialised
 torch.distributed group, Ulysses-style, through diffusers' `enable_parallelism`
@@ -53,6 +58,7 @@ from engine.optimization.parallel import (
 from engine.optimization.turbo import TurboConfig, apply_turbo
 
 MODES = ("exact", "fast", "turbo")
+FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
 # Triton kernels of `kernels/` used by default: only those measured faster, inside the
 # compiled model, than inductor's own code for the same op (`bench/engine.py --part
 # blocks`). On an H200 (2026-11-22), one FLUX double + single block at 1024^2: QK
@@ -137,6 +143,17 @@ def _to_dtype(model: nn.Module, dtype: torch.dtype) -> None:
     cast_keeping_fp32(model, dtype)
 
 
+def _fp8_attention_backend(requested: str, device: torch.device) -> str:
+    """The sdpa backend name for `attention="fp8"`: cuDNN's where it runs, else our kernel."""
+    from engine.optimization.cudnn_fp8 import cudnn_fp8_attention_available
+    from engine.optimization.sdpa import FP8_BACKEND, FP8_CUDNN_BACKEND
+
+    if requested == "auto":
+        available = device.type == "cuda" and cudnn_fp8_attention_available(device.index or 0)
+        requested = "cudnn" if available else "triton"
+    return FP8_CUDNN_BACKEND if requested == "cudnn" else FP8_BACKEND
+
+
 def _block_filter(model: nn.Module):
     """Quantize linears inside the repeated blocks only (embedders and the final projection
     stay bf16: they are a rounding error of the FLOPs and the most sensitive layers)."""
@@ -173,6 +190,8 @@ def optimize(
     attention_seq_len: int = 4608,
     attention_fp8_min_kv: int | None = None,
     attention_fp8_producer: bool = True,
+    attention_fp8_backend: str = "auto",
+    attention_fp8_smooth_k: bool = True,
     fuse_qkv: bool = True,
     fp8_backend: str | None = None,
     kernels: tuple[str, ...] | None = None,
@@ -201,6 +220,11 @@ def optimize(
     if fp8_attention and mode == "exact":
         raise ValueError(
             "attention='fp8' rounds to e4m3: use it with 'fast' or 'turbo', not 'exact'"
+        )
+    if attention_fp8_backend not in FP8_ATTENTION_BACKENDS:
+        raise ValueError(
+            f"attention_fp8_backend must be one of {FP8_ATTENTION_BACKENDS}, "
+            f"got {attention_fp8_backend!r}"
         )
     if fp8_attention and context_parallel:
         raise ValueError(
@@ -263,20 +287,18 @@ def optimize(
             backend = context_parallel_backend(backend, probe)
         routed = 0
         if fp8_attention:
-            from engine.optimization.sdpa import (
-                FP8_BACKEND,
-                FP8_MIN_KV_TOKENS,
-                use_sdpa_processors,
-            )
+            from engine.optimization.sdpa import FP8_MIN_KV_TOKENS, use_sdpa_processors
 
+            fp8_name = _fp8_attention_backend(attention_fp8_backend, device)
             routed = use_sdpa_processors(
                 model,
-                FP8_BACKEND,
+                fp8_name,
                 FP8_MIN_KV_TOKENS if attention_fp8_min_kv is None else attention_fp8_min_kv,
                 fp8_producer=attention_fp8_producer,
+                fp8_smooth_k=attention_fp8_smooth_k,
             )
             if routed:
-                report.attention_backend = f"sdpa_bshd:{FP8_BACKEND}"
+                report.attention_backend = f"sdpa_bshd:{fp8_name}"
             else:
                 report.notes.append(f"{name}: no FLUX/Wan attention for fp8; kept bf16 attention")
         elif context_parallel and (attention_op or "qk_rmsnorm_rope" in use_kernels):

@@ -11,7 +11,8 @@ for the stock processor), so `optimize` leaves it off unless `attention_op=True`
 `FluxSDPAProcessor` and `WanSDPAProcessor` are diffusers' processors with their attention
 call routed through this op; everything else in them is unchanged. With the backend
 "fp8" they call our fp8 attention kernel (kernels/attention_fp8.py, another opaque op on
-the same (B, S, H, D) layout) instead: `optimize(..., attention="fp8")`.
+the same (B, S, H, D) layout) instead, and with "fp8-cudnn" cuDNN's fp8 attention
+(cudnn_fp8.py, bounds of the normed q and k passed along): `optimize(..., attention="fp8")`.
 """
 
 from __future__ import annotations
@@ -49,16 +50,29 @@ def _sdpa_bshd_fake(q, k, v, backend="native"):
 
 FP8_BACKEND = "fp8"
 """The backend name that routes attention through kernels.attention_fp8 (e4m3 Q·Kᵀ and P·V)."""
+FP8_CUDNN_BACKEND = "fp8-cudnn"
+"""The backend name that routes attention through cuDNN's fp8 attention (cudnn_fp8.py)."""
+FP8_BACKENDS = (FP8_BACKEND, FP8_CUDNN_BACKEND)
 FP8_MIN_KV_TOKENS = 2048
 """Shorter key sequences stay bf16: quantizing Q costs more than fp8 saves there (Wan 480p's
 512-token cross attention on an H200: 0.31 ms in fp8 against 0.19 ms for cuDNN bf16)."""
 
 
 def _attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None, fp8_min_kv: int = 0
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    backend: str | None,
+    fp8_min_kv: int = 0,
+    bounds: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+    smooth_k: bool = True,
 ) -> torch.Tensor:
-    if backend == FP8_BACKEND:
+    if backend in FP8_BACKENDS:
         if k.shape[1] >= fp8_min_kv:
+            if backend == FP8_CUDNN_BACKEND:
+                from engine.optimization.cudnn_fp8 import attention_fp8_cudnn
+
+                return attention_fp8_cudnn(q, k, v, *bounds, smooth_k=smooth_k)
             from kernels.attention_fp8 import attention_fp8
 
             return attention_fp8(q, k, v)
@@ -73,12 +87,24 @@ class _SDPAProcessor:
     _parallel_config = None
 
     def __init__(
-        self, backend: str | None = None, fp8_min_kv: int = FP8_MIN_KV_TOKENS,
+        self,
+        backend: str | None = None,
+        fp8_min_kv: int = FP8_MIN_KV_TOKENS,
         fp8_producer: bool = False,
+        fp8_smooth_k: bool = True,
     ) -> None:
         self.backend = backend
         self.fp8_min_kv = fp8_min_kv
         self.fp8_producer = fp8_producer
+        self.fp8_smooth_k = fp8_smooth_k
+
+    def _bounds(self, norms_q: tuple, norms_k: tuple) -> tuple:
+        # Static bounds of the normed q and k, for cuDNN's per-tensor fp8 scales.
+        if self.backend != FP8_CUDNN_BACKEND:
+            return (None, None)
+        from engine.optimization.cudnn_fp8 import rmsnorm_bound
+
+        return rmsnorm_bound(*norms_q), rmsnorm_bound(*norms_k)
 
     def _check_not_parallel(self) -> None:
         # SDPA here sees only this rank's shard; context parallel needs diffusers' dispatch.
@@ -114,7 +140,9 @@ class FluxSDPAProcessor(_SDPAProcessor):
         query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
         key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
         value = value.unflatten(-1, (-1, attn.head_dim))
+        norms_q, norms_k = (attn.norm_q,), (attn.norm_k,)
         if attn.added_kv_proj_dim is not None:
+            norms_q, norms_k = norms_q + (attn.norm_added_q,), norms_k + (attn.norm_added_k,)
             e_query = attn.norm_added_q(e_query.unflatten(-1, (-1, attn.head_dim)))
             e_key = attn.norm_added_k(e_key.unflatten(-1, (-1, attn.head_dim)))
             e_value = e_value.unflatten(-1, (-1, attn.head_dim))
@@ -124,8 +152,9 @@ class FluxSDPAProcessor(_SDPAProcessor):
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        bounds = self._bounds(norms_q, norms_k)
         hidden_states = (
-            _attention(query, key, value, self.backend, self.fp8_min_kv)
+            _attention(query, key, value, self.backend, self.fp8_min_kv, bounds, self.fp8_smooth_k)
             .flatten(2, 3)
             .to(query.dtype)
         )
@@ -168,12 +197,24 @@ def _flux_fp8_norm_rope(attn, query, key, value, e_query, e_key, e_value, rotary
     eps = attn.norm_q.eps if attn.norm_q.eps is not None else 1e-6
     text = (None,) * 5
     if e_query is not None and attn.added_kv_proj_dim is not None:
-        text = (heads(e_query), heads(e_key), heads(e_value), attn.norm_added_q.weight,
-                attn.norm_added_k.weight)
+        text = (
+            heads(e_query),
+            heads(e_key),
+            heads(e_value),
+            attn.norm_added_q.weight,
+            attn.norm_added_k.weight,
+        )
     cos, sin = rotary
     return attention_fp8_norm_rope(
-        heads(query), heads(key), heads(value), attn.norm_q.weight, attn.norm_k.weight, cos,
-        sin, float(eps), *text,
+        heads(query),
+        heads(key),
+        heads(value),
+        attn.norm_q.weight,
+        attn.norm_k.weight,
+        cos,
+        sin,
+        float(eps),
+        *text,
     )
 
 
@@ -202,8 +243,9 @@ class WanSDPAProcessor(_SDPAProcessor):
         if rotary_emb is not None:
             query = _wan_rope(query, *rotary_emb)
             key = _wan_rope(key, *rotary_emb)
+        bounds = self._bounds((attn.norm_q,), (attn.norm_k,))
         hidden_states = (
-            _attention(query, key, value, self.backend, self.fp8_min_kv)
+            _attention(query, key, value, self.backend, self.fp8_min_kv, bounds, self.fp8_smooth_k)
             .flatten(2, 3)
             .type_as(query)
         )
@@ -222,8 +264,11 @@ def _wan_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor)
 
 
 def use_sdpa_processors(
-    model: torch.nn.Module, backend: str | None, fp8_min_kv: int = FP8_MIN_KV_TOKENS,
+    model: torch.nn.Module,
+    backend: str | None,
+    fp8_min_kv: int = FP8_MIN_KV_TOKENS,
     fp8_producer: bool = False,
+    fp8_smooth_k: bool = True,
 ) -> int:
     """Route this instance's FLUX / Wan attention through `sdpa_bshd`; returns how many modules."""
     from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
@@ -232,13 +277,13 @@ def use_sdpa_processors(
     n = 0
     for module in model.modules():
         if isinstance(module, FluxAttention) and type(module.processor) is FluxAttnProcessor:
-            module.set_processor(FluxSDPAProcessor(backend, fp8_min_kv, fp8_producer))
+            module.set_processor(FluxSDPAProcessor(backend, fp8_min_kv, fp8_producer, fp8_smooth_k))
             n += 1
         elif (
             isinstance(module, WanAttention)
             and type(module.processor) is WanAttnProcessor
             and module.add_k_proj is None
         ):
-            module.set_processor(WanSDPAProcessor(backend, fp8_min_kv))
+            module.set_processor(WanSDPAProcessor(backend, fp8_min_kv, fp8_smooth_k=fp8_smooth_k))
             n += 1
     return n

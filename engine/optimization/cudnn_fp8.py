@@ -1,0 +1,259 @@
+"""fp8 attention through cuDNN's fused fp8 flash attention (the cudnn-frontend graph API).
+
+On Hopper cuDNN's e4m3 attention overlaps the softmax of one tile with the tensor-core
+work of another, which our Triton kernel (kernels/attention_fp8.py) cannot express, and
+measured 1.39x its own bf16 attention at FLUX's 4,608 tokens and 1.46x at Wan's 32,760
+(H100, BENCHMARKS.md). On Hopper it takes one scale per tensor and writes fp8 only, so
+the quantization is arranged around that:
+
+  - Q and K get static bounds instead of an amax pass: after an RMSNorm with weight w over
+    n channels every element is at most sqrt(n)·max|w| in magnitude, and RoPE rotates
+    pairs without growing them. The processors pass these bounds; without them
+    (`bound=None`) the amax is taken.
+  - K minus its mean over tokens (softmax-invariant: every score of a query row moves by
+    the same q·mean), so channels with a large common offset do not set K's step; the
+    bound of the centred K is twice K's.
+  - V per channel: each channel scaled to e4m3's ±448 and the scale folded back out of the
+    output, since O = P·V is linear in V's channels. cuDNN sees descale_v = 1 and,
+    because O is a convex combination of V's rows, |O| <= 448 fits e4m3 without a scale.
+  - P in e4m3 as P·448 (cuDNN's scale_s), the row sum kept in fp32 by cuDNN.
+
+Everything outside the cuDNN call is plain torch, so under torch.compile inductor fuses
+the quantization into the norm/RoPE kernels that produce q and k, and the dequantization
+into whatever consumes the output (the next fp8 linear's row quantization). The cuDNN call
+is an opaque custom op; without cuDNN (CPU, tests) it runs `attention_fp8_cudnn_reference`,
+the same quantized math in torch.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+AMAX_FLOOR = 1e-12
+BOUND_MARGIN = 1.02
+"""Headroom over the RMSNorm bound for bf16 rounding of the norm and the rotation."""
+
+
+@cache
+def cudnn_fp8_attention_available(device_index: int = 0) -> bool:
+    """cuDNN fp8 attention on this GPU: Hopper, cudnn-frontend importable, cuDNN >= 9.1."""
+    if not torch.cuda.is_available():
+        return False
+    if torch.cuda.get_device_capability(device_index)[0] != 9:
+        return False
+    try:
+        import cudnn
+    except ImportError:
+        return False
+    return cudnn.backend_version() >= 90100
+
+
+def rmsnorm_bound(
+    norm: torch.nn.Module | None, *others: torch.nn.Module | None
+) -> torch.Tensor | None:
+    """max |x| after these RMSNorms (and a rotation): sqrt(n)·max|w|, or None if unknown."""
+    bounds = []
+    for module in (norm, *others):
+        weight = getattr(module, "weight", None)
+        if weight is None:
+            return None
+        bounds.append(weight.detach().abs().amax().float() * math.sqrt(weight.numel()))
+    return torch.stack(bounds).amax() * BOUND_MARGIN
+
+
+# ----------------------------------------------------------------------------- cuDNN graphs
+
+_GRAPHS: dict[tuple, tuple] = {}
+
+
+@cache
+def _handle(device_index: int):
+    import cudnn
+
+    return cudnn.create_handle()
+
+
+@cache
+def _constants(device_index: int) -> dict[str, torch.Tensor]:
+    dev = torch.device("cuda", device_index)
+
+    def scalar(value: float) -> torch.Tensor:
+        return torch.full((1, 1, 1, 1), value, device=dev, dtype=torch.float32)
+
+    return {
+        "descale_v": scalar(1.0),
+        "descale_s": scalar(1.0 / FP8_MAX),
+        "scale_s": scalar(FP8_MAX),
+        "scale_o": scalar(1.0),
+    }
+
+
+def _bhsd(t: torch.Tensor) -> tuple[list[int], list[int]]:
+    # cuDNN's logical order is (B, H, S, D); the tensors stay (B, S, H, D) in memory.
+    b, s, h, d = t.shape
+    sb, ss, sh, sd = t.stride()
+    return [b, h, s, d], [sb, sh, ss, sd]
+
+
+def _graph(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor):
+    key = (q8.device.index, q8.shape, q8.stride(), k8.shape, k8.stride(), v8.shape, v8.stride())
+    if key in _GRAPHS:
+        return _GRAPHS[key]
+    import cudnn
+
+    g = cudnn.pygraph(
+        io_data_type=cudnn.data_type.FP8_E4M3,
+        intermediate_data_type=cudnn.data_type.FLOAT,
+        compute_data_type=cudnn.data_type.FLOAT,
+        handle=_handle(q8.device.index),
+    )
+    io = {}
+    for name, t in (("q", q8), ("k", k8), ("v", v8)):
+        dim, stride = _bhsd(t)
+        io[name] = g.tensor(name=name, dim=dim, stride=stride, data_type=cudnn.data_type.FP8_E4M3)
+    scalars = {
+        name: g.tensor(
+            name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=cudnn.data_type.FLOAT
+        )
+        for name in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
+    }
+    o, _, amax_s, amax_o = g.sdpa_fp8(
+        q=io["q"],
+        k=io["k"],
+        v=io["v"],
+        **scalars,
+        is_inference=True,
+        attn_scale=1.0 / math.sqrt(q8.shape[-1]),
+    )
+    b, s, h, _ = q8.shape
+    d_v = v8.shape[-1]
+    o.set_output(True).set_dim([b, h, s, d_v]).set_stride([s * h * d_v, d_v, h * d_v, 1])
+    o.set_data_type(cudnn.data_type.FP8_E4M3)
+    for amax in (amax_s, amax_o):
+        amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1])
+        amax.set_data_type(cudnn.data_type.FLOAT)
+    g.validate()
+    g.build_operation_graph()
+    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    g.check_support()
+    g.build_plans()
+    dev = q8.device
+    scratch = {
+        "workspace": torch.empty(max(g.get_workspace_size(), 1), device=dev, dtype=torch.uint8),
+        "amax_s": torch.empty(1, 1, 1, 1, device=dev, dtype=torch.float32),
+        "amax_o": torch.empty(1, 1, 1, 1, device=dev, dtype=torch.float32),
+    }
+    _GRAPHS[key] = (g, io, scalars, o, amax_s, amax_o, scratch)
+    return _GRAPHS[key]
+
+
+def _run_cudnn(q8, k8, v8, descale_q, descale_k) -> torch.Tensor:
+    import cudnn
+
+    g, io, scalars, o, amax_s, amax_o, scratch = _graph(q8, k8, v8)
+    idx = q8.device.index
+    handle = _handle(idx)
+    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(q8.device).cuda_stream)
+    out = torch.empty(q8.shape[:-1] + (v8.shape[-1],), device=q8.device, dtype=FP8_DTYPE)
+    const = _constants(idx)
+    pack = {
+        io["q"]: q8,
+        io["k"]: k8,
+        io["v"]: v8,
+        scalars["descale_q"]: descale_q.reshape(1, 1, 1, 1),
+        scalars["descale_k"]: descale_k.reshape(1, 1, 1, 1),
+        **{scalars[n]: const[n] for n in ("descale_v", "descale_s", "scale_s", "scale_o")},
+        o: out,
+        amax_s: scratch["amax_s"],
+        amax_o: scratch["amax_o"],
+    }
+    g.execute(pack, scratch["workspace"], handle=handle)
+    return out
+
+
+def _reference_core(q8, k8, v8, descale_q, descale_k) -> torch.Tensor:
+    # What cuDNN computes: fp32 scores, P = exp(s - max) in e4m3 as P·448, P·V, / row sum.
+    q, k, v = (t.float().transpose(1, 2) for t in (q8, k8, v8))
+    s = (q @ k.transpose(-1, -2)) * (descale_q * descale_k).reshape(()) / math.sqrt(q.shape[-1])
+    p = torch.exp(s - s.amax(dim=-1, keepdim=True))
+    p8 = (p * FP8_MAX).to(FP8_DTYPE).float()
+    o = (p8 @ v) / FP8_MAX / p.sum(dim=-1, keepdim=True)
+    return o.clamp(-FP8_MAX, FP8_MAX).transpose(1, 2).contiguous().to(FP8_DTYPE)
+
+
+@torch.library.custom_op("mediagate::cudnn_attention_fp8", mutates_args=())
+def cudnn_attention_fp8(
+    q8: torch.Tensor,
+    k8: torch.Tensor,
+    v8: torch.Tensor,
+    descale_q: torch.Tensor,
+    descale_k: torch.Tensor,
+) -> torch.Tensor:
+    """softmax(q kᵀ·descale_q·descale_k/sqrt(d)) v on e4m3 (B, S, H, D) tensors; e4m3 output."""
+    if q8.is_cuda and cudnn_fp8_attention_available(q8.device.index):
+        return _run_cudnn(q8, k8, v8, descale_q, descale_k)
+    return _reference_core(q8, k8, v8, descale_q, descale_k)
+
+
+@cudnn_attention_fp8.register_fake
+def _cudnn_attention_fp8_fake(q8, k8, v8, descale_q, descale_k):
+    return q8.new_empty(q8.shape[:-1] + (v8.shape[-1],))
+
+
+# ----------------------------------------------------------------------------- quantization
+
+
+def _to_e4m3(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (x * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def quantize_for_cudnn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_bound: torch.Tensor | None = None,
+    k_bound: torch.Tensor | None = None,
+    smooth_k: bool = True,
+) -> tuple[torch.Tensor, ...]:
+    """(q8, k8, v8, descale_q, descale_k, v_amax): the operands `cudnn_attention_fp8` takes."""
+    qf, kf, vf = q.float(), k.float(), v.float()
+    if q_bound is None:
+        q_bound = qf.abs().amax()
+    if k_bound is None:
+        k_bound = kf.abs().amax()
+    q_bound = q_bound.float().clamp(min=AMAX_FLOOR)
+    k_bound = k_bound.float().clamp(min=AMAX_FLOOR)
+    if smooth_k:
+        kf = kf - kf.mean(dim=1, keepdim=True)
+        k_bound = 2 * k_bound  # |k - mean(k)| <= 2 max|k|
+    q8 = _to_e4m3(qf, FP8_MAX / q_bound)
+    k8 = _to_e4m3(kf, FP8_MAX / k_bound)
+    v_amax = vf.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_FLOOR)  # (B, 1, H, D)
+    v8 = _to_e4m3(vf, FP8_MAX / v_amax)
+    return q8, k8, v8, (q_bound / FP8_MAX).reshape(1), (k_bound / FP8_MAX).reshape(1), v_amax
+
+
+def attention_fp8_cudnn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_bound: torch.Tensor | None = None,
+    k_bound: torch.Tensor | None = None,
+    smooth_k: bool = True,
+) -> torch.Tensor:
+    """softmax(q kᵀ/sqrt(d)) v for (B, S, H, D) bf16 tensors through cuDNN's fp8 attention.
+
+    q_bound and k_bound (0-d fp32 tensors) bound |q| and |k|; `rmsnorm_bound` gives them
+    for normed q and k. Without them the amax of each tensor is taken. `smooth_k=False`
+    skips K's centring.
+    """
+    q8, k8, v8, descale_q, descale_k, v_amax = quantize_for_cudnn(
+        q, k, v, q_bound, k_bound, smooth_k
+    )
+    o8 = cudnn_attention_fp8(q8, k8, v8, descale_q, descale_k)
+    return (o8.float() * (v_amax / FP8_MAX)).to(q.dtype)

@@ -1,0 +1,181 @@
+"""cuDNN fp8 attention (engine/optimization/cudnn_fp8.py): its quantization, bounds and op.
+
+On CPU the op runs the torch emulation of cuDNN's quantized math, so these check the
+arrangement around cuDNN (static bounds, centred K, per-channel V folded out of the
+output); on a Hopper GPU with cudnn-frontend the same tests run the real kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import torch.nn.functional as F  # noqa: E402
+
+from engine.optimization import drift, optimize, report_of  # noqa: E402
+from engine.optimization.cudnn_fp8 import (  # noqa: E402
+    attention_fp8_cudnn,
+    cudnn_attention_fp8,
+    cudnn_fp8_attention_available,
+    rmsnorm_bound,
+)
+
+GPU = torch.cuda.is_available() and cudnn_fp8_attention_available(0)
+
+
+def _exact(q, k, v):
+    qh, kh, vh = (t.float().transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2)
+
+
+def _normed_qkv(s=300, h=2, d=64, device="cpu", offset=3.0):
+    g = torch.Generator(device=device).manual_seed(0)
+    norm_q, norm_k = torch.nn.RMSNorm(d), torch.nn.RMSNorm(d)
+    with torch.no_grad():
+        norm_q.weight.copy_(0.5 + torch.rand(d, generator=torch.Generator().manual_seed(1)))
+        norm_k.weight.copy_(0.5 + torch.rand(d, generator=torch.Generator().manual_seed(2)))
+    norm_q, norm_k = norm_q.to(device), norm_k.to(device)
+    x = torch.randn(1, s, h, d, generator=g, device=device)
+    # A per-channel offset on K's input: the common component that centring K removes.
+    xk = torch.randn(1, s, h, d, generator=g, device=device) + offset * torch.randn(
+        1, 1, h, d, generator=g, device=device
+    )
+    with torch.no_grad():
+        q, k = norm_q(x).bfloat16(), norm_k(xk).bfloat16()
+    v = (
+        torch.randn(1, s, h, d, generator=g, device=device)
+        * torch.linspace(0.1, 4, d, device=device)
+    ).bfloat16()
+    return q, k, v, norm_q, norm_k
+
+
+def test_rmsnorm_bound_holds_for_normed_and_rotated_vectors():
+    q, k, _, norm_q, norm_k = _normed_qkv()
+    bq, bk = rmsnorm_bound(norm_q), rmsnorm_bound(norm_k)
+    assert q.float().abs().max() <= bq and k.float().abs().max() <= bk
+    # A rotation of pairs keeps every pair's norm, so the bound still holds after RoPE.
+    theta = torch.rand(q.shape[-1] // 2) * 2 * math.pi
+    x1, x2 = q.float()[..., 0::2], q.float()[..., 1::2]
+    rotated = torch.stack(
+        [x1 * theta.cos() - x2 * theta.sin(), x1 * theta.sin() + x2 * theta.cos()], -1
+    )
+    assert rotated.abs().max() <= bq
+    # The worst case: all of a vector's energy in one channel of the largest weight.
+    spike = torch.zeros(1, 1, 1, q.shape[-1])
+    spike[..., int(norm_q.weight.argmax())] = 5.0
+    assert norm_q(spike).abs().max() <= bq
+    assert rmsnorm_bound(torch.nn.RMSNorm(8, elementwise_affine=False)) is None
+
+
+@pytest.mark.parametrize("with_bounds,smooth_k", [(True, True), (False, True), (True, False)])
+def test_quantized_attention_tracks_fp32_attention(with_bounds, smooth_k):
+    q, k, v, norm_q, norm_k = _normed_qkv()
+    bounds = (rmsnorm_bound(norm_q), rmsnorm_bound(norm_k)) if with_bounds else (None, None)
+    out = attention_fp8_cudnn(q, k, v, *bounds, smooth_k=smooth_k)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    d = drift(out.float(), _exact(q, k, v))
+    assert d["cosine"] >= 0.995, d
+
+
+def test_centred_k_and_per_channel_v_are_what_keep_the_error_small():
+    """Without centring, K's common offset sets its step; per-tensor V loses the small channels."""
+    q, k, v, norm_q, norm_k = _normed_qkv(offset=20.0)
+    ref = _exact(q, k, v)
+    ours = drift(
+        attention_fp8_cudnn(q, k, v, rmsnorm_bound(norm_q), rmsnorm_bound(norm_k)).float(), ref
+    )
+    # The same op with K uncentred and V scaled per tensor, by hand.
+    kb = k.float().abs().amax()
+    vb = v.float().abs().amax()
+    q8 = (q.float() * (448 / rmsnorm_bound(norm_q))).to(torch.float8_e4m3fn)
+    k8 = (k.float() * (448 / kb)).to(torch.float8_e4m3fn)
+    v8 = (v.float() * (448 / vb)).to(torch.float8_e4m3fn)
+    o8 = cudnn_attention_fp8(
+        q8, k8, v8, (rmsnorm_bound(norm_q) / 448).reshape(1), (kb / 448).reshape(1)
+    )
+    naive = drift(o8.float() * (vb / 448), ref)
+    assert ours["rel_l2"] < naive["rel_l2"], (ours, naive)
+
+
+def test_op_traces_under_compile():
+    q, k, v, norm_q, norm_k = _normed_qkv(s=64)
+    fn = torch.compile(attention_fp8_cudnn, backend="aot_eager", fullgraph=True)
+    out = fn(q, k, v, rmsnorm_bound(norm_q), rmsnorm_bound(norm_k))
+    assert drift(out.float(), _exact(q, k, v))["cosine"] >= 0.995
+
+
+@pytest.mark.parametrize("build", ["flux", "wan"])
+def test_fast_with_cudnn_fp8_attention_matches_eager(build):
+    from engine.pipelines import (
+        build_flux_transformer,
+        build_wan_transformer,
+        flux_transformer_inputs,
+        wan_transformer_inputs,
+    )
+
+    if build == "flux":
+        model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
+        inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
+    else:
+        model = build_wan_transformer("tiny", seed=0)
+        inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
+    with torch.no_grad():
+        ref = model(**inputs)[0].float()
+    optimize(
+        model,
+        "fast",
+        attention="fp8",
+        attention_fp8_backend="cudnn",
+        attention_fp8_min_kv=0,
+        compile_backend="aot_eager",
+    )
+    assert report_of(model).attention_backend == "sdpa_bshd:fp8-cudnn"
+    with torch.no_grad():
+        out = model(**inputs)[0].float()
+    d = drift(out, ref)
+    assert d["cosine"] >= 0.998 and d["rel_l2"] <= 6e-2, d
+
+
+def test_auto_picks_our_kernel_without_cudnn_and_rejects_unknown_backends():
+    from engine.pipelines import build_flux_transformer
+
+    model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
+    with pytest.raises(ValueError, match="attention_fp8_backend"):
+        optimize(model, "fast", attention="fp8", attention_fp8_backend="cuda", compile=False)
+    optimize(model, "fast", attention="fp8", compile=False)
+    assert report_of(model).attention_backend == "sdpa_bshd:fp8"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a Hopper GPU and cudnn-frontend")
+@pytest.mark.parametrize("shape", [(1, 4608, 24, 128), (2, 1000, 4, 64)])
+def test_cudnn_kernel_matches_its_emulation_on_gpu(shape):
+    from engine.optimization.cudnn_fp8 import _reference_core
+
+    b, s, h, d = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q8, k8, v8 = (
+        (torch.randn(b, s, h, d, device="cuda", generator=g) * 60).to(torch.float8_e4m3fn)
+        for _ in range(3)
+    )
+    dq = torch.full((1,), 1 / 60, device="cuda")
+    out = cudnn_attention_fp8(q8, k8, v8, dq, dq)
+    ref = _reference_core(q8, k8, v8, dq, dq)
+    assert drift(out.float(), ref.float())["cosine"] >= 0.999
+    # Captured in a CUDA graph, the op replays with the inputs' new values.
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        cudnn_attention_fp8(q8, k8, v8, dq, dq)
+        with torch.cuda.graph(graph, stream=stream):
+            captured = cudnn_attention_fp8(q8, k8, v8, dq, dq)
+    torch.cuda.current_stream().wait_stream(stream)
+    q8.copy_(k8)
+    graph.replay()
+    ref2 = _reference_core(q8, k8, v8, dq, dq)
+    assert drift(captured.float(), ref2.float())["cosine"] >= 0.999
