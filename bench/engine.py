@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument(
         "--profile-modes", default="eager,exact,fast", help="--part profile: modes, or mode-fp8attn"
     )
+    parser.add_argument("--profile-model", choices=["flux", "wan"], default="flux")
     parser.add_argument("--no-peaks", action="store_true")
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument(

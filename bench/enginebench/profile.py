@@ -35,10 +35,24 @@ def _kernel_class(name: str) -> str:
 
 
 def profile_part(args: argparse.Namespace) -> dict[str, Any]:
-    """GPU time of one FLUX transformer step by kernel class, per mode (torch.profiler)."""
+    """GPU time of one FLUX (or Wan) transformer call by kernel class, per mode (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from engine.pipelines import build_flux_transformer, flux_transformer_inputs
+    from engine.pipelines import (
+        build_flux_transformer,
+        build_wan_transformer,
+        flux_transformer_inputs,
+        wan_transformer_inputs,
+    )
+
+    def build():
+        if getattr(args, "profile_model", "flux") == "wan":
+            size = "1.3b" if args.size == "dev" else "tiny"
+            (h, w), frames = ((480, 832), 81) if args.size == "dev" else ((32, 32), 5)
+            model = build_wan_transformer(size, device=device, dtype=torch.bfloat16, seed=0)
+            return model, wan_transformer_inputs(model, height=h, width=w, num_frames=frames)
+        model = build_flux_transformer(args.size, device=device, dtype=torch.bfloat16, seed=0)
+        return model, flux_transformer_inputs(model, height=args.resolution, width=args.resolution)
 
     device = torch.device(args.device)
     result: dict[str, Any] = {"env": env_info(device), "part": "profile", "rows": []}
@@ -48,8 +62,7 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
         def one(mode=mode):
             torch._dynamo.reset()
             free(device)
-            model = build_flux_transformer(args.size, device=device, dtype=torch.bfloat16, seed=0)
-            inp = flux_transformer_inputs(model, height=args.resolution, width=args.resolution)
+            model, inp = build()
             if mode != "eager":
                 # mode, or mode-fp8attn[-backend]: with fp8 attention.
                 base, fp8, backend = mode.partition("-fp8attn")

@@ -48,6 +48,7 @@ from engine.optimization import attention as attn_mod
 from engine.optimization import compile as compile_mod
 from engine.optimization.cudagraph import apply_cuda_graphs
 from engine.optimization.fp8 import quantize_linears
+from engine.optimization.gelu_fp8 import fuse_gelu_into_fp8
 from engine.optimization.lora import add_lora_slot, has_lora
 from engine.optimization.parallel import (
     check_context_parallel,
@@ -61,15 +62,21 @@ MODES = ("exact", "fast", "turbo")
 FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
 # Triton kernels of `kernels/` used by default: only those measured faster, inside the
 # compiled model, than inductor's own code for the same op (`bench/engine.py --part
-# blocks`). On an H200 (2026-11-22), one FLUX double + single block at 1024^2: QK
+# blocks`/`options`). On an H200 (2026-11-22), one FLUX double + single block at 1024^2: QK
 # RMSNorm+RoPE 5.92 ms against inductor's 5.98 (1%, inside run-to-run spread), the fp8
-# linear's Triton quantizer 5.413 ms against 5.410. Neither is a measured win: none is on.
-DEFAULT_KERNELS: tuple[str, ...] = ()
+# linear's Triton quantizer 5.413 ms against 5.410: neither is on. The feed-forward's GELU
+# fused into the down projection's fp8 quantizer (one read of the up projection's output
+# instead of inductor's two, no bf16 activation written) is: Wan 2.1 1.3B `fast` 496-501 ->
+# 482 ms per call, with fp8 attention 395-398 -> 383; FLUX `fast` 104.2 -> 101.2 ms/step,
+# with fp8 attention 94.9 -> 93.1 (H100, 2026-11-22).
+DEFAULT_KERNELS: tuple[str, ...] = ("gelu_fp8",)
 # FLUX in `exact` (H200, 2026-11-22, one process, ms per call): the modules outside the
 # blocks compiled too and CUDA graphs always on took a call from 137.4/136.3 to 132.5
 # (diffusers + torch.compile 134.0). The graphs' "auto" test, three queued calls each way,
 # sits inside the clock drift of a 130 ms call and had turned them off.
-EXACT_FLUX_GRAPHS = "always"
+# `fast` (H100, 2026-11-22): the same "auto" test chose eager in one process (104.2 ms per
+# call) and graphs in the next (100.3) for the same model, so FLUX captures in every mode.
+FLUX_GRAPHS = "always"
 DENOISERS = ("transformer", "transformer_2", "unet")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 REPORT_ATTR = "_mediagate_optimization"
@@ -338,12 +345,14 @@ def optimize(
             report.fp8_backend = fp8_backend
             if fp8_backend == "kernels" and "fp8_linear" not in report.kernels:
                 report.kernels.append("fp8_linear")
+            if "gelu_fp8" in use_kernels and fuse_gelu_into_fp8(model):
+                report.kernels.append("gelu_fp8")
 
-        exact_flux = mode == "exact" and type(model).__name__ == "FluxTransformer2DModel"
-        rest = exact_flux if compile_rest is None else compile_rest
-        graphs_req = (
-            cuda_graphs if cuda_graphs is not None else EXACT_FLUX_GRAPHS if exact_flux else "auto"
-        )
+        flux = type(model).__name__ == "FluxTransformer2DModel"
+        # The rest of the model compiled: measured to pay in `exact` only (fast: 91.5 ms per
+        # call either way, H100, 2026-11-22), where it costs compile time for nothing.
+        rest = (flux and mode == "exact") if compile_rest is None else compile_rest
+        graphs_req = cuda_graphs if cuda_graphs is not None else FLUX_GRAPHS if flux else "auto"
         if turbo_cfg is not None and turbo_cfg.method == "fbc":
             # The first-block cache decides per step on the GPU's numbers: a graph break
             # between blocks, so no full-graph compile and no whole-forward CUDA graph.

@@ -28,6 +28,10 @@ def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, amax / FP8_MAX
 
 
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(x.float(), approximate="tanh")
+
+
 class FP8Linear(nn.Module):
     """Drop-in for `nn.Linear` computing x @ W.T + b on fp8 tensor cores."""
 
@@ -51,6 +55,9 @@ class FP8Linear(nn.Module):
         self.out_dtype = out_dtype
         self.backend = backend
         self.fast_accum = fast_accum
+        # "gelu_tanh": the input is a pre-activation, and GELU runs inside the quantizer
+        # (kernels.fp8.quantize_gelu_fp8_rowwise). Set by `fuse_gelu_into_fp8`.
+        self.activation: str | None = None
 
     @classmethod
     def from_linear(
@@ -63,14 +70,34 @@ class FP8Linear(nn.Module):
         return cls(w_fp8, w_scale, bias, out_dtype=w.dtype, backend=backend, fast_accum=fast_accum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.backend == "kernels":
+        if self.activation == "gelu_tanh" and x2.is_cuda:
+            from kernels.fp8 import quantize_gelu_fp8_rowwise
+
+            xq, xs = quantize_gelu_fp8_rowwise(x2)
+        elif self.activation == "gelu_tanh":
+            # Off the GPU the same math in torch (Triton's interpreter is for kernel tests).
+            xq, xs = quantize_rowwise(_gelu_tanh(x2))
+        elif self.backend == "kernels":
             from kernels.fp8 import quantize_fp8_rowwise
 
             xq, xs = quantize_fp8_rowwise(x2)
         else:
             xq, xs = quantize_rowwise(x2)
+        return self._matmul(xq, xs, x.shape[:-1])
+
+    def forward_cat_gelu(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """self(cat([a, gelu_tanh(b)], -1)), without writing the concatenation or gelu(b)."""
+        a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        if a2.is_cuda:
+            from kernels.fp8 import quantize_cat_gelu_fp8_rowwise
+
+            xq, xs = quantize_cat_gelu_fp8_rowwise(a2, b2)
+        else:
+            xq, xs = quantize_rowwise(torch.cat([a2.float(), _gelu_tanh(b2)], dim=-1))
+        return self._matmul(xq, xs, a.shape[:-1])
+
+    def _matmul(self, xq: torch.Tensor, xs: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         out = torch._scaled_mm(
             xq,
             self.weight.t(),
@@ -85,7 +112,11 @@ class FP8Linear(nn.Module):
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"
+        act = f", activation={self.activation}" if self.activation else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"backend={self.backend}{act}"
+        )
 
 
 def _eligible(linear: nn.Linear) -> bool:

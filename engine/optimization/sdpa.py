@@ -53,6 +53,8 @@ FP8_BACKEND = "fp8"
 FP8_CUDNN_BACKEND = "fp8-cudnn"
 """The backend name that routes attention through cuDNN's fp8 attention (cudnn_fp8.py)."""
 FP8_BACKENDS = (FP8_BACKEND, FP8_CUDNN_BACKEND)
+CUDNN_FP8_HEAD_DIMS = (64, 128)
+"""Head dims cuDNN's fp8 attention was verified at on Hopper; others run our kernel."""
 FP8_MIN_KV_TOKENS = 2048
 """Shorter key sequences stay bf16: quantizing Q costs more than fp8 saves there (Wan 480p's
 512-token cross attention on an H200: 0.31 ms in fp8 against 0.19 ms for cuDNN bf16)."""
@@ -69,7 +71,9 @@ def _attention(
 ) -> torch.Tensor:
     if backend in FP8_BACKENDS:
         if k.shape[1] >= fp8_min_kv:
-            if backend == FP8_CUDNN_BACKEND:
+            if backend == FP8_CUDNN_BACKEND and (
+                not q.is_cuda or q.shape[-1] in CUDNN_FP8_HEAD_DIMS
+            ):
                 from engine.optimization.cudnn_fp8 import attention_fp8_cudnn
 
                 return attention_fp8_cudnn(q, k, v, *bounds, smooth_k=smooth_k)

@@ -5,9 +5,11 @@ from kernels.fp8 import (
     FP8_DTYPE,
     fp8_linear,
     fp8_linear_reference,
+    quantize_cat_gelu_fp8_rowwise,
     quantize_fp8_rowwise,
     quantize_fp8_rowwise_launch,
     quantize_fp8_rowwise_reference,
+    quantize_gelu_fp8_rowwise,
     quantize_weight_fp8_rowwise,
 )
 
@@ -66,6 +68,40 @@ def test_quantize_wide_dynamic_range_and_zero_rows(device, poisoned):
     q, s = _quantize(x, poisoned)
     _assert_same_quantization(q, s, x)
     assert (q[2].float() == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(4608, 12288), (32760, 8960)] if ON_GPU else [(3, 7, 200)])
+def test_quantize_gelu_matches_gelu_then_quantize(shape, device):
+    x = torch.randn(shape, dtype=torch.bfloat16, device=device) * 3
+    q, s = quantize_gelu_fp8_rowwise(x)
+    g = torch.nn.functional.gelu(x.float(), approximate="tanh")
+    _, s_ref = quantize_fp8_rowwise_reference(g)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    # The activation in fp32 agrees with torch's to float rounding, so each value lands on the
+    # same e4m3 code or, at a rounding boundary, the next one: within one step (2**-3).
+    deq = q.float() * s
+    assert ((deq - g).abs() <= g.abs() * 2**-3 + s * 2**-8).all()
+
+
+@pytest.mark.parametrize(
+    "lead,na,nb", [((1, 4608), 3072, 12288), ((2, 333), 3072, 12288)] if ON_GPU else [((2, 5), 64, 200)]
+)
+def test_quantize_cat_gelu_matches_cat_then_quantize(lead, na, nb, device):
+    a = torch.randn(*lead, na, dtype=torch.bfloat16, device=device)
+    b = torch.randn(*lead, nb, dtype=torch.bfloat16, device=device) * 3
+    q, s = quantize_cat_gelu_fp8_rowwise(a, b)
+    x = torch.cat([a.float(), torch.nn.functional.gelu(b.float(), approximate="tanh")], -1)
+    _, s_ref = quantize_fp8_rowwise_reference(x)
+    assert q.shape == (*lead, na + nb) and s.shape == (*lead, 1)
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    deq = q.float() * s
+    assert ((deq - x).abs() <= x.abs() * 2**-3 + s * 2**-8).all()
+    torch.library.opcheck(quantize_cat_gelu_fp8_rowwise, (a[..., :2, :], b[..., :2, :]))
+
+
+def test_quantize_gelu_opcheck(device):
+    x = torch.randn(3, 5, 64, dtype=torch.bfloat16, device=device)
+    torch.library.opcheck(quantize_gelu_fp8_rowwise, (x,))
 
 
 def test_quantize_weight_shapes(device):

@@ -1,0 +1,123 @@
+"""GELU moved into the fp8 quantizer of the layer after it (`fast`, kernels=("gelu_fp8",)).
+
+With the down projection in fp8, a GELU output is written in bf16 only to be read back
+twice (row amax, then quantization; inductor's loop over a 9-15k wide row). The fused
+quantizers of kernels/fp8.py read the up projection's output once and apply GELU on the way:
+    - diffusers' FeedForward (FLUX's double blocks, Wan): the activation module keeps only its
+      projection (`ProjectionOnly`), and the down projection's quantizer applies the GELU;
+    - FLUX's single blocks: a hook runs the block with its output projection fed
+      cat([attention, gelu(mlp)]) by one quantizer reading both halves, so the concatenation
+      is never written (`FluxSingleBlockHook`).
+Only layers that are plain FP8Linears (no LoRA wrapper) are changed; names are kept, so
+state-dict keys and LoRA targets are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from torch import nn
+
+from engine.optimization.fp8 import FP8Linear
+
+HOOK_NAME = "mediagate_gelu_fp8"
+
+
+class ProjectionOnly(nn.Module):
+    """diffusers' GELU module without its activation, which moved into the next quantizer.
+
+    Keeps the `proj` name, so state-dict keys and LoRA targets are unchanged.
+    """
+
+    def __init__(self, proj: nn.Module) -> None:
+        super().__init__()
+        self.proj = proj
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden_states)
+
+
+def fuse_feed_forwards(model: nn.Module) -> int:
+    """Move the tanh-GELU of each feed-forward into its fp8 down projection's quantizer.
+
+    diffusers' FeedForward runs up projection, GELU, dropout, down projection; with the
+    down projection in fp8, the GELU output is written in bf16 only to be read back twice
+    (row amax, then quantize). The fused quantizer reads the up projection's output once.
+    Only feed-forwards whose layers are plain (no LoRA wrapper) are changed; returns how many.
+    """
+    from diffusers.models.activations import GELU
+    from diffusers.models.attention import FeedForward
+
+    n = 0
+    for module in model.modules():
+        if not isinstance(module, FeedForward) or len(module.net) < 3:
+            continue
+        act, down = module.net[0], module.net[2]
+        if (
+            type(act) is GELU
+            and act.approximate == "tanh"
+            and type(down) is FP8Linear
+            and down.activation is None
+            and isinstance(module.net[1], nn.Dropout)
+        ):
+            module.net[0] = ProjectionOnly(act.proj)
+            down.activation = "gelu_tanh"
+            n += 1
+    return n
+
+
+class FluxSingleBlockHook(ModelHook):
+    """FluxSingleTransformerBlock.forward (diffusers 0.42) with the MLP's GELU and the
+    concatenation of its output with the attention's inside proj_out's quantizer."""
+
+    def new_forward(
+        self,
+        block: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        text_seq_len = encoder_hidden_states.shape[1]
+        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        residual = hidden_states
+        norm_hidden_states, gate = block.norm(hidden_states, emb=temb)
+        mlp = block.proj_mlp(norm_hidden_states)
+        attn_output = block.attn(
+            hidden_states=norm_hidden_states,
+            image_rotary_emb=image_rotary_emb,
+            **(joint_attention_kwargs or {}),
+        )
+        out = block.proj_out.forward_cat_gelu(attn_output, mlp)
+        hidden_states = residual + gate.unsqueeze(1) * out
+        if hidden_states.dtype == torch.float16:
+            hidden_states = hidden_states.clip(-65504, 65504)
+        return hidden_states[:, :text_seq_len], hidden_states[:, text_seq_len:]
+
+
+def fuse_flux_single_blocks(model: nn.Module) -> int:
+    """Hook every FLUX single block whose MLP is tanh-GELU and proj_out a plain FP8Linear."""
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+
+    n = 0
+    for block in model.modules():
+        if (
+            isinstance(block, FluxSingleTransformerBlock)
+            and type(block.act_mlp) is nn.GELU
+            and block.act_mlp.approximate == "tanh"
+            and type(block.proj_out) is FP8Linear
+            and block.proj_out.activation is None
+        ):
+            registry = HookRegistry.check_if_exists_or_initialize(block)
+            if registry.get_hook(HOOK_NAME) is None:
+                registry.register_hook(FluxSingleBlockHook(), HOOK_NAME)
+                n += 1
+    return n
+
+
+def fuse_gelu_into_fp8(model: nn.Module) -> int:
+    """Both rewirings on this model instance; returns how many layers changed."""
+    return fuse_feed_forwards(model) + fuse_flux_single_blocks(model)
