@@ -9,11 +9,13 @@ Modes:
            CUDA graphs where they pay (measured), channels-last VAE. FLUX also compiles
            the modules outside its blocks and always captures graphs (measured).
     fast   exact + fp8 e4m3 linears in the repeated blocks (row-wise weight scales,
-           row-wise dynamic activation scales).
+           row-wise dynamic activation scales); each GELU runs inside the fp8 quantizer
+           of the layer after it (engine/optimization/gelu_fp8.py).
     turbo  fast + step caching (fixed skip schedule, or first-block cache).
 
-`attention="fp8"` (fast and turbo) runs FLUX and Wan attention through our fp8 e4m3
-kernel (kernels/attention_fp8.py, SageAttention-style scales) via the sequence-major
+`attention="fp8"` (fast and turbo) runs FLUX and Wan attention in fp8 e4m3, through
+cuDNN's fused fp8 attention or our kernel (kernels/attention_fp8.py, SageAttention-style
+scales), via the sequence-major
 processors of engine/optimization/sdpa.py, on this instance only; attention over fewer
 than `attention_fp8_min_kv` keys (default 2048: Wan's text cross attention) stays bf16.
 With `attention_fp8_producer` (on by default) FLUX's QK RMSNorm, RoPE and the fp8
