@@ -69,6 +69,15 @@ def _flux(seed: int = 0):
     return model, flux_transformer_inputs(model, height=64, width=64, text_len=16)
 
 
+def _wan():
+    model = build_wan_transformer("tiny", seed=0)
+    return model, wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
+
+
+def _tiny(build: str):
+    return _flux() if build == "flux" else _wan()
+
+
 @torch.no_grad()
 def _run(model, inputs):
     return model(**inputs)[0].float()
@@ -174,8 +183,7 @@ def test_flux_exact_uncompiled_is_the_same_function():
 
 @pytest.mark.parametrize("mode, tol", [("exact", EXACT), ("fast", FAST)])
 def test_wan_modes_match_eager(mode, tol):
-    model = build_wan_transformer("tiny", seed=0)
-    inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
+    model, inputs = _wan()
     ref = _run(model, inputs)
     optimize(model, mode, **AOT)
     report = report_of(model)
@@ -201,11 +209,7 @@ def test_sdxl_unet_modes_match_eager(mode, tol):
 
 @pytest.mark.parametrize("build", ["flux", "wan"])
 def test_sequence_major_attention_op_matches_eager(build):
-    if build == "flux":
-        model, inputs = _flux()
-    else:
-        model = build_wan_transformer("tiny", seed=0)
-        inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
+    model, inputs = _tiny(build)
     ref = _run(model, inputs)
     optimize(model, "exact", attention_op=True, **AOT)
     assert report_of(model).attention_backend.startswith("sdpa_bshd")
@@ -388,8 +392,7 @@ def test_fp8_attention_matches_eager(build):
         model = random_model(FluxTransformer2DModel, cfg, device="cpu", dtype=torch.bfloat16, seed=0)
         inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
     else:
-        model = build_wan_transformer("tiny", seed=0)
-        inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
+        model, inputs = _wan()
     ref = _run(model, inputs)
     # Every attention in fp8, however short its keys (the default keeps short ones bf16).
     optimize(
@@ -409,11 +412,7 @@ def test_fp8_attention_matches_eager(build):
 @pytest.mark.parametrize("build", ["flux", "wan"])
 def test_gelu_fused_into_the_fp8_quantizer_matches_eager(build):
     """kernels=("gelu_fp8",): each feed-forward's GELU runs in its down projection's quantizer."""
-    if build == "flux":
-        model, inputs = _flux()
-    else:
-        model = build_wan_transformer("tiny", seed=0)
-        inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
+    model, inputs = _tiny(build)
     ref = _run(model, inputs)
     keys = set(model.state_dict())
     optimize(model, "fast", kernels=("gelu_fp8",), **AOT)
