@@ -276,6 +276,7 @@ def _compiled_joint_attention(device, qkv, w, cos, sin) -> list[tuple[str, Any]]
     from engine.optimization.cudnn_fp8 import (
         attention_fp8_cudnn,
         cudnn_fp8_attention_available,
+        rmsnorm_bound,
     )
     from engine.optimization.sdpa import sdpa_bshd
 
@@ -304,8 +305,6 @@ def _compiled_joint_attention(device, qkv, w, cos, sin) -> list[tuple[str, Any]]
         return sdpa_bshd(*qkv_normed(), "_native_cudnn")
 
     def fp8():
-        from engine.optimization.cudnn_fp8 import rmsnorm_bound
-
         q, k, v = qkv_normed()
         bq, bk = rmsnorm_bound(norms[0], norms[2]), rmsnorm_bound(norms[1], norms[3])
         return attention_fp8_cudnn(q, k, v, bq, bk)
