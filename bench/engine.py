@@ -8,6 +8,7 @@ Run on a CUDA machine from the repository root, one part per process:
     python bench/engine.py --part cache     # compile time cold / from the disk cache, LoRA hot-swap
     python bench/engine.py --part wan       # Wan 2.1 T2V 1.3B, 832x480, 81 frames
     python bench/engine.py --part options   # exact's inductor options and region sizes, side by side
+    python bench/engine.py --part power     # board power and SM clock per FLUX mode (power cap?)
     ... --flux-variants fast,fast-fp8attn,fast-fp8attn-triton,fast-fp8attn-separate / --wan-variants
         eager,fast,fast-fp8attn,fast-fp8attn-triton: fp8 attention (default cuDNN on Hopper; our kernel)
     torchrun --nproc_per_node 2 bench/engine.py --part cp   # context parallel vs one GPU
@@ -45,6 +46,7 @@ from bench.enginebench.common import RESULTS  # noqa: E402
 from bench.enginebench.cp import cp_part  # noqa: E402
 from bench.enginebench.flux import flux_part  # noqa: E402
 from bench.enginebench.options import options_part  # noqa: E402
+from bench.enginebench.power import power_part  # noqa: E402
 from bench.enginebench.profile import profile_part  # noqa: E402
 from bench.enginebench.report import chart, print_tables  # noqa: E402
 from bench.enginebench.wan import wan_part  # noqa: E402
@@ -56,7 +58,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--part",
-        choices=["flux", "attn", "blocks", "cache", "probe", "wan", "profile", "cp", "options"],
+        choices=[
+            "flux", "attn", "blocks", "cache", "probe", "wan", "profile", "cp", "options", "power"
+        ],
         default="flux",
     )
     parser.add_argument(
@@ -136,6 +140,7 @@ def main() -> None:
         "wan": wan_part,
         "profile": profile_part,
         "options": options_part,
+        "power": power_part,
     }[args.part]
     result = part(args)
     result.setdefault("part", args.part)

@@ -63,6 +63,11 @@ from kernels import (  # noqa: E402
     quantize_fp8_rowwise_reference,
     quantize_weight_fp8_rowwise,
 )
+from kernels.fp8 import (  # noqa: E402
+    gelu_tanh_reference,
+    quantize_cat_gelu_fp8_rowwise,
+    quantize_gelu_fp8_rowwise,
+)
 
 RESULTS = ROOT / "bench" / "results"
 DATE = "2026-11-22"
@@ -295,6 +300,24 @@ def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> Non
         quantize_fp8_rowwise, quantize_fp8_rowwise_reference,
         lambda: (r(t, d),),
     )
+    # The feed-forward's down-projection input: gelu of the up projection's output,
+    # quantized per row in one pass; FLUX single blocks: cat([attention, gelu(mlp)]).
+    b.memory_bound(
+        "quantize_gelu_fp8", model, f"x({t}, {mlp})", 3 * t * mlp + 4 * t,
+        quantize_gelu_fp8_rowwise,
+        lambda x: quantize_fp8_rowwise_reference(gelu_tanh_reference(x)),
+        lambda: (r(t, mlp, scale=3.0),),
+    )
+    if model == "flux":
+        b.memory_bound(
+            "quantize_cat_gelu_fp8", model, f"a({t}, {d}), b({t}, {mlp})",
+            3 * t * (d + mlp) + 4 * t,
+            quantize_cat_gelu_fp8_rowwise,
+            lambda a, x: quantize_fp8_rowwise_reference(
+                torch.cat([a.float(), gelu_tanh_reference(x)], -1)
+            ),
+            lambda: (r(t, d), r(t, mlp, scale=3.0)),
+        )
 
 
 def run_matmuls(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> None:

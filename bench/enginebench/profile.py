@@ -81,6 +81,7 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
                     sync(device)
             classes: dict[str, float] = {}
             top: dict[str, float] = {}
+            calls: dict[str, int] = {}
             for evt in prof.key_averages():
                 t = (
                     getattr(evt, "device_time_total", None)
@@ -92,6 +93,7 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
                 ms_evt = t / 1e3 / 2
                 classes[_kernel_class(evt.key)] = classes.get(_kernel_class(evt.key), 0.0) + ms_evt
                 top[evt.key[:90]] = ms_evt
+                calls[evt.key[:90]] = evt.count // 2
             busy = sum(classes.values())
             return {
                 "mode": mode,
@@ -99,7 +101,8 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
                 "kernel_ms": busy,
                 "gaps_ms": ms - busy,
                 "classes_ms": classes,
-                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:30]),
+                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:40]),
+                "top_kernel_calls": {k: calls[k] for k in sorted(top, key=lambda k: -top[k])[:40]},
             }
 
         result["rows"].append(run_variant(f"profile {mode}", one))

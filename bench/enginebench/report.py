@@ -162,6 +162,10 @@ def print_tables(results: list[dict[str, Any]]) -> str:
             out += profile_table(res)
         elif res.get("part") == "cache":
             out += cache_table(res)
+        elif res.get("part") == "power":
+            from bench.enginebench.power import power_table
+
+            out += power_table(res)
         elif str(res.get("model", "")).startswith("Wan"):
             out += wan_table(res)
         else:

@@ -70,7 +70,10 @@ FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
 # fused into the down projection's fp8 quantizer (one read of the up projection's output
 # instead of inductor's two, no bf16 activation written) is: Wan 2.1 1.3B `fast` 496-501 ->
 # 482 ms per call, with fp8 attention 395-398 -> 383; FLUX `fast` 104.2 -> 101.2 ms/step,
-# with fp8 attention 94.9 -> 93.1 (H100, 2026-11-22).
+# with fp8 attention 94.9 -> 93.1 (H100, 2026-11-22). The quantizers on the SFU's tanh and
+# in power-of-two segments (2.9-3.1x inductor's, BENCHMARKS.md) then took Wan's call from
+# 386.3 to 382.4 ms and FLUX's from 89.5 to 88.9: a FLUX step runs at the 700 W board cap,
+# so memory-bound time saved is mostly spent again at a lower clock.
 DEFAULT_KERNELS: tuple[str, ...] = ("gelu_fp8",)
 # FLUX in `exact` (H200, 2026-11-22, one process, ms per call): the modules outside the
 # blocks compiled too and CUDA graphs always on took a call from 137.4/136.3 to 132.5

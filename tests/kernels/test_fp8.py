@@ -70,32 +70,40 @@ def test_quantize_wide_dynamic_range_and_zero_rows(device, poisoned):
     assert (q[2].float() == 0).all()
 
 
-@pytest.mark.parametrize("shape", [(4608, 12288), (32760, 8960)] if ON_GPU else [(3, 7, 200)])
-def test_quantize_gelu_matches_gelu_then_quantize(shape, device):
-    x = torch.randn(shape, dtype=torch.bfloat16, device=device) * 3
-    q, s = quantize_gelu_fp8_rowwise(x)
-    g = torch.nn.functional.gelu(x.float(), approximate="tanh")
+def _assert_gelu_quantized(q, s, x, g):
+    # On the GPU tanh is the SFU's tanh.approx, absolute error <= 2**-10.99, so gelu is off by
+    # at most |x|·2**-12: the row scales (set by the largest values, where tanh saturates)
+    # agree to 2**-11, and each value lands on torch's e4m3 code or the next one (2**-3)
+    # up to that error. The interpreter computes tanh exactly.
     _, s_ref = quantize_fp8_rowwise_reference(g)
-    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
-    # The activation in fp32 agrees with torch's to float rounding, so each value lands on the
-    # same e4m3 code or, at a rounding boundary, the next one: within one step (2**-3).
+    torch.testing.assert_close(s, s_ref, rtol=2**-11 if ON_GPU else 1e-5, atol=0)
     deq = q.float() * s
-    assert ((deq - g).abs() <= g.abs() * 2**-3 + s * 2**-8).all()
+    assert ((deq - g).abs() <= g.abs() * 2**-3 + s * 2**-8 + x.abs() * 2**-12).all()
 
 
 @pytest.mark.parametrize(
-    "lead,na,nb", [((1, 4608), 3072, 12288), ((2, 333), 3072, 12288)] if ON_GPU else [((2, 5), 64, 200)]
+    "shape", [(4608, 12288), (32760, 8960), (77, 3072)] if ON_GPU else [(3, 7, 200), (2, 3, 4500)]
+)
+def test_quantize_gelu_matches_gelu_then_quantize(shape, device):
+    # Rows wider than WIDE_ROW go through the segmented kernel, narrower ones the tile kernel.
+    x = torch.randn(shape, dtype=torch.bfloat16, device=device) * 3
+    q, s = quantize_gelu_fp8_rowwise(x)
+    g = torch.nn.functional.gelu(x.float(), approximate="tanh")
+    assert q.shape == x.shape and s.shape == (*shape[:-1], 1)
+    _assert_gelu_quantized(q, s, x.float(), g)
+
+
+@pytest.mark.parametrize(
+    "lead,na,nb",
+    [((1, 4608), 3072, 12288), ((2, 333), 3072, 12288)] if ON_GPU else [((2, 5), 64, 200), ((3,), 96, 0)],
 )
 def test_quantize_cat_gelu_matches_cat_then_quantize(lead, na, nb, device):
     a = torch.randn(*lead, na, dtype=torch.bfloat16, device=device)
     b = torch.randn(*lead, nb, dtype=torch.bfloat16, device=device) * 3
     q, s = quantize_cat_gelu_fp8_rowwise(a, b)
     x = torch.cat([a.float(), torch.nn.functional.gelu(b.float(), approximate="tanh")], -1)
-    _, s_ref = quantize_fp8_rowwise_reference(x)
     assert q.shape == (*lead, na + nb) and s.shape == (*lead, 1)
-    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
-    deq = q.float() * s
-    assert ((deq - x).abs() <= x.abs() * 2**-3 + s * 2**-8).all()
+    _assert_gelu_quantized(q, s, torch.cat([torch.zeros_like(a.float()), b.float()], -1), x)
     torch.library.opcheck(quantize_cat_gelu_fp8_rowwise, (a[..., :2, :], b[..., :2, :]))
 
 
