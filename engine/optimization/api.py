@@ -7,7 +7,9 @@ pipelines in one process can run different modes and nothing global is patched.
 Modes:
     exact  bf16, fused QKV, fastest exact attention (measured), regional compile,
            CUDA graphs where they pay (measured), channels-last VAE. FLUX also compiles
-           the modules outside its blocks and always captures graphs (measured).
+           the modules outside its blocks and always captures graphs (measured). The
+           text encoders' layers and an image VAE's decoder are compiled as well
+           (engine/optimization/components.py; `compile_components=False` leaves them).
     fast   exact + fp8 e4m3 linears in the repeated blocks (row-wise weight scales,
            row-wise dynamic activation scales); each GELU runs inside the fp8 quantizer
            of the layer after it (engine/optimization/gelu_fp8.py).
@@ -48,6 +50,7 @@ from torch import nn
 
 from engine.optimization import attention as attn_mod
 from engine.optimization import compile as compile_mod
+from engine.optimization.components import TEXT_ENCODERS, compile_encoders_and_vae
 from engine.optimization.cudagraph import apply_cuda_graphs
 from engine.optimization.fp8 import quantize_linears
 from engine.optimization.gelu_fp8 import fuse_gelu_into_fp8
@@ -83,7 +86,6 @@ DEFAULT_KERNELS: tuple[str, ...] = ("gelu_fp8",)
 # call) and graphs in the next (100.3) for the same model, so FLUX captures in every mode.
 FLUX_GRAPHS = "always"
 DENOISERS = ("transformer", "transformer_2", "unet")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 REPORT_ATTR = "_mediagate_optimization"
 
 
@@ -101,6 +103,7 @@ class OptimizationReport:
     fp8_backend: str | None = None
     compiled: str | None = None
     compile_options: dict[str, Any] = field(default_factory=dict)
+    compiled_components: list[str] = field(default_factory=list)
     cache_dir: str | None = None
     cuda_graphs: str | None = None
     turbo: dict[str, Any] | None = None
@@ -194,6 +197,7 @@ def optimize(
     compile_backend: str = "inductor",
     compile_group: dict[str, int] | None = None,
     compile_rest: bool | None = None,
+    compile_components: bool = True,
     fullgraph: bool | None = None,
     dynamic: bool | None = None,
     cuda_graphs: str | bool | None = None,
@@ -264,6 +268,10 @@ def optimize(
             # cuDNN's NHWC convolutions avoid a layout transpose around every conv.
             vae.to(memory_format=torch.channels_last)
             report.channels_last_vae = True
+        if compile and compile_components and not context_parallel:
+            report.compiled_components = compile_encoders_and_vae(
+                pipeline, _device_of, dynamic=dynamic, backend=compile_backend
+            )
 
     for name, model in _denoisers(pipeline):
         report.denoisers.append(name)

@@ -1,0 +1,57 @@
+"""The pipeline's components around the denoiser: text encoders and the image VAE's decoder.
+
+A 28-step FLUX.1-dev image at 1024² spends about 0.19 s outside the transformer, at every
+mode, on an H200: the T5-XXL and CLIP-L prompt encoders and the VAE decode run as eager
+kernels. Compiling them per instance fuses their norms and activations into the
+neighbouring kernels: the text encoders layer by layer (one compile per layer class, as
+the denoiser's blocks are), the 2-D VAE's decoder whole (its up-blocks differ in width).
+The video VAEs decode frame chunks through a Python-side cache and stay eager.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+IMAGE_VAES = ("AutoencoderKL",)
+
+
+def repeated_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of every ModuleList in `model` whose entries share one class."""
+    layers: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1:
+            if len({type(m) for m in module}) == 1:
+                layers.extend(module)
+    return layers
+
+
+def compile_encoders_and_vae(pipeline: Any, device_of, **compile_kwargs: Any) -> list[str]:
+    """Compile the CUDA text encoders' repeated layers and an image VAE's decoder, in place.
+
+    Returns the names of the components compiled (e.g. "text_encoder_2", "vae.decoder").
+    Component outputs are unchanged up to bf16 rounding: the same ops, fused.
+    """
+    compiled: list[str] = []
+    for name in TEXT_ENCODERS:
+        encoder = getattr(pipeline, name, None)
+        if not isinstance(encoder, nn.Module) or device_of(encoder).type != "cuda":
+            continue
+        layers = repeated_layers(encoder)
+        for layer in layers:
+            # Not fullgraph: encoder layers from transformers branch on config and flags.
+            layer.compile(fullgraph=False, **compile_kwargs)
+        if layers:
+            compiled.append(name)
+    vae = getattr(pipeline, "vae", None)
+    if (
+        isinstance(vae, nn.Module)
+        and type(vae).__name__ in IMAGE_VAES
+        and device_of(vae).type == "cuda"
+        and isinstance(getattr(vae, "decoder", None), nn.Module)
+    ):
+        vae.decoder.compile(fullgraph=False, **compile_kwargs)
+        compiled.append("vae.decoder")
+    return compiled
