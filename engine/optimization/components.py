@@ -1,11 +1,12 @@
 """The pipeline's components around the denoiser: text encoders and the image VAE's decoder.
 
-A 28-step FLUX.1-dev image at 1024² spends about 0.19 s outside the transformer, at every
-mode, on an H200: the T5-XXL and CLIP-L prompt encoders and the VAE decode run as eager
-kernels. Compiling them per instance fuses their norms and activations into the
-neighbouring kernels: the text encoders layer by layer (one compile per layer class, as
-the denoiser's blocks are), the 2-D VAE's decoder whole (its up-blocks differ in width).
-The video VAEs decode frame chunks through a Python-side cache and stay eager.
+A FLUX.1-dev image at 1024² spent 141 ms outside the transformer on an H200 (prompt
+encoding 32, VAE decode 87, conversion to PIL 22) in every mode, as eager kernels.
+Compiling them per instance fuses their norms and activations into the neighbouring
+kernels: the text encoders layer by layer (one compile per layer class, as the denoiser's
+blocks are), the 2-D VAE's decoder whole (its up-blocks differ in width). That took the
+same work to 72 ms (BENCHMARKS.md). The video VAEs decode frame chunks through a
+Python-side cache and stay eager.
 """
 
 from __future__ import annotations
