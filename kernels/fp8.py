@@ -57,7 +57,7 @@ def _round_to_e4m3(v):
 @triton.jit
 def _gelu_tanh(x, HW_TANH: tl.constexpr):
     # 0.5·x·(1 + tanh(u)), u = sqrt(2/pi)·(x + 0.044715·x³). On the GPU tanh is the SFU's
-    # tanh.approx (relative error <= 2**-11, far inside e4m3's 2**-4 half step): one special
+    # tanh.approx (absolute error about 2**-11, far inside e4m3's 2**-4 half step): one special
     # function per element instead of exp and a division, which made the wide feed-forward
     # rows compute-bound (Wan 8,960-wide: 480 -> 341 us; H100). The interpreter has no inline
     # assembly and takes x·sigmoid(2u), whose exp overflowing to inf for very negative x gives
