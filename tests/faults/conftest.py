@@ -128,6 +128,19 @@ def sandboxed_runners(proc: WorkerProcess) -> list[psutil.Process]:
             if "engine.runner" in " ".join(p.cmdline())]
 
 
+def message_held(request_id: str) -> bool:
+    """The request's task message is out with a worker, unacknowledged, and no copy of it waits
+    in a queue (kombu's Redis transport keeps delivered messages in its `unacked` hash)."""
+    import redis
+
+    client = redis.Redis.from_url(get_settings().redis_url)
+    needle = request_id.encode()
+    held = any(needle in payload for payload in client.hvals("unacked"))
+    queued = any(needle in payload for key in client.scan_iter(_type="list")
+                 for payload in client.lrange(key, 0, -1))
+    return held and not queued
+
+
 def warnings(workers: list[WorkerProcess]) -> str:
     """The workers' warnings and errors, to explain a failed assertion."""
     return "\n".join(f"[{w.process.pid}] {line}" for w in workers for line in w.output().splitlines()

@@ -18,6 +18,7 @@ from tests.e2e.conftest import ADMIN
 from tests.faults.conftest import (
     holder,
     kill_group,
+    message_held,
     request_row,
     sandboxed_runners,
     wait_final,
@@ -139,6 +140,10 @@ def test_messages_a_killed_worker_held_are_sent_again(api, start_worker, deploy)
     wait_until(lambda: request_row(waiting_id).lease_expires_at is not None, timeout=20,
                what="the second request to wait for the account's slot")
     wait_until(lambda: sandboxed_runners(first), timeout=30, what="the model's sandbox to start")
+    # Killed while it holds the countdown message, not in the instant between a re-send and
+    # the next fetch, when the copy in the queue would simply go to the next worker.
+    wait_until(lambda: message_held(waiting_id), timeout=20,
+               what="the first worker to hold the waiting request's message")
     kill_group(first)
 
     second = start_worker()
