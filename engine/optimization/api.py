@@ -50,7 +50,11 @@ from torch import nn
 
 from engine.optimization import attention as attn_mod
 from engine.optimization import compile as compile_mod
-from engine.optimization.components import TEXT_ENCODERS, compile_encoders_and_vae
+from engine.optimization.components import (
+    TEXT_ENCODERS,
+    compile_encoders_and_vae,
+    cuda_image_vae,
+)
 from engine.optimization.cudagraph import apply_cuda_graphs
 from engine.optimization.fp8 import quantize_linears
 from engine.optimization.gelu_fp8 import fuse_gelu_into_fp8
@@ -263,9 +267,10 @@ def optimize(
                 p = next(enc.parameters(), None)
                 if p is not None and p.dtype == torch.float32:
                     enc.to(dtype)
-        vae = getattr(pipeline, "vae", None)
-        if isinstance(vae, nn.Module) and _device_of(vae).type == "cuda":
-            # cuDNN's NHWC convolutions avoid a layout transpose around every conv.
+        vae = cuda_image_vae(pipeline, _device_of)
+        if vae is not None:
+            # cuDNN's NHWC convolutions avoid a layout transpose around every conv. A video
+            # VAE's 5-D weights have no channels-last layout (torch refuses them).
             vae.to(memory_format=torch.channels_last)
             report.channels_last_vae = True
         if compile and compile_components and not context_parallel:

@@ -46,13 +46,17 @@ def compile_encoders_and_vae(pipeline: Any, device_of, **compile_kwargs: Any) ->
             layer.compile(fullgraph=False, **compile_kwargs)
         if layers:
             compiled.append(name)
-    vae = getattr(pipeline, "vae", None)
-    if (
-        isinstance(vae, nn.Module)
-        and type(vae).__name__ in IMAGE_VAES
-        and device_of(vae).type == "cuda"
-        and isinstance(getattr(vae, "decoder", None), nn.Module)
-    ):
+    vae = cuda_image_vae(pipeline, device_of)
+    if vae is not None and isinstance(getattr(vae, "decoder", None), nn.Module):
         vae.decoder.compile(fullgraph=False, **compile_kwargs)
         compiled.append("vae.decoder")
     return compiled
+
+
+def cuda_image_vae(pipeline: Any, device_of) -> nn.Module | None:
+    """The pipeline's 2-D image VAE when it is on a GPU; None for video VAEs (3-D convs)."""
+    vae = getattr(pipeline, "vae", None)
+    if isinstance(vae, nn.Module) and type(vae).__name__ in IMAGE_VAES:
+        if device_of(vae).type == "cuda":
+            return vae
+    return None

@@ -7,7 +7,7 @@ import torch
 
 from engine.optimization import optimize, report_of
 from engine.optimization.components import compile_encoders_and_vae, repeated_layers
-from engine.pipelines import build_flux_pipeline
+from engine.pipelines import build_flux_pipeline, build_wan_pipeline
 
 CALL = {"prompt": "a cat", "height": 64, "width": 64, "num_inference_steps": 2}
 
@@ -57,5 +57,20 @@ def test_optimize_compiles_components_on_gpu(tmp_path):
     optimize(pipe, "exact", cache_dir=tmp_path)
     assert report_of(pipe).compiled_components == ["text_encoder", "text_encoder_2", "vae.decoder"]
     out = pipe(**kw, generator=torch.Generator("cuda").manual_seed(0)).images.float()
+    cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)
+    assert cos > 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_wan_pipeline_compiles_its_text_encoder_and_leaves_the_video_vae(tmp_path):
+    kw = {"prompt": "a cat", "height": 32, "width": 32, "num_frames": 5,
+          "num_inference_steps": 2, "output_type": "pt"}
+    ref_pipe = build_wan_pipeline("tiny", device="cuda", dtype=torch.bfloat16, seed=0)
+    ref = ref_pipe(**kw, generator=torch.Generator("cuda").manual_seed(0)).frames.float()
+    pipe = build_wan_pipeline("tiny", device="cuda", dtype=torch.bfloat16, seed=0)
+    optimize(pipe, "exact", cache_dir=tmp_path)
+    assert report_of(pipe).compiled_components == ["text_encoder"]
+    out = pipe(**kw, generator=torch.Generator("cuda").manual_seed(0)).frames.float()
     cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)
     assert cos > 0.999
