@@ -20,12 +20,16 @@ IMAGE_VAES = ("AutoencoderKL",)
 
 
 def repeated_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers of every ModuleList in `model` whose entries share one class."""
+    """The layers of the outermost ModuleLists in `model` whose entries share one class."""
     layers: list[nn.Module] = []
-    for module in model.modules():
+    taken: list[str] = []
+    for name, module in model.named_modules():  # parents before children
+        if any(name.startswith(prefix) for prefix in taken):
+            continue  # inside a layer already compiled whole
         if isinstance(module, nn.ModuleList) and len(module) > 1:
             if len({type(m) for m in module}) == 1:
                 layers.extend(module)
+                taken.append(f"{name}.")
     return layers
 
 

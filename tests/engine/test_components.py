@@ -40,6 +40,18 @@ def test_encoder_layers_and_vae_decoder_compile_and_match():
     torch.testing.assert_close(_images(pipe), ref, rtol=0, atol=0)
 
 
+def test_repeated_layers_takes_the_outermost_lists():
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([Block(), Block(), Block()])
+    model.mixed = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.ReLU()])
+    assert repeated_layers(model) == list(model.blocks)
+
+
 def test_optimize_leaves_cpu_components_and_reports_none():
     pipe = build_flux_pipeline("tiny", seed=0)
     optimize(pipe, "exact", compile=False)
