@@ -119,10 +119,10 @@ def _load_segment(P, row, start, n, SEG: tl.constexpr):
 @triton.jit
 def _quantize_segments_kernel(
     A, B, Q, S, NA, NB,
-    PRE_ROUND: tl.constexpr, GELU_B: tl.constexpr, HW_TANH: tl.constexpr,
+    PRE_ROUND: tl.constexpr, HW_TANH: tl.constexpr,
     SA0: tl.constexpr, SA1: tl.constexpr, SB0: tl.constexpr, SB1: tl.constexpr,
 ):
-    # One row per program: cat([A row, act(B row)]) held in registers as up to four
+    # One row per program: cat([A row, gelu(B row)]) held in registers as up to four
     # power-of-two segments (SA0 + SA1 >= NA, SB0 + SB1 >= NB; 0 = absent), so that a row of
     # 8,960 pads to 9,216 lanes instead of 16,384.
     row = tl.program_id(0).to(tl.int64)
@@ -135,13 +135,11 @@ def _quantize_segments_kernel(
         amax = tl.maximum(amax, tl.max(tl.abs(a1), axis=1))
     if SB0 > 0:
         b0, cb0, mb0 = _load_segment(B, row, 0, NB, SB0)
-        if GELU_B:
-            b0 = _gelu_tanh(b0, HW_TANH)
+        b0 = _gelu_tanh(b0, HW_TANH)
         amax = tl.maximum(amax, tl.max(tl.abs(b0), axis=1))
     if SB1 > 0:
         b1, cb1, mb1 = _load_segment(B, row, SB0, NB, SB1)
-        if GELU_B:
-            b1 = _gelu_tanh(b1, HW_TANH)
+        b1 = _gelu_tanh(b1, HW_TANH)
         amax = tl.maximum(amax, tl.max(tl.abs(b1), axis=1))
     inv, scale = _row_scales(amax)
     out = Q + row * (NA + NB)
@@ -164,8 +162,8 @@ def _segments(n: int) -> tuple[int, int]:
     return (n, 0) if high == n else (high, triton.next_power_of_2(n - high))
 
 
-def _quantize_segments(a: torch.Tensor | None, b: torch.Tensor, gelu_b: bool):
-    # Rows of cat([a, act(b)]): a (M, NA) or None, b (M, NB), both contiguous.
+def _quantize_segments(a: torch.Tensor | None, b: torch.Tensor):
+    # Rows of cat([a, gelu(b)]): a (M, NA) or None, b (M, NB), both contiguous.
     m, nb = b.shape
     na = 0 if a is None else a.shape[1]
     q = b.new_empty((m, na + nb), dtype=FP8_DTYPE)
@@ -176,7 +174,7 @@ def _quantize_segments(a: torch.Tensor | None, b: torch.Tensor, gelu_b: bool):
         # against 361 at 8; FLUX's 12,288 and 3,072 + 12,288 faster at 8).
         _quantize_segments_kernel[(m,)](
             b if a is None else a, b, q, s, na, nb,
-            PRE_ROUND=INTERPRETING, GELU_B=gelu_b, HW_TANH=not INTERPRETING,
+            PRE_ROUND=INTERPRETING, HW_TANH=not INTERPRETING,
             SA0=sa0, SA1=sa1, SB0=sb0, SB1=sb1, num_warps=4 if na + nb <= 10240 else 8,
         )
     return q, s
@@ -247,7 +245,7 @@ def quantize_gelu_fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         return q.contiguous(), s.contiguous()
     n = x.shape[-1]
     if n > WIDE_ROW:
-        q, s = _quantize_segments(None, x.reshape(-1, n).contiguous(), gelu_b=True)
+        q, s = _quantize_segments(None, x.reshape(-1, n).contiguous())
         return q.view(x.shape), s.view(*x.shape[:-1], 1)
     q = x.new_empty(x.shape, dtype=FP8_DTYPE)
     s = x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
@@ -268,9 +266,7 @@ def quantize_cat_gelu_fp8_rowwise(
         q, s = quantize_fp8_rowwise_reference(torch.cat([a.float(), gelu_tanh_reference(b)], -1))
         return q.contiguous(), s.contiguous()
     na, nb, m = a.shape[-1], b.shape[-1], a.shape[:-1].numel()
-    q, s = _quantize_segments(
-        a.reshape(m, na).contiguous(), b.reshape(m, nb).contiguous(), gelu_b=True
-    )
+    q, s = _quantize_segments(a.reshape(m, na).contiguous(), b.reshape(m, nb).contiguous())
     return q.view(*a.shape[:-1], na + nb), s.view(*a.shape[:-1], 1)
 
 

@@ -54,14 +54,11 @@ def outside_denoiser_ms(pipe, call: dict[str, Any], device: torch.device) -> dic
             lambda: pipe.encode_prompt(call["prompt"], None, device=device), device, iters=5
         )
         decode = time_calls(lambda: vae.decode(z, return_dict=False)[0], device, iters=5)
+        image = vae.decode(z, return_dict=False)[0]
         to_pil = time_calls(
-            lambda: pipe.image_processor.postprocess(
-                vae.decode(z, return_dict=False)[0], output_type="pil"
-            ),
-            device,
-            iters=3,
+            lambda: pipe.image_processor.postprocess(image, output_type="pil"), device, iters=3
         )
-    return {"encode_prompt": encode, "vae_decode": decode, "postprocess": to_pil - decode}
+    return {"encode_prompt": encode, "vae_decode": decode, "postprocess": to_pil}
 
 
 def flux_part(args: argparse.Namespace) -> dict[str, Any]:

@@ -53,7 +53,8 @@ from engine.optimization import compile as compile_mod
 from engine.optimization.components import (
     TEXT_ENCODERS,
     compile_encoders_and_vae,
-    cuda_image_vae,
+    device_of,
+    image_vae,
 )
 from engine.optimization.cudagraph import apply_cuda_graphs
 from engine.optimization.fp8 import quantize_linears
@@ -146,14 +147,6 @@ def _denoisers(pipeline: Any) -> list[tuple[str, nn.Module]]:
     if not found:
         raise ValueError(f"{type(pipeline).__name__} has no transformer or unet to optimize")
     return found
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
 
 
 def _to_dtype(model: nn.Module, dtype: torch.dtype) -> None:
@@ -263,11 +256,11 @@ def optimize(
     if not isinstance(pipeline, nn.Module):
         for name in TEXT_ENCODERS:
             enc = getattr(pipeline, name, None)
-            if isinstance(enc, nn.Module) and _device_of(enc).type == "cuda":
+            if isinstance(enc, nn.Module) and device_of(enc).type == "cuda":
                 p = next(enc.parameters(), None)
                 if p is not None and p.dtype == torch.float32:
                     enc.to(dtype)
-        vae = cuda_image_vae(pipeline, _device_of)
+        vae = image_vae(pipeline)
         if vae is not None:
             # cuDNN's NHWC convolutions avoid a layout transpose around every conv. A video
             # VAE's 5-D weights have no channels-last layout (torch refuses them).
@@ -275,12 +268,12 @@ def optimize(
             report.channels_last_vae = True
         if compile and compile_components and not context_parallel:
             report.compiled_components = compile_encoders_and_vae(
-                pipeline, _device_of, dynamic=dynamic, backend=compile_backend
+                pipeline, dynamic=dynamic, backend=compile_backend
             )
 
     for name, model in _denoisers(pipeline):
         report.denoisers.append(name)
-        device = _device_of(model)
+        device = device_of(model)
         _to_dtype(model, dtype)
 
         if lora_rank:

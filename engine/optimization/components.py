@@ -13,10 +13,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 IMAGE_VAES = ("AutoencoderKL",)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where a module's first parameter (or buffer) lives; CPU for an empty module."""
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
 
 
 def repeated_layers(model: nn.Module) -> list[nn.Module]:
@@ -33,16 +43,19 @@ def repeated_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def compile_encoders_and_vae(pipeline: Any, device_of, **compile_kwargs: Any) -> list[str]:
-    """Compile the CUDA text encoders' repeated layers and an image VAE's decoder, in place.
+def compile_encoders_and_vae(
+    pipeline: Any, *, devices: tuple[str, ...] = ("cuda",), **compile_kwargs: Any
+) -> list[str]:
+    """Compile the text encoders' repeated layers and an image VAE's decoder, in place.
 
-    Returns the names of the components compiled (e.g. "text_encoder_2", "vae.decoder").
+    Only components on `devices` (device types) are compiled. Returns the names of the
+    components compiled (e.g. "text_encoder_2", "vae.decoder").
     Component outputs are unchanged up to bf16 rounding: the same ops, fused.
     """
     compiled: list[str] = []
     for name in TEXT_ENCODERS:
         encoder = getattr(pipeline, name, None)
-        if not isinstance(encoder, nn.Module) or device_of(encoder).type != "cuda":
+        if not isinstance(encoder, nn.Module) or device_of(encoder).type not in devices:
             continue
         layers = repeated_layers(encoder)
         for layer in layers:
@@ -50,17 +63,17 @@ def compile_encoders_and_vae(pipeline: Any, device_of, **compile_kwargs: Any) ->
             layer.compile(fullgraph=False, **compile_kwargs)
         if layers:
             compiled.append(name)
-    vae = cuda_image_vae(pipeline, device_of)
+    vae = image_vae(pipeline, devices)
     if vae is not None and isinstance(getattr(vae, "decoder", None), nn.Module):
         vae.decoder.compile(fullgraph=False, **compile_kwargs)
         compiled.append("vae.decoder")
     return compiled
 
 
-def cuda_image_vae(pipeline: Any, device_of) -> nn.Module | None:
-    """The pipeline's 2-D image VAE when it is on a GPU; None for video VAEs (3-D convs)."""
+def image_vae(pipeline: Any, devices: tuple[str, ...] = ("cuda",)) -> nn.Module | None:
+    """The pipeline's 2-D image VAE when it is on `devices`; None for video VAEs (3-D convs)."""
     vae = getattr(pipeline, "vae", None)
     if isinstance(vae, nn.Module) and type(vae).__name__ in IMAGE_VAES:
-        if device_of(vae).type == "cuda":
+        if device_of(vae).type in devices:
             return vae
     return None

@@ -25,9 +25,9 @@ def test_encoder_layers_and_vae_decoder_compile_and_match():
     ref = _images(build_flux_pipeline("tiny", seed=0))
     pipe = build_flux_pipeline("tiny", seed=0)
     other = build_flux_pipeline("tiny", seed=0)
-    # The selection is CUDA-only in optimize(); here it is pointed at CPU modules, traced by
-    # dynamo and run by the eager backend, so outputs must match bit for bit.
-    names = compile_encoders_and_vae(pipe, lambda m: torch.device("cuda"), backend="eager")
+    # optimize() compiles CUDA components only; here CPU ones, traced by dynamo and run by
+    # the eager backend, so outputs must match bit for bit.
+    names = compile_encoders_and_vae(pipe, devices=("cpu",), backend="eager")
     assert names == ["text_encoder", "text_encoder_2", "vae.decoder"]
     t5_layers = repeated_layers(pipe.text_encoder_2)
     assert len(t5_layers) == pipe.text_encoder_2.config.num_layers
