@@ -59,7 +59,16 @@ def main() -> None:
     parser.add_argument(
         "--part",
         choices=[
-            "flux", "attn", "blocks", "cache", "probe", "wan", "profile", "cp", "options", "power"
+            "flux",
+            "attn",
+            "blocks",
+            "cache",
+            "probe",
+            "wan",
+            "profile",
+            "cp",
+            "options",
+            "power",
         ],
         default="flux",
     )
@@ -108,6 +117,13 @@ def main() -> None:
     parser.add_argument("--wan-steps", type=int, default=4)
     parser.add_argument("--cp-modes", default="eager,exact,fast", help="modes for --part cp")
     parser.add_argument("--cp-wan", action="store_true", help="--part cp: Wan after FLUX")
+    parser.add_argument(
+        "--cp-pipeline", default="", help="--part cp: whole FLUX pipeline in this variant"
+    )
+    parser.add_argument("--pipeline-runs", type=int, default=3, help="--part cp pipeline runs")
+    parser.add_argument(
+        "--cp-profile", action="store_true", help="--part cp: GPU time by kernel class per row"
+    )
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
     if args.size == "tiny" and args.resolution == 1024:

@@ -28,7 +28,18 @@ import torch.distributed as dist
 
 from bench.enginebench.common import drift, env_info, free, log, optimize, peak_gb, time_calls
 
-CP_MODES = ("eager", "exact", "fast")
+CP_VARIANTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    # name: (mode, optimize kwargs, variant whose one-GPU run stands in for this one's)
+    "eager": ("eager", {}, None),
+    "exact": ("exact", {}, None),
+    "exact-dispatch": ("exact", {"attention_op": False}, "exact"),
+    "fast": ("fast", {}, None),
+    "fast-dispatch": ("fast", {"attention_op": False}, "fast"),
+    "fast-fp8attn": ("fast", {"attention": "fp8"}, None),
+    "fast-fp8attn-graphs": ("fast", {"attention": "fp8", "cuda_graphs": "always"}, "fast-fp8attn"),
+}
+"""`--cp-modes` names. "-dispatch" keeps diffusers' Ulysses (one all-to-all per q, k, v
+and one back) against our packed exchange; their one-GPU runs are the same model, so only the split is run again."""
 
 
 def _init(device_arg: str) -> tuple[torch.device, int, int]:
@@ -43,8 +54,9 @@ def _init(device_arg: str) -> tuple[torch.device, int, int]:
     return torch.device("cpu"), rank, world
 
 
-def _prepare(model: torch.nn.Module, mode: str, degree: int | None, args):
-    """Apply `mode` (with context parallel over `degree` ranks, if given) to `model`."""
+def _prepare(model: torch.nn.Module, variant: str, degree: int | None, args):
+    """Apply `variant` (with context parallel over `degree` ranks, if given) to `model`."""
+    mode, variant_kwargs, _ = CP_VARIANTS[variant]
     if mode == "eager":
         if degree:
             from engine.optimization.parallel import (
@@ -57,8 +69,11 @@ def _prepare(model: torch.nn.Module, mode: str, degree: int | None, args):
         return None
     kwargs: dict[str, Any] = {"cache_dir": args.cache_dir}
     if model.device.type == "cpu":
-        kwargs.update(compile_backend="aot_eager", cuda_graphs=False)
+        kwargs["compile_backend"] = "aot_eager"
+    kwargs.update(variant_kwargs)
     kwargs.update(json.loads(args.optimize_kwargs) if args.optimize_kwargs else {})
+    if model.device.type == "cpu":
+        kwargs["cuda_graphs"] = False
     optimize(model, mode, context_parallel=degree, **kwargs)
     from engine.optimization import report_of
 
@@ -83,6 +98,8 @@ def _measure(
         row["first_call_s"] = time.perf_counter() - t0
         dist.barrier()
         row["ms_step"] = time_calls(lambda: model(**inputs), device, iters=args.iters, warmup=1)
+        if args.cp_profile and device.type == "cuda":
+            row["profile"] = _profile(model, inputs, row["ms_step"])
     row["peak_gb"] = peak_gb(device)
     if report:
         row["attention_backend"] = report.get("attention_backend")
@@ -92,12 +109,33 @@ def _measure(
     return row
 
 
+def _profile(model, inputs, ms_step: float) -> dict[str, Any]:
+    # Every rank profiles (the collectives keep them in step); rank 0's is the one kept.
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.enginebench.profile import kernel_breakdown
+
+    dist.barrier()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            model(**inputs)
+        torch.cuda.synchronize()
+    return kernel_breakdown(prof, calls=3, ms_step=ms_step)
+
+
 def _series(name, build, make_inputs, out_of, modes, args, device, world, saved) -> dict[str, Any]:
     rank = dist.get_rank()
     rows: list[dict[str, Any]] = []
     one_gpu: dict[str, torch.Tensor] = {}
     for mode in modes:
+        stand_in = CP_VARIANTS[mode][2]
+        if stand_in in one_gpu:
+            single = next(r for r in rows if r["mode"] == stand_in and r["gpus"] == 1)
+            one_gpu[mode] = one_gpu[stand_in]
+            rows.append({**single, "mode": mode, "one_gpu_of": stand_in})
         for degree in (None, world):
+            if degree is None and mode in one_gpu:
+                continue
             tag = f"{name} {mode} x{degree or 1}"
             if rank == 0:
                 log("---", tag)
@@ -146,6 +184,9 @@ def cp_part(args: argparse.Namespace) -> dict[str, Any] | None:
     result["optimize_kwargs"] = args.optimize_kwargs or None
     result["env"]["gpus"] = world
     modes = [m for m in args.cp_modes.split(",") if m]
+    unknown = [m for m in modes if m not in CP_VARIANTS]
+    if unknown:
+        raise SystemExit(f"--cp-modes: unknown {unknown}; choose from {list(CP_VARIANTS)}")
     flux_size = args.size
     save = lambda key: lambda series: _save(args, rank, {**result, key: series})  # noqa: E731
     result["flux"] = _series(
@@ -160,7 +201,7 @@ def cp_part(args: argparse.Namespace) -> dict[str, Any] | None:
         save("flux"),
     )
     _save(args, rank, result)
-    wan_modes = [m for m in args.wan_variants.split(",") if m in CP_MODES]
+    wan_modes = [m for m in args.wan_variants.split(",") if m in CP_VARIANTS]
     if wan_modes and args.cp_wan:
         size = "1.3b" if args.size == "dev" else "tiny"
         hw, frames = ((480, 832), 81) if size == "1.3b" else ((32, 32), 5)
@@ -176,11 +217,42 @@ def cp_part(args: argparse.Namespace) -> dict[str, Any] | None:
             save("wan"),
         )
         _save(args, rank, result)
+    if args.cp_pipeline:
+        from bench.enginebench.cp_pipeline import pipeline_rows
+
+        try:
+            spec = CP_VARIANTS[args.cp_pipeline]
+            result["pipeline"] = pipeline_rows(spec, args.cp_pipeline, args, device, world)
+        except Exception as exc:  # noqa: BLE001  (the transformer rows are kept)
+            import traceback
+
+            traceback.print_exc()
+            result["pipeline"] = [
+                {"variant": args.cp_pipeline, "error": f"{type(exc).__name__}: {exc}"}
+            ]
+        _save(args, rank, result)
     if rank == 0:
         print(cp_table(result), flush=True)
-    dist.barrier()
-    dist.destroy_process_group()
+    _finish(device)
     return result if rank == 0 else None
+
+
+def _finish(device: torch.device, timeout_s: float = 60.0) -> None:
+    # A process whose captured CUDA graphs hold NCCL work was seen to hang in its final
+    # barrier; the results are written by now, so a stuck teardown must not hold the run.
+    import threading
+
+    done = threading.Event()
+
+    def teardown():
+        dist.barrier()
+        dist.destroy_process_group()
+        done.set()
+
+    threading.Thread(target=teardown, daemon=True).start()
+    if not done.wait(timeout_s):
+        log(f"rank {dist.get_rank()}: teardown still waiting after {timeout_s:.0f} s; exiting")
+        os._exit(0)
 
 
 def _save(args, rank: int, result: dict[str, Any]) -> None:
@@ -225,4 +297,8 @@ def cp_table(result: dict[str, Any]) -> str:
                 f"| {r['mode']} | {r['gpus']} | {r['ms_step']:.1f} | {speedup} | "
                 f"{r['first_call_s']:.1f} | {r['peak_gb'] or 0:.1f} | {fmt(same)} | {fmt(eager)} |"
             )
+    if result.get("pipeline"):
+        from bench.enginebench.cp_pipeline import pipeline_table
+
+        lines += pipeline_table(result["pipeline"])
     return "\n".join(lines)

@@ -22,6 +22,8 @@ from bench.enginebench.common import (
 
 def _kernel_class(name: str) -> str:
     low = name.lower()
+    if "nccl" in low:
+        return "communication (NCCL)"
     # Inductor names its kernels after every op fused in, attention's neighbours included.
     if low.startswith("triton") or "triton_" in low:
         return "fused elementwise (inductor)"
@@ -32,6 +34,30 @@ def _kernel_class(name: str) -> str:
     ):
         return "matmul"
     return "other"
+
+
+def kernel_breakdown(prof, *, calls: int, ms_step: float) -> dict[str, Any]:
+    """GPU ms per call by kernel class, the top kernels, and the gaps, from a profile of `calls` calls."""
+    classes: dict[str, float] = {}
+    top: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for evt in prof.key_averages():
+        t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0) or 0
+        if t <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        ms_evt = t / 1e3 / calls
+        classes[_kernel_class(evt.key)] = classes.get(_kernel_class(evt.key), 0.0) + ms_evt
+        top[evt.key[:90]] = ms_evt
+        counts[evt.key[:90]] = evt.count // calls
+    busy = sum(classes.values())
+    ranked = sorted(top, key=lambda k: -top[k])[:40]
+    return {
+        "kernel_ms": busy,
+        "gaps_ms": ms_step - busy,
+        "classes_ms": classes,
+        "top_kernels_ms": {k: top[k] for k in ranked},
+        "top_kernel_calls": {k: counts[k] for k in ranked},
+    }
 
 
 def profile_part(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,31 +105,7 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
                     for _ in range(2):
                         model(**inp)
                     sync(device)
-            classes: dict[str, float] = {}
-            top: dict[str, float] = {}
-            calls: dict[str, int] = {}
-            for evt in prof.key_averages():
-                t = (
-                    getattr(evt, "device_time_total", None)
-                    or getattr(evt, "cuda_time_total", 0)
-                    or 0
-                )
-                if t <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA:
-                    continue
-                ms_evt = t / 1e3 / 2
-                classes[_kernel_class(evt.key)] = classes.get(_kernel_class(evt.key), 0.0) + ms_evt
-                top[evt.key[:90]] = ms_evt
-                calls[evt.key[:90]] = evt.count // 2
-            busy = sum(classes.values())
-            return {
-                "mode": mode,
-                "ms_step": ms,
-                "kernel_ms": busy,
-                "gaps_ms": ms - busy,
-                "classes_ms": classes,
-                "top_kernels_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:40]),
-                "top_kernel_calls": {k: calls[k] for k in sorted(top, key=lambda k: -top[k])[:40]},
-            }
+            return {"mode": mode, "ms_step": ms, **kernel_breakdown(prof, calls=2, ms_step=ms)}
 
         result["rows"].append(run_variant(f"profile {mode}", one))
         save_partial(args, "profile", result)

@@ -15,6 +15,9 @@ Modes:
            of the layer after it (engine/optimization/gelu_fp8.py).
     turbo  fast + step caching (fixed skip schedule, or first-block cache).
 
+In every mode a pipeline's decoded images go to PIL with the scaling and rounding on the
+GPU, the same pixels (engine/optimization/postprocess.py).
+
 `attention="fp8"` (fast and turbo) runs FLUX and Wan attention in fp8 e4m3, through
 cuDNN's fused fp8 attention or our kernel (kernels/attention_fp8.py, SageAttention-style
 scales), via the sequence-major
@@ -30,7 +33,10 @@ centring (one reduction over the tokens per attention).
 
 `context_parallel=N` (exact and fast) splits the sequence over N ranks of an initialised
 torch.distributed group, Ulysses-style, through diffusers' `enable_parallelism`
-(engine/optimization/parallel.py). CUDA graphs stay off with it unless asked for with
+(engine/optimization/parallel.py). Attention runs in our processors, which exchange q, k
+and v in one packed all-to-all and skip it for keys every rank holds whole
+(engine/optimization/ulysses.py); fp8 attention composes with it; `attention_op=False`
+keeps diffusers' dispatch (one all-to-all per tensor). CUDA graphs stay off with it unless asked for with
 `cuda_graphs="always"`: `auto` times eager against replay per rank, and ranks that
 chose differently would no longer be in step. With "always" FLUX ran 4-9 % faster on two
 H200s, but the benchmark process then hung in its final barrier (graphs holding NCCL
@@ -66,6 +72,7 @@ from engine.optimization.parallel import (
     enable_context_parallel,
     modules_with_cp_hooks,
 )
+from engine.optimization.postprocess import use_device_postprocess
 from engine.optimization.turbo import TurboConfig, apply_turbo
 
 MODES = ("exact", "fast", "turbo")
@@ -114,6 +121,7 @@ class OptimizationReport:
     turbo: dict[str, Any] | None = None
     lora_slot_rank: int | None = None
     channels_last_vae: bool = False
+    device_postprocess: bool = False
     kernels: list[str] = field(default_factory=list)
     context_parallel: str | None = None
     warmup_seconds: float | None = None
@@ -199,7 +207,7 @@ def optimize(
     dynamic: bool | None = None,
     cuda_graphs: str | bool | None = None,
     attention: str = "auto",
-    attention_op: bool = False,
+    attention_op: bool | None = None,
     attention_seq_len: int = 4608,
     attention_fp8_min_kv: int | None = None,
     attention_fp8_producer: bool = True,
@@ -239,10 +247,6 @@ def optimize(
             f"attention_fp8_backend must be one of {FP8_ATTENTION_BACKENDS}, "
             f"got {attention_fp8_backend!r}"
         )
-    if fp8_attention and context_parallel:
-        raise ValueError(
-            "attention='fp8' does not run context parallel (it needs diffusers' dispatch)"
-        )
     report = OptimizationReport(mode=mode, dtype=str(dtype).removeprefix("torch."))
     quantize = mode in ("fast", "turbo")
     use_kernels = tuple(DEFAULT_KERNELS if kernels is None else kernels)
@@ -266,7 +270,8 @@ def optimize(
             # VAE's 5-D weights have no channels-last layout (torch refuses them).
             vae.to(memory_format=torch.channels_last)
             report.channels_last_vae = True
-        if compile and compile_components and not context_parallel:
+        report.device_postprocess = use_device_postprocess(pipeline)
+        if compile and compile_components:
             report.compiled_components = compile_encoders_and_vae(
                 pipeline, dynamic=dynamic, backend=compile_backend
             )
@@ -298,7 +303,7 @@ def optimize(
             device=device,
             seq_len=attention_seq_len,
             requested="auto" if fp8_attention else attention,
-            via_op=attention_op,
+            via_op=bool(attention_op),
         )
         report.attention_probe_ms = probe
         if context_parallel:
@@ -319,11 +324,11 @@ def optimize(
                 report.attention_backend = f"sdpa_bshd:{fp8_name}"
             else:
                 report.notes.append(f"{name}: no FLUX/Wan attention for fp8; kept bf16 attention")
-        elif context_parallel and (attention_op or "qk_rmsnorm_rope" in use_kernels):
-            report.notes.append(
-                f"{name}: diffusers' attention processors kept (context parallel needs its dispatch)"
-            )
-        elif attention_op and "qk_rmsnorm_rope" not in use_kernels:
+        elif (context_parallel and attention_op is not False) or (
+            attention_op and "qk_rmsnorm_rope" not in use_kernels
+        ):
+            # Under context parallel our processors pack q, k and v into one all-to-all
+            # (engine/optimization/ulysses.py); attention_op=False keeps diffusers' dispatch.
             from engine.optimization.sdpa import use_sdpa_processors
 
             routed = use_sdpa_processors(model, backend)
@@ -338,6 +343,7 @@ def optimize(
         if (
             not context_parallel
             and not fp8_attention
+            and not routed
             and "qk_rmsnorm_rope" in use_kernels
             and type(model).__name__ == "FluxTransformer2DModel"
         ):

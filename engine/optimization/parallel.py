@@ -2,14 +2,12 @@
 
 Every rank holds the whole model and 1/N of the sequence. The model's `_cp_plan` splits
 the inputs along the sequence at the top and gathers the output at `proj_out`; inside
-each attention call diffusers' dispatch exchanges sequence shards for head shards with
-one all-to-all, runs full-sequence attention on H/N heads, and exchanges back. Nothing
-here replaces that machinery: this module checks the preconditions early, with messages
-that say what to fix, and picks an attention backend that dispatch can parallelise.
-
-Our own processors (`sdpa_bshd`, the Triton QK kernel) call SDPA directly, outside
-diffusers' dispatch, so they would compute attention over the local shard only; with
-context parallel `optimize` keeps diffusers' processors instead.
+each attention call the ranks exchange sequence shards for head shards, run
+full-sequence attention on H/N heads, and exchange back. `optimize` routes attention
+through our processors, which make that exchange one packed all-to-all
+(engine/optimization/ulysses.py); with `attention_op=False` diffusers' dispatch does it.
+This module checks the preconditions early, with messages that say what to fix, and
+turns the plan on.
 """
 
 from __future__ import annotations

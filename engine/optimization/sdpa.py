@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.optimization.ulysses import attend_over_ranks, ulysses_group
+
 _BACKENDS = {
     "_native_cudnn": "CUDNN_ATTENTION",
     "_native_flash": "FLASH_ATTENTION",
@@ -110,10 +112,17 @@ class _SDPAProcessor:
 
         return rmsnorm_bound(*norms_q), rmsnorm_bound(*norms_k)
 
-    def _check_not_parallel(self) -> None:
-        # SDPA here sees only this rank's shard; context parallel needs diffusers' dispatch.
-        if self._parallel_config is not None:
-            raise NotImplementedError(f"{type(self).__name__} does not run context parallel")
+    def _attend(self, q, k, v, bounds: tuple, sharded_keys: bool = True) -> torch.Tensor:
+        # Under context parallel (diffusers' enable_parallelism sets `_parallel_config`)
+        # this rank holds a shard of the sequence: trade it for a shard of the heads first
+        # (engine/optimization/ulysses.py). Keys every rank holds whole need no trade.
+        def attention(q, k, v):
+            return _attention(q, k, v, self.backend, self.fp8_min_kv, bounds, self.fp8_smooth_k)
+
+        ulysses = ulysses_group(self._parallel_config) if sharded_keys else None
+        if ulysses is None:
+            return attention(q, k, v)
+        return attend_over_ranks(q, k, v, attention, *ulysses)
 
 
 class FluxSDPAProcessor(_SDPAProcessor):
@@ -130,7 +139,6 @@ class FluxSDPAProcessor(_SDPAProcessor):
         from diffusers.models.embeddings import apply_rotary_emb
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
-        self._check_not_parallel()
         if attention_mask is not None:
             raise NotImplementedError("FluxSDPAProcessor handles unmasked attention only")
         query, key, value, e_query, e_key, e_value = _get_qkv_projections(
@@ -156,17 +164,16 @@ class FluxSDPAProcessor(_SDPAProcessor):
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        # Both streams are split over the ranks under context parallel (FLUX's plan).
         bounds = self._bounds(norms_q, norms_k)
-        hidden_states = (
-            _attention(query, key, value, self.backend, self.fp8_min_kv, bounds, self.fp8_smooth_k)
-            .flatten(2, 3)
-            .to(query.dtype)
-        )
+        hidden_states = self._attend(query, key, value, bounds).flatten(2, 3).to(query.dtype)
         return _flux_out(attn, hidden_states, encoder_hidden_states)
 
     def _fused_fp8(self, attn, hidden_states, encoder_hidden_states, rotary) -> bool:
         if self.backend != FP8_BACKEND or not self.fp8_producer or rotary is None:
             return False
+        if self._parallel_config is not None:
+            return False  # the producer reads the text stream in place: no exchange between
         norms = [attn.norm_q, attn.norm_k]
         if encoder_hidden_states is not None:
             if attn.added_kv_proj_dim is None:
@@ -235,7 +242,6 @@ class WanSDPAProcessor(_SDPAProcessor):
     ) -> torch.Tensor:
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
-        self._check_not_parallel()
         if attn.add_k_proj is not None or attention_mask is not None:
             raise NotImplementedError(
                 "WanSDPAProcessor handles unmasked text-to-video attention only"
@@ -248,11 +254,10 @@ class WanSDPAProcessor(_SDPAProcessor):
             query = _wan_rope(query, *rotary_emb)
             key = _wan_rope(key, *rotary_emb)
         bounds = self._bounds((attn.norm_q,), (attn.norm_k,))
-        hidden_states = (
-            _attention(query, key, value, self.backend, self.fp8_min_kv, bounds, self.fp8_smooth_k)
-            .flatten(2, 3)
-            .type_as(query)
-        )
+        # Wan's plan splits the video tokens and leaves the text whole on every rank.
+        sharded_keys = encoder_hidden_states is None
+        hidden_states = self._attend(query, key, value, bounds, sharded_keys).flatten(2, 3)
+        hidden_states = hidden_states.type_as(query)
         return attn.to_out[1](attn.to_out[0](hidden_states))
 
 

@@ -1,8 +1,9 @@
 """`optimize(..., context_parallel=N)`: its checks, and Ulysses over two real CPU ranks.
 
 The checks run in this process, which has no process group. The two-rank test launches
-`bench/engine.py --part cp` under torchrun on gloo, so the same hooks and attention
-dispatch that split FLUX over two GPUs run here on tiny configs, eager and compiled.
+`bench/engine.py --part cp` under torchrun on gloo, so the same hooks and packed
+exchange that split FLUX and Wan over two GPUs run here on tiny configs, eager and
+compiled, against diffusers' own dispatch and with fp8 attention.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ def test_two_cpu_ranks_match_one(tmp_path):
         "--iters",
         "1",
         "--cp-modes",
-        "eager,exact",
+        "eager,exact,exact-dispatch,fast-fp8attn",
+        "--cp-wan",
+        "--wan-variants",
+        "exact",
         "--cache-dir",
         str(tmp_path / "cache"),
         "--out",
@@ -87,12 +91,19 @@ def test_two_cpu_ranks_match_one(tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=220)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "engine-cp-tiny.json").read_text())["flux"]["rows"]
-    split = [r for r in rows if r["gpus"] == 2]
-    assert [r["mode"] for r in split] == ["eager", "exact"], rows
-    for row in split:
+    result = json.loads((tmp_path / "engine-cp-tiny.json").read_text())
+    split = {r["mode"]: r for r in result["flux"]["rows"] if r["gpus"] == 2}
+    assert list(split) == ["eager", "exact", "exact-dispatch", "fast-fp8attn"], split
+    wan = [r for r in result["wan"]["rows"] if r["gpus"] == 2]
+    for row in [*split.values(), *wan]:
         assert "error" not in row, row
-        # bf16 on both sides: the split changes only the order of roundings.
+        # The same precision on both sides: the split changes only the order of roundings.
         assert row["drift_vs_1gpu_same_mode"]["cosine"] > 0.9999, row
         assert row["drift_vs_1gpu_same_mode"]["rel_l2"] < 1e-2, row
-    assert split[1]["context_parallel"] == "ulysses:2"
+    assert split["exact"]["context_parallel"] == "ulysses:2"
+    # Our processors with the packed exchange, fp8 attention among them; diffusers'
+    # dispatch only when asked for. Wan's text cross attention runs without an exchange.
+    assert split["exact"]["attention_backend"].startswith("sdpa_bshd:"), split["exact"]
+    assert split["fast-fp8attn"]["attention_backend"].startswith("sdpa_bshd:fp8"), split
+    assert not (split["exact-dispatch"]["attention_backend"] or "").startswith("sdpa_bshd")
+    assert wan[0]["attention_backend"].startswith("sdpa_bshd:"), wan
