@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,14 +88,33 @@ def db(engine: Engine) -> Iterator[Session]:
         connection.close()
 
 
+def truncate_all(engine: Engine, attempts: int = 5) -> None:
+    """Empty every table. A process the test started may still be writing as it winds down
+    (a worker finishing its last request): when PostgreSQL picks the TRUNCATE as a deadlock
+    victim, or its locks do not come within the timeout, it is tried again."""
+    from sqlalchemy.exc import DBAPIError
+
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    if not tables:
+        return
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '10s'"))
+                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            return
+        except DBAPIError as exc:
+            code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+            if code not in ("40P01", "55P03") or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 @pytest.fixture
 def committed(engine: Engine) -> Iterator[Engine]:
     """For tests whose data other processes must see: every table is emptied afterwards."""
     yield engine
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with engine.begin() as conn:
-        if tables:
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    truncate_all(engine)
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from kit.settings import get_settings
+from tests.conftest import truncate_all
 from tests.support import FIXTURE_MODELS, package_bytes
 
 PASSWORD = "correct horse battery staple"
@@ -23,15 +23,6 @@ FLAKY_PRICING = {"tier": "revenue_share", "unit": "images", "unit_price_micros":
 
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {get_settings().admin_key}"}
-
-
-def truncate_all(engine: Engine) -> None:
-    """Empty every table (what the `committed` fixture does, for module-scoped worlds)."""
-    from kit.db import Base
-
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture(scope="module")

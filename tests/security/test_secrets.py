@@ -24,8 +24,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
+from tests.conftest import truncate_all
 from tests.e2e.api_support import WORKER_ENV, Receiver, wait_for
-from tests.security.conftest import PASSWORD, sign_in, truncate_all
+from tests.security.conftest import PASSWORD, sign_in
 from tests.support import WorkerProcess, package_bytes
 
 pytestmark = pytest.mark.timeout(180)
