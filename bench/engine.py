@@ -12,6 +12,7 @@ Run on a CUDA machine from the repository root, one part per process:
     ... --flux-variants fast,fast-fp8attn,fast-fp8attn-triton,fast-fp8attn-separate / --wan-variants
         eager,fast,fast-fp8attn,fast-fp8attn-triton: fp8 attention (default cuDNN on Hopper; our kernel)
     torchrun --nproc_per_node 2 bench/engine.py --part cp   # context parallel vs one GPU
+    torchrun --nproc_per_node 2 bench/engine.py --part alltoall   # the exchange alone
     python bench/engine.py --merge a.json b.json ...   # one table, engine.json and a PNG
 
 Every model is built from its published config with random weights (text encoders too:
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.enginebench.alltoall import alltoall_part  # noqa: E402
 from bench.enginebench.attn import attn_part  # noqa: E402
 from bench.enginebench.blocks import blocks_part  # noqa: E402
 from bench.enginebench.cache import cache_part, probe_part  # noqa: E402
@@ -69,6 +71,7 @@ def main() -> None:
             "cp",
             "options",
             "power",
+            "alltoall",
         ],
         default="flux",
     )
@@ -144,6 +147,23 @@ def main() -> None:
 
     if args.part == "probe":
         probe_part(args)
+        return
+    if args.part == "alltoall":
+        result = alltoall_part(args)  # under torchrun only rank 0 returns its rows
+        if result:
+            tuned = {
+                k.removeprefix("NCCL_"): v
+                for k, v in result.get("nccl_env", {}).items()
+                if k not in ("NCCL_VERSION", "NCCL_NVLS_ENABLE")
+            }
+            tag = "-".join(f"{k}-{v}" for k, v in tuned.items()) or "default"
+            tag = "".join(c if c.isalnum() or c in "._-" else "_" for c in tag)
+            name = f"engine-alltoall-{'nccl-' + tag if result['how'] == 'nccl' else 'peer'}.json"
+            if args.out:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / name).write_text(json.dumps(result, indent=2, default=str))
+            for row in result["rows"]:
+                print(result["how"], row, flush=True)
         return
     if args.part == "cp":
         cp_part(args)  # one process per rank; rank 0 prints and writes the JSON
