@@ -13,6 +13,7 @@ Run on a CUDA machine from the repository root, one part per process:
         eager,fast,fast-fp8attn,fast-fp8attn-triton: fp8 attention (default cuDNN on Hopper; our kernel)
     torchrun --nproc_per_node 2 bench/engine.py --part cp   # context parallel vs one GPU
     torchrun --nproc_per_node 2 bench/engine.py --part alltoall   # the exchange alone
+    python bench/engine.py --part timeline  # one pipeline call's wall time, phase by phase
     python bench/engine.py --merge a.json b.json ...   # one table, engine.json and a PNG
 
 Every model is built from its published config with random weights (text encoders too:
@@ -51,6 +52,7 @@ from bench.enginebench.options import options_part  # noqa: E402
 from bench.enginebench.power import power_part  # noqa: E402
 from bench.enginebench.profile import profile_part  # noqa: E402
 from bench.enginebench.report import chart, print_tables  # noqa: E402
+from bench.enginebench.timeline import timeline_part  # noqa: E402
 from bench.enginebench.wan import wan_part  # noqa: E402
 
 
@@ -72,6 +74,7 @@ def main() -> None:
             "options",
             "power",
             "alltoall",
+            "timeline",
         ],
         default="flux",
     )
@@ -127,6 +130,10 @@ def main() -> None:
     parser.add_argument(
         "--cp-profile", action="store_true", help="--part cp: GPU time by kernel class per row"
     )
+    parser.add_argument("--timeline-mode", default="fast", help="--part timeline: mode")
+    parser.add_argument(
+        "--timeline-kwargs", default='{"attention": "fp8"}', help="--part timeline: optimize kwargs"
+    )
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
     if args.size == "tiny" and args.resolution == 1024:
@@ -177,6 +184,7 @@ def main() -> None:
         "profile": profile_part,
         "options": options_part,
         "power": power_part,
+        "timeline": timeline_part,
     }[args.part]
     result = part(args)
     result.setdefault("part", args.part)

@@ -166,6 +166,10 @@ def print_tables(results: list[dict[str, Any]]) -> str:
             from bench.enginebench.power import power_table
 
             out += power_table(res)
+        elif res.get("part") == "timeline":
+            from bench.enginebench.timeline import timeline_table
+
+            out.append(timeline_table(res))
         elif str(res.get("model", "")).startswith("Wan"):
             out += wan_table(res)
         else:
