@@ -46,12 +46,8 @@ def outside_denoiser_ms(pipe, call: dict[str, Any], device: torch.device) -> dic
     """Ms per image of the work around the transformer: prompt encoding, VAE decode, to PIL."""
     vae = pipe.vae
     z = torch.randn(
-        1,
-        vae.config.latent_channels,
-        call["height"] // pipe.vae_scale_factor,
-        call["width"] // pipe.vae_scale_factor,
-        device=device,
-        dtype=vae.dtype,
+        1, vae.config.latent_channels, call["height"] // pipe.vae_scale_factor,
+        call["width"] // pipe.vae_scale_factor, device=device, dtype=vae.dtype,
     )
     with torch.no_grad():
         encode = time_calls(

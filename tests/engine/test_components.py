@@ -76,14 +76,8 @@ def test_optimize_compiles_components_on_gpu(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_wan_pipeline_compiles_its_text_encoder_and_leaves_the_video_vae(tmp_path):
-    kw = {
-        "prompt": "a cat",
-        "height": 32,
-        "width": 32,
-        "num_frames": 5,
-        "num_inference_steps": 2,
-        "output_type": "pt",
-    }
+    kw = {"prompt": "a cat", "height": 32, "width": 32, "num_frames": 5,
+          "num_inference_steps": 2, "output_type": "pt"}
     ref_pipe = build_wan_pipeline("tiny", device="cuda", dtype=torch.bfloat16, seed=0)
     ref = ref_pipe(**kw, generator=torch.Generator("cuda").manual_seed(0)).frames.float()
     pipe = build_wan_pipeline("tiny", device="cuda", dtype=torch.bfloat16, seed=0)

@@ -389,21 +389,15 @@ def test_fp8_attention_matches_eager(build):
 
         # Heads of 32 channels: the smallest the fused norm/RoPE/fp8 producer takes.
         cfg = {**FLUX_TINY_TRANSFORMER, "attention_head_dim": 32, "axes_dims_rope": (8, 12, 12)}
-        model = random_model(
-            FluxTransformer2DModel, cfg, device="cpu", dtype=torch.bfloat16, seed=0
-        )
+        model = random_model(FluxTransformer2DModel, cfg, device="cpu", dtype=torch.bfloat16, seed=0)
         inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
     else:
         model, inputs = _wan()
     ref = _run(model, inputs)
     # Every attention in fp8, however short its keys (the default keeps short ones bf16).
     optimize(
-        model,
-        "fast",
-        attention="fp8",
-        attention_fp8_min_kv=0,
-        attention_fp8_producer=producer,
-        **AOT,
+        model, "fast", attention="fp8", attention_fp8_min_kv=0,
+        attention_fp8_producer=producer, **AOT,
     )
     assert report_of(model).attention_backend == "sdpa_bshd:fp8"
     if build.startswith("flux"):
