@@ -39,7 +39,8 @@ CP_VARIANTS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "fast-fp8attn-graphs": ("fast", {"attention": "fp8", "cuda_graphs": "always"}, "fast-fp8attn"),
 }
 """`--cp-modes` names. "-dispatch" keeps diffusers' Ulysses (one all-to-all per q, k, v
-and one back) against our packed exchange; their one-GPU runs are the same model, so only the split is run again."""
+and one back) against our packed exchange; its one-GPU run is the same model, so only the
+split runs again. "-graphs" asks for CUDA graphs (FLUX captures them by default, Wan not)."""
 
 
 def _init(device_arg: str) -> tuple[torch.device, int, int]:
@@ -233,11 +234,11 @@ def cp_part(args: argparse.Namespace) -> dict[str, Any] | None:
         _save(args, rank, result)
     if rank == 0:
         print(cp_table(result), flush=True)
-    _finish(device)
+    _finish()
     return result if rank == 0 else None
 
 
-def _finish(device: torch.device, timeout_s: float = 60.0) -> None:
+def _finish(timeout_s: float = 60.0) -> None:
     # A process whose captured CUDA graphs hold NCCL work was seen to hang in its final
     # barrier; the results are written by now, so a stuck teardown must not hold the run.
     import threading

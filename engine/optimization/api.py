@@ -36,11 +36,11 @@ torch.distributed group, Ulysses-style, through diffusers' `enable_parallelism`
 (engine/optimization/parallel.py). Attention runs in our processors, which exchange q, k
 and v in one packed all-to-all and skip it for keys every rank holds whole
 (engine/optimization/ulysses.py); fp8 attention composes with it; `attention_op=False`
-keeps diffusers' dispatch (one all-to-all per tensor). CUDA graphs stay off with it unless asked for with
-`cuda_graphs="always"`: `auto` times eager against replay per rank, and ranks that
-chose differently would no longer be in step. With "always" FLUX ran 4-9 % faster on two
-H200s, but the benchmark process then hung in its final barrier (graphs holding NCCL
-work): opt in only where the process group lives as long as the process.
+keeps diffusers' dispatch (one all-to-all per tensor). CUDA graphs: `auto` times eager
+against replay per rank, and ranks that chose differently would no longer be in step, so
+with context parallel only "always" captures; that is FLUX's default, and other models
+stay eager unless asked. A process whose graphs hold NCCL work was seen to hang in
+`destroy_process_group`: capture where the process group lives as long as the process.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Every rank holds 1/N of the sequence and all H heads; attention needs the whole 
 so before it the ranks trade sequence shards for head shards (each then holds the whole
 sequence and H/N heads) and trade back after. diffusers' dispatch does the same with one
 all-to-all each for q, k and v; here they travel packed in one, so a FLUX step makes two
-exchanges per attention instead of four, and inductor writes the packed send buffer
-straight from the norm/RoPE kernel that produces q and k.
+exchanges per attention instead of four (NCCL 10.3 → 8.4 ms per step on two H200s).
 
 Sending the heads in groups, so that one group's attention would run while the next is in
 flight, measured slower on two H200s (FLUX `fast`: 59.7 ms per step in one exchange, 62.7
@@ -43,7 +42,7 @@ def ulysses_group(parallel_config) -> tuple[object, int] | None:
 
 
 def _send(x: torch.Tensor, group, ranks: int) -> torch.Tensor:
-    # x: destination rank first. Issued, not waited: `_wait` where the result is used.
+    # x: destination rank first. The functional op returns before the data has arrived.
     flat = x.contiguous().flatten()
     split = [flat.numel() // ranks] * ranks
     return torch.ops._c10d_functional.all_to_all_single(flat, split, split, group.group_name)
