@@ -238,7 +238,7 @@ def cp_part(args: argparse.Namespace) -> dict[str, Any] | None:
     return result if rank == 0 else None
 
 
-def _finish(timeout_s: float = 60.0) -> None:
+def _finish(timeout_s: float = 20.0) -> None:
     # A process whose captured CUDA graphs hold NCCL work was seen to hang in its final
     # barrier; the results are written by now, so a stuck teardown must not hold the run.
     import threading

@@ -61,9 +61,11 @@ def _pack_qkv(q, k, v, ranks: int) -> torch.Tensor:
         )
     if heads % ranks:
         raise ValueError(f"{heads} heads do not divide over {ranks} ranks")
-    # (3, B, S_l, N, H/N, D) -> destination rank first: (N, 3, B, S_l, H/N, D)
-    packed = torch.stack((q, k, v)).view(3, b, s_local, ranks, heads // ranks, d)
-    return packed.permute(3, 0, 1, 2, 4, 5)
+    # Destination rank first, (N·3, B, S_l, H/N, D), stacked in that order: the buffer the
+    # collective sends is the one the producing kernel writes (a permuted stack cost one
+    # more copy of it).
+    hn = heads // ranks
+    return torch.stack([t[:, :, r * hn : (r + 1) * hn] for r in range(ranks) for t in (q, k, v)])
 
 
 def _unpack_qkv(recv: torch.Tensor, like: torch.Tensor, ranks: int):
