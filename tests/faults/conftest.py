@@ -141,6 +141,23 @@ def message_held(request_id: str) -> bool:
     return held and not queued
 
 
+def freeze_holding(proc: WorkerProcess, request_id: str, timeout: float) -> None:
+    """Stop the worker's process group at an instant when it holds the request's message.
+
+    Checked while the worker is stopped, so the state cannot change between the look and a
+    kill that follows: a worker caught just after re-sending the message (a copy queued) is
+    let go and caught again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        os.killpg(proc.process.pid, signal.SIGSTOP)
+        if message_held(request_id):
+            return
+        os.killpg(proc.process.pid, signal.SIGCONT)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the worker never held request {request_id}'s message alone")
+        time.sleep(0.05)
+
+
 def warnings(workers: list[WorkerProcess]) -> str:
     """The workers' warnings and errors, to explain a failed assertion."""
     return "\n".join(f"[{w.process.pid}] {line}" for w in workers for line in w.output().splitlines()

@@ -16,9 +16,9 @@ from kit.db import session_scope, utcnow
 from tests.e2e.api_support import Receiver
 from tests.e2e.conftest import ADMIN
 from tests.faults.conftest import (
+    freeze_holding,
     holder,
     kill_group,
-    message_held,
     request_row,
     sandboxed_runners,
     wait_final,
@@ -141,9 +141,9 @@ def test_messages_a_killed_worker_held_are_sent_again(api, start_worker, deploy)
                what="the second request to wait for the account's slot")
     wait_until(lambda: sandboxed_runners(first), timeout=30, what="the model's sandbox to start")
     # Killed while it holds the countdown message, not in the instant between a re-send and
-    # the next fetch, when the copy in the queue would simply go to the next worker.
-    wait_until(lambda: message_held(waiting_id), timeout=20,
-               what="the first worker to hold the waiting request's message")
+    # the next fetch, when the copy in the queue would simply go to the next worker: the
+    # worker is stopped, looked at, and killed only if the look found the message held.
+    freeze_holding(first, waiting_id, timeout=20)
     kill_group(first)
 
     second = start_worker()
