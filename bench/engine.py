@@ -25,7 +25,8 @@ callbacks, which is what step caching changes), whole-pipeline seconds, achieved
 against the bf16 matmul peak measured in the same process, compile/warm-up seconds, peak
 GPU memory, and the drift of the final latents against eager bf16 with the same seed.
 
-`--size tiny --device cpu` runs every part on tiny configs, to check the script.
+`--size tiny --device cpu` runs every part but `alltoall` (two GPUs) on tiny configs, to
+check the script.
 """
 
 from __future__ import annotations

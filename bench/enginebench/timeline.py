@@ -1,6 +1,7 @@
 """Where one whole FLUX pipeline call's wall time goes, phase by phase.
 
     python bench/engine.py --part timeline [--timeline-mode fast --timeline-kwargs '{"attention": "fp8"}']
+    python bench/engine.py --part timeline --size tiny --device cpu   # the script check
 
 CUDA events are recorded at the edges of each phase of a real `pipeline(...)` call (prompt
 encoding, every transformer call, VAE decode, conversion to PIL), so the phases and the
@@ -18,17 +19,26 @@ from typing import Any
 
 import torch
 
-from bench.enginebench.common import PROMPT, env_info, log, optimize
+from bench.enginebench.common import PROMPT, env_info, log, optimize, sync
 
 
 class _Marks:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, torch.cuda.Event]] = []
+    """Named instants on the GPU's stream (CUDA events), or the host clock on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.events: list[tuple[str, Any]] = []
 
     def __call__(self, name: str) -> None:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+        else:
+            event = time.perf_counter()
         self.events.append((name, event))
+
+    def _ms(self, first, other) -> float:
+        return first.elapsed_time(other) if self.cuda else (other - first) * 1e3
 
     def wrap(self, name: str, fn):
         def timed(*args, **kwargs):
@@ -41,7 +51,7 @@ class _Marks:
 
     def phases(self) -> dict[str, Any]:
         """ms per phase and between phases, from the first mark to the last."""
-        t = {i: self.events[0][1].elapsed_time(e) for i, (_, e) in enumerate(self.events)}
+        t = {i: self._ms(self.events[0][1], e) for i, (_, e) in enumerate(self.events)}
         names = [n for n, _ in self.events]
         out: dict[str, Any] = {"total_ms": t[len(names) - 1], "steps_ms": []}
         between = 0.0
@@ -83,11 +93,12 @@ def timeline_part(args: argparse.Namespace) -> dict[str, Any]:
     from engine.pipelines import build_flux_pipeline
 
     device = torch.device(args.device)
-    if device.type != "cuda":
-        raise SystemExit("--part timeline times CUDA events: run it on a GPU")
     pipe = build_flux_pipeline(args.size, device=device, dtype=torch.bfloat16, seed=0)
     pipe.set_progress_bar_config(disable=True)
     kwargs = json.loads(args.timeline_kwargs) if args.timeline_kwargs else {}
+    if device.type == "cpu":  # the script check on tiny configs: no GPU-only paths
+        kwargs = {**kwargs, "compile_backend": "aot_eager", "cuda_graphs": False}
+        kwargs.pop("attention", None)
     if args.timeline_mode != "eager":
         optimize(pipe, args.timeline_mode, cache_dir=args.cache_dir, **kwargs)
     res = args.resolution
@@ -103,8 +114,8 @@ def timeline_part(args: argparse.Namespace) -> dict[str, Any]:
     with torch.no_grad():
         for _ in range(2):
             run()
-        torch.cuda.synchronize()
-        marks = _Marks()
+        sync(device)
+        marks = _Marks(device)
         hooks = [
             pipe.transformer.register_forward_pre_hook(lambda m, a: marks("step>")),
             pipe.transformer.register_forward_hook(lambda m, a, o: marks("step<")),
@@ -119,15 +130,16 @@ def timeline_part(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             run()
             marks("end")
-            torch.cuda.synchronize()
+            sync(device)
             row = marks.phases()
             row["wall_s"] = time.perf_counter() - t0
             runs.append(row)
         for hook in hooks:
             hook.remove()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if marks.cuda else [])
+        with profile(activities=activities) as prof:
             run()
-            torch.cuda.synchronize()
+            sync(device)
     best = min(runs, key=lambda r: r["wall_s"])
     steps = best["steps_ms"]
     result = {
@@ -150,7 +162,7 @@ def timeline_table(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"FLUX pipeline timeline, {result['mode']} {result['optimize_kwargs'] or ''} on "
-            f"{result['env'].get('gpu')}: wall {min(result['wall_s']):.3f} s",
+            f"{result['env'].get('gpu') or result['env'].get('device')}: wall {min(result['wall_s']):.3f} s",
             "| encode prompt | steps (n × median) | VAE decode | to PIL | between | GPU busy / span |",
             "|---|---|---|---|---|---|",
             f"| {p.get('encode_prompt_ms', 0):.1f} | {result['steps_total_ms']:.1f} ({s['n']} × "
