@@ -141,6 +141,17 @@ def message_held(request_id: str) -> bool:
     return held and not queued
 
 
+def housekeeping_ran() -> bool:
+    """A worker has done a housekeeping round since Redis was emptied: the broker-loss marker
+    is set (`gateway.recovery`). Before that round, the next worker's first round takes every
+    queued request for lost with the broker and sends it again, whatever else happened."""
+    import redis
+
+    from gateway.recovery import MARKER_KEY
+
+    return bool(redis.Redis.from_url(get_settings().redis_url).exists(MARKER_KEY))
+
+
 def freeze_holding(proc: WorkerProcess, request_id: str, timeout: float) -> None:
     """Stop the worker's process group at an instant when it holds the request's message.
 

@@ -18,6 +18,7 @@ from tests.e2e.conftest import ADMIN
 from tests.faults.conftest import (
     freeze_holding,
     holder,
+    housekeeping_ran,
     kill_group,
     request_row,
     sandboxed_runners,
@@ -140,6 +141,9 @@ def test_messages_a_killed_worker_held_are_sent_again(api, start_worker, deploy)
     wait_until(lambda: request_row(waiting_id).lease_expires_at is not None, timeout=20,
                what="the second request to wait for the account's slot")
     wait_until(lambda: sandboxed_runners(first), timeout=30, what="the model's sandbox to start")
+    # A first worker killed before its first housekeeping round would leave the broker-loss
+    # marker unset, and the next worker would resend everything as lost with the broker.
+    wait_until(housekeeping_ran, timeout=20, what="the first worker's first housekeeping round")
     # Killed while it holds the countdown message, not in the instant between a re-send and
     # the next fetch, when the copy in the queue would simply go to the next worker: the
     # worker is stopped, looked at, and killed only if the look found the message held.
@@ -151,6 +155,6 @@ def test_messages_a_killed_worker_held_are_sent_again(api, start_worker, deploy)
     assert [(r.status, r.attempts) for r in done] == [("succeeded", 2), ("succeeded", 1)], (
         [r.error for r in done], warnings([first, second]))
     assert any("past their resend time were sent again" in line and waiting_id in line
-               for line in warnings([second]).splitlines())
+               for line in warnings([second]).splitlines()), warnings([first, second])
     assert _usage_count(running_id) == _usage_count(waiting_id) == 1
     assert_invariants(settle_s=10)
