@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from diffusers.image_processor import VaeImageProcessor  # noqa: E402
+from diffusers.image_processor import VaeImageProcessor, VaeImageProcessorLDM3D  # noqa: E402
 
 from engine.optimization import optimize, report_of  # noqa: E402
 from engine.optimization.postprocess import (  # noqa: E402
@@ -58,5 +60,9 @@ def test_optimize_gives_only_this_pipeline_the_device_postprocess():
         pipe.image_processor.config.vae_scale_factor
         == other.image_processor.config.vae_scale_factor
     )
-    # A processor diffusers subclassed for another purpose is left as it is.
+    # A processor diffusers subclassed for another purpose is left as it is, and so is a
+    # pipeline without one.
+    depth = SimpleNamespace(image_processor=VaeImageProcessorLDM3D())
+    kept = depth.image_processor
+    assert use_device_postprocess(depth) is False and depth.image_processor is kept
     assert use_device_postprocess(object()) is False
