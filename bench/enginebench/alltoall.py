@@ -19,26 +19,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bench.enginebench.common import env_info, log
+from bench.enginebench.common import env_info, log, time_calls
 
 TOKENS, CHANNELS = 2304, 3072
 SIZES = {"q,k,v packed": 3 * TOKENS * CHANNELS, "attention output": TOKENS * CHANNELS}
-
-
-def _time(fn, iters: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(iters):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def alltoall_part(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -57,7 +41,12 @@ def _nccl() -> dict[str, Any] | None:
     rows = []
     for name, numel in SIZES.items():
         x = torch.randn(numel, device="cuda", dtype=torch.bfloat16)
-        ms = _time(lambda x=x: funcol.all_to_all_single(x, None, None, dist.group.WORLD).wait())
+        ms = time_calls(
+            lambda x=x: funcol.all_to_all_single(x, None, None, dist.group.WORLD).wait(),
+            torch.device("cuda"),
+            iters=50,
+            warmup=5,
+        )
         sent = x.numel() * x.element_size() * (world - 1) / world
         rows.append(
             {"exchange": name, "MB": x.numel() * 2 / 1e6, "ms": ms, "GB/s": sent / ms / 1e6}
@@ -84,9 +73,6 @@ def _swap(a0, a1, b0, b1, s0, s1) -> None:
 
 
 def _peer_copies() -> dict[str, Any]:
-    import statistics
-    import time
-
     if torch.cuda.device_count() < 2:
         raise SystemExit("peer copies need two GPUs in this process")
     rows = []
@@ -95,13 +81,10 @@ def _peer_copies() -> dict[str, Any]:
         a0, a1 = (torch.randn(half, device=f"cuda:{i}", dtype=torch.bfloat16) for i in (0, 1))
         b0, b1 = torch.empty_like(a0), torch.empty_like(a1)
         streams = torch.cuda.Stream("cuda:0"), torch.cuda.Stream("cuda:1")
-        times = []
-        for i in range(55):
-            t0 = time.perf_counter()
-            _swap(a0, a1, b0, b1, *streams)
-            if i >= 5:  # wall clock: includes the two launches and host waits (~10 µs)
-                times.append((time.perf_counter() - t0) * 1e3)
-        ms = statistics.median(times)
+        # Wall clock (`time_calls` on the host): the two launches and host waits (~10 µs)
+        # are included.
+        swap = lambda: _swap(a0, a1, b0, b1, *streams)  # noqa: E731, B023
+        ms = time_calls(swap, torch.device("cpu"), iters=50, warmup=5)
         rows.append(
             {"exchange": name, "MB": numel * 2 / 1e6, "ms": ms, "GB/s": half * 2 / ms / 1e6}
         )

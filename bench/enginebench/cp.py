@@ -55,8 +55,9 @@ def _init(device_arg: str) -> tuple[torch.device, int, int]:
     return torch.device("cpu"), rank, world
 
 
-def _prepare(model: torch.nn.Module, variant: str, degree: int | None, args):
-    """Apply `variant` (with context parallel over `degree` ranks, if given) to `model`."""
+def prepare(model, variant: str, degree: int | None, args):
+    """Apply `variant` (with context parallel over `degree` ranks, if given) to `model`, a
+    transformer or a whole pipeline; returns the optimization report as a dict, if any."""
     mode, variant_kwargs, _ = CP_VARIANTS[variant]
     if mode == "eager":
         if degree:
@@ -65,8 +66,9 @@ def _prepare(model: torch.nn.Module, variant: str, degree: int | None, args):
                 enable_context_parallel,
             )
 
-            check_context_parallel(model, degree)
-            enable_context_parallel(model, degree)
+            denoiser = getattr(model, "transformer", model)
+            check_context_parallel(denoiser, degree)
+            enable_context_parallel(denoiser, degree)
         return None
     kwargs: dict[str, Any] = {"cache_dir": args.cache_dir}
     if model.device.type == "cpu":
@@ -91,7 +93,7 @@ def _measure(
     inputs = make_inputs(model)
     row: dict[str, Any] = {"mode": mode, "gpus": degree or 1}
     t0 = time.perf_counter()
-    report = _prepare(model, mode, degree, args)
+    report = prepare(model, mode, degree, args)
     with torch.no_grad():
         out = out_of(model(**inputs))
         if device.type == "cuda":
@@ -222,8 +224,7 @@ def cp_part(args: argparse.Namespace) -> dict[str, Any] | None:
         from bench.enginebench.cp_pipeline import pipeline_rows
 
         try:
-            spec = CP_VARIANTS[args.cp_pipeline]
-            result["pipeline"] = pipeline_rows(spec, args.cp_pipeline, args, device, world)
+            result["pipeline"] = pipeline_rows(args.cp_pipeline, args, device, world)
         except Exception as exc:  # noqa: BLE001  (the transformer rows are kept)
             import traceback
 

@@ -17,15 +17,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bench.enginebench.common import PROMPT, StepClock, drift, free, log, optimize, sync
+from bench.enginebench.common import PROMPT, StepClock, drift, free, log, sync
 
 
-def pipeline_rows(variant_spec, name: str, args, device: torch.device, world: int) -> list[dict]:
-    """One-GPU and split rows for the pipeline of `name` = (mode, kwargs, _) in CP_VARIANTS."""
+def pipeline_rows(name: str, args, device: torch.device, world: int) -> list[dict]:
+    """One-GPU and split rows for the pipeline in variant `name` (cp.CP_VARIANTS)."""
     rows: list[dict[str, Any]] = []
     latents: dict[int, torch.Tensor] = {}
     for degree in (None, world):
-        row = _pipeline(variant_spec, name, degree, args, device)
+        row = _pipeline(name, degree, args, device)
         latents[row["gpus"]] = row.pop("_latents")
         if degree and 1 in latents:
             row["drift_vs_1gpu"] = drift(latents[world], latents[1])
@@ -36,25 +36,16 @@ def pipeline_rows(variant_spec, name: str, args, device: torch.device, world: in
     return rows
 
 
-def _pipeline(variant_spec, name, degree, args, device) -> dict[str, Any]:
+def _pipeline(name, degree, args, device) -> dict[str, Any]:
+    from bench.enginebench.cp import prepare
     from engine.pipelines import build_flux_pipeline
 
-    mode, variant_kwargs, _ = variant_spec
     torch._dynamo.reset()
     free(device)
     pipe = build_flux_pipeline(args.size, device=device, dtype=torch.bfloat16, seed=0)
     pipe.set_progress_bar_config(disable=True)
-    kwargs: dict[str, Any] = {"cache_dir": args.cache_dir, **variant_kwargs}
-    if device.type == "cpu":
-        kwargs.update(compile_backend="aot_eager", cuda_graphs=False)
     t0 = time.perf_counter()
-    if mode == "eager":
-        if degree:
-            from engine.optimization.parallel import enable_context_parallel
-
-            enable_context_parallel(pipe.transformer, degree)
-    else:
-        optimize(pipe, mode, context_parallel=degree, **kwargs)
+    prepare(pipe, name, degree, args)
     res, steps = args.resolution, args.steps
     call = {"prompt": PROMPT, "height": res, "width": res, "guidance_scale": 3.5}
 
