@@ -4,6 +4,7 @@ Run on a CUDA machine from the repository root, one part per process:
 
     python bench/engine.py --part flux      # eager, diffusers+compile, exact, fast, turbo
     python bench/engine.py --part attn      # fp8 attention kernel vs cuDNN bf16 SDPA, per shape
+    python bench/engine.py --part attn-cudnn   # cuDNN fp8 attention: every plan, both layouts
     python bench/engine.py --part blocks    # our Triton kernels inside a compiled block vs inductor
     python bench/engine.py --part cache     # compile time cold / from the disk cache, LoRA hot-swap
     python bench/engine.py --part wan       # Wan 2.1 T2V 1.3B, 832x480, 81 frames
@@ -44,6 +45,7 @@ import torch  # noqa: E402
 
 from bench.enginebench.alltoall import alltoall_part  # noqa: E402
 from bench.enginebench.attn import attn_part  # noqa: E402
+from bench.enginebench.attn_cudnn import attn_cudnn_part  # noqa: E402
 from bench.enginebench.blocks import blocks_part  # noqa: E402
 from bench.enginebench.cache import cache_part, probe_part  # noqa: E402
 from bench.enginebench.common import RESULTS  # noqa: E402
@@ -66,6 +68,7 @@ def main() -> None:
         choices=[
             "flux",
             "attn",
+            "attn-cudnn",
             "blocks",
             "cache",
             "probe",
@@ -179,6 +182,7 @@ def main() -> None:
     part = {
         "flux": flux_part,
         "attn": attn_part,
+        "attn-cudnn": attn_cudnn_part,
         "blocks": blocks_part,
         "cache": cache_part,
         "wan": wan_part,

@@ -156,6 +156,10 @@ def print_tables(results: list[dict[str, Any]]) -> str:
             from bench.enginebench.attn import attn_table
 
             out += attn_table(res)
+        elif res.get("part") == "attn-cudnn":
+            from bench.enginebench.attn_cudnn import attn_cudnn_table
+
+            out += attn_cudnn_table(res)
         elif res.get("part") == "blocks":
             out += blocks_table(res)
         elif res.get("part") == "profile":

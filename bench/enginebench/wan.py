@@ -32,6 +32,20 @@ from bench.enginebench.common import (
 # ---------------------------------------------------------------------------- Wan
 
 
+def _keys_unaligned_if_asked(variant: str, run):
+    """`<variant>-unaligned`: the variant with cuDNN fp8 attention's keys left unpadded
+    (cudnn_fp8.KV_ALIGN = 1 while it is built and timed), the A/B of the key padding."""
+    from engine.optimization import cudnn_fp8
+
+    if not variant.endswith("-unaligned"):
+        return run(variant)
+    saved, cudnn_fp8.KV_ALIGN = cudnn_fp8.KV_ALIGN, 1
+    try:
+        return run(variant.removesuffix("-unaligned"))
+    finally:
+        cudnn_fp8.KV_ALIGN = saved
+
+
 def wan_part(args: argparse.Namespace) -> dict[str, Any]:
     from diffusers import UniPCMultistepScheduler, WanPipeline
 
@@ -110,7 +124,7 @@ def wan_part(args: argparse.Namespace) -> dict[str, Any]:
         return row
 
     for v in args.wan_variants.split(","):
-        rows.append(run_variant(v, lambda v=v: one(v)))
+        rows.append(run_variant(v, lambda v=v: _keys_unaligned_if_asked(v, one)))
         save_partial(args, "wan", {**result, "rows": rows})
 
     if pipes and not args.no_pipeline:

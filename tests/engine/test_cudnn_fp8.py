@@ -103,6 +103,21 @@ def test_centred_k_and_per_channel_v_are_what_keep_the_error_small():
     assert ours["rel_l2"] < naive["rel_l2"], (ours, naive)
 
 
+@pytest.mark.parametrize("s", [300, 256])
+def test_keys_padded_to_the_alignment_are_masked_out(s):
+    from engine.optimization.cudnn_fp8 import quantize_for_cudnn
+
+    q, k, v, norm_q, norm_k = _normed_qkv(s=s)
+    bounds = rmsnorm_bound(norm_q), rmsnorm_bound(norm_k)
+    q8, k8, v8, *_ = quantize_for_cudnn(q, k, v, *bounds, kv_align=128)
+    assert q8.shape[1] == s and k8.shape[1] == v8.shape[1] == -(-s // 128) * 128
+    assert not k8[:, s:].float().any() and not v8[:, s:].float().any()
+    padded = attention_fp8_cudnn(q, k, v, *bounds, kv_align=128)
+    plain = attention_fp8_cudnn(q, k, v, *bounds, kv_align=1)
+    assert padded.shape == plain.shape == q.shape
+    assert drift(padded.float(), plain.float())["cosine"] >= 0.99999
+
+
 def test_op_traces_under_compile():
     q, k, v, norm_q, norm_k = _normed_qkv(s=64)
     fn = torch.compile(attention_fp8_cudnn, backend="aot_eager", fullgraph=True)
@@ -181,3 +196,23 @@ def test_cudnn_kernel_matches_its_emulation_on_gpu(shape):
     graph.replay()
     ref2 = _reference_core(q8, k8, v8, dq, dq)
     assert drift(captured.float(), ref2.float())["cosine"] >= 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a Hopper GPU and cudnn-frontend")
+def test_cudnn_padding_mask_matches_its_emulation_on_gpu():
+    from engine.optimization.cudnn_fp8 import _reference_core
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q8, k8, v8 = (
+        (torch.randn(1, 1000, 4, 128, device="cuda", generator=g) * 60).to(torch.float8_e4m3fn)
+        for _ in range(3)
+    )
+    # Keys 1000..1023 hold large values: masked, they must change nothing.
+    k8p, v8p = (
+        torch.cat([t, torch.full_like(t[:, :24], 400.0)], dim=1) for t in (k8, v8)
+    )
+    dq = torch.full((1,), 1 / 60, device="cuda")
+    out = cudnn_attention_fp8(q8, k8p, v8p, dq, dq, 1000)
+    ref = _reference_core(q8, k8, v8, dq, dq)
+    assert drift(out.float(), ref.float())["cosine"] >= 0.999
