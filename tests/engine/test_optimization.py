@@ -216,6 +216,23 @@ def test_sequence_major_attention_op_matches_eager(build):
     _close(_run(model, inputs), ref, EXACT)
 
 
+def test_wan_rotation_is_diffusers_rotation_bit_for_bit():
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    from engine.optimization.sdpa import _wan_rope
+
+    rope = WanRotaryPosEmbed(attention_head_dim=64, patch_size=(1, 2, 2), max_seq_len=64)
+    cos, sin = rope(torch.zeros(1, 4, 3, 8, 8))
+    x = torch.randn(1, cos.shape[1], 2, 64).bfloat16()
+    # diffusers' WanAttnProcessor: interleaved pairs, stored through strided slices.
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s_ = cos[..., 0::2], sin[..., 1::2]
+    ref = torch.empty_like(x)
+    ref[..., 0::2] = x1 * c - x2 * s_
+    ref[..., 1::2] = x1 * s_ + x2 * c
+    assert torch.equal(_wan_rope(x, cos, sin), ref.type_as(x))
+
+
 def test_optimize_touches_only_its_instance():
     from diffusers import FluxTransformer2DModel
 
