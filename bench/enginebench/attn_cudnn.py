@@ -29,43 +29,35 @@ def _head_major(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def _timed(call, ref, flop, device) -> dict[str, Any]:
+    """ms, TFLOP/s and drift against ref of one call, or the error it raised."""
+    try:
+        ms = _bench(call, device)
+        return {"ms": ms, "tflops": flop / ms / 1e9, **drift(call().float(), ref)}
+    except Exception as exc:  # noqa: BLE001  (reported, e.g. a plan or mask cuDNN refuses)
+        return {"error": str(exc)[:300]}
+
+
 def _layout_rows(q8, k8, v8, dq, dk, flop, device) -> dict[str, Any]:
-    from engine.optimization.cudnn_fp8 import (
-        cudnn_attention_fp8,
-        cudnn_fp8_plans,
-        cudnn_fp8_run,
-    )
+    from engine.optimization.cudnn_fp8 import cudnn_attention_fp8, cudnn_fp8_plans, run_cudnn_fp8
 
     ref = cudnn_attention_fp8(q8, k8, v8, dq, dk).float()
     ms = _bench(lambda: cudnn_attention_fp8(q8, k8, v8, dq, dk), device)
     out: dict[str, Any] = {"default_ms": ms, "default_tflops": flop / ms / 1e9, "plans": []}
     for index, name in cudnn_fp8_plans(q8, k8, v8):
-        try:
-
-            def call(index=index):
-                return cudnn_fp8_run(q8, k8, v8, dq, dk, plan=index)
-
-            ms = _bench(call, device)
-            same = drift(call().float(), ref)
-            out["plans"].append(
-                {"index": index, "name": name, "ms": ms, "tflops": flop / ms / 1e9, **same}
-            )
-        except Exception as exc:  # noqa: BLE001  (a plan that fails to run is reported)
-            out["plans"].append({"index": index, "name": name, "error": str(exc)[:300]})
+        call = lambda index=index: run_cudnn_fp8(q8, k8, v8, dq, dk, plan=index)  # noqa: E731
+        out["plans"].append({"index": index, "name": name, **_timed(call, ref, flop, device)})
     return out
 
 
-SEQ_ALIGN = 128
-
-
 def _padded_rows(q8, k8, v8, dq, dk, flop, device) -> dict[str, Any]:
-    """An unaligned sequence padded with zeros to SEQ_ALIGN tokens: queries only (exact: the
+    """An unaligned sequence padded with zeros to KV_ALIGN tokens: queries only (exact: the
     extra rows are dropped), keys only (timing only: zero keys still take softmax weight),
     and both with cuDNN's padding mask (exact)."""
-    from engine.optimization.cudnn_fp8 import cudnn_attention_fp8, cudnn_fp8_run
+    from engine.optimization.cudnn_fp8 import KV_ALIGN, cudnn_attention_fp8, run_cudnn_fp8
 
     s = q8.shape[1]
-    pad = -s % SEQ_ALIGN
+    pad = -s % KV_ALIGN
 
     def padded(t):
         return torch.nn.functional.pad(t.view(torch.uint8), (0, 0, 0, 0, 0, pad)).view(t.dtype)
@@ -75,20 +67,17 @@ def _padded_rows(q8, k8, v8, dq, dk, flop, device) -> dict[str, Any]:
     calls = {
         "queries padded": lambda: cudnn_attention_fp8(qp, k8, v8, dq, dk)[:, :s],
         "keys padded (not exact)": lambda: cudnn_attention_fp8(q8, kp, vp, dq, dk),
-        "both padded, padding mask": lambda: cudnn_fp8_run(qp, kp, vp, dq, dk, valid=(s, s))[:, :s],
+        "both padded, padding mask": lambda: run_cudnn_fp8(qp, kp, vp, dq, dk, valid=(s, s))[:, :s],
     }
-    out = {}
-    for name, call in calls.items():
-        try:
-            ms = _bench(call, device)
-            out[name] = {"ms": ms, "tflops": flop / ms / 1e9, **drift(call().float(), ref)}
-        except Exception as exc:  # noqa: BLE001  (reported, e.g. a mask cuDNN refuses)
-            out[name] = {"error": str(exc)[:300]}
-    return out
+    return {name: _timed(call, ref, flop, device) for name, call in calls.items()}
 
 
 def attn_cudnn_part(args: argparse.Namespace) -> dict[str, Any]:
-    from engine.optimization.cudnn_fp8 import cudnn_fp8_attention_available, quantize_for_cudnn
+    from engine.optimization.cudnn_fp8 import (
+        KV_ALIGN,
+        cudnn_fp8_attention_available,
+        quantize_for_cudnn,
+    )
 
     device = torch.device(args.device)
     result: dict[str, Any] = {"env": env_info(device), "model": "attention", "rows": []}
@@ -102,7 +91,7 @@ def attn_cudnn_part(args: argparse.Namespace) -> dict[str, Any]:
         row: dict[str, Any] = {"shape": name, "tokens": s, "heads": h}
         row["bshd"] = _layout_rows(q8, k8, v8, dq, dk, flop, device)
         row["bhsd"] = _layout_rows(*map(_head_major, (q8, k8, v8)), dq, dk, flop, device)
-        if s % SEQ_ALIGN:
+        if s % KV_ALIGN:
             row["padded"] = _padded_rows(q8, k8, v8, dq, dk, flop, device)
         log(name, row)
         result["rows"].append(row)

@@ -200,9 +200,11 @@ def _graph(
     return _GRAPHS[key]
 
 
-def _run_cudnn(
+def run_cudnn_fp8(
     q8, k8, v8, descale_q, descale_k, plan: int | None = None, valid: tuple[int, int] | None = None
 ) -> torch.Tensor:
+    """cuDNN's fp8 attention: its first choice, or one plan of `cudnn_fp8_plans` (the bench);
+    valid = (query tokens, key tokens) that are real, the rest left out by the padding mask."""
     import cudnn
 
     g, io, scalars, o, amax_s, amax_o, scratch = _graph(q8, k8, v8, plan is not None, valid)
@@ -236,11 +238,6 @@ def cudnn_fp8_plans(q8, k8, v8, valid=None) -> list[tuple[int, str]]:
     return [(i, g.get_plan_name_at_index(i)) for i in scratch["plans"]]
 
 
-def cudnn_fp8_run(q8, k8, v8, descale_q, descale_k, plan=None, valid=None) -> torch.Tensor:
-    """cudnn_attention_fp8 through one plan of `cudnn_fp8_plans`, or with a padding mask."""
-    return _run_cudnn(q8, k8, v8, descale_q, descale_k, plan, valid)
-
-
 def _reference_core(q8, k8, v8, descale_q, descale_k, kv_len: int = 0) -> torch.Tensor:
     # What cuDNN computes: fp32 scores, P = exp(s - max) in e4m3 as P·448, P·V, / row sum.
     q, k, v = (t.float().transpose(1, 2) for t in (q8, k8, v8))
@@ -269,7 +266,7 @@ def cudnn_attention_fp8(
     """
     if q8.is_cuda and cudnn_fp8_attention_available(q8.device.index):
         valid = (q8.shape[1], kv_len) if kv_len else None
-        return _run_cudnn(q8, k8, v8, descale_q, descale_k, valid=valid)
+        return run_cudnn_fp8(q8, k8, v8, descale_q, descale_k, valid=valid)
     return _reference_core(q8, k8, v8, descale_q, descale_k, kv_len)
 
 
