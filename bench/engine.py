@@ -5,6 +5,7 @@ Run on a CUDA machine from the repository root, one part per process:
     python bench/engine.py --part flux      # eager, diffusers+compile, exact, fast, turbo
     python bench/engine.py --part attn      # fp8 attention kernel vs cuDNN bf16 SDPA, per shape
     python bench/engine.py --part attn-cudnn   # cuDNN fp8 attention: every plan, both layouts
+    python bench/engine.py --part attn-wgmma   # our Gluon fp8 attention against cuDNN's
     python bench/engine.py --part blocks    # our Triton kernels inside a compiled block vs inductor
     python bench/engine.py --part cache     # compile time cold / from the disk cache, LoRA hot-swap
     python bench/engine.py --part wan       # Wan 2.1 T2V 1.3B, 832x480, 81 frames
@@ -46,6 +47,7 @@ import torch  # noqa: E402
 from bench.enginebench.alltoall import alltoall_part  # noqa: E402
 from bench.enginebench.attn import attn_part  # noqa: E402
 from bench.enginebench.attn_cudnn import attn_cudnn_part  # noqa: E402
+from bench.enginebench.attn_wgmma import attn_wgmma_part  # noqa: E402
 from bench.enginebench.blocks import blocks_part  # noqa: E402
 from bench.enginebench.cache import cache_part, probe_part  # noqa: E402
 from bench.enginebench.common import RESULTS  # noqa: E402
@@ -69,6 +71,7 @@ def main() -> None:
             "flux",
             "attn",
             "attn-cudnn",
+            "attn-wgmma",
             "blocks",
             "cache",
             "probe",
@@ -183,6 +186,7 @@ def main() -> None:
         "flux": flux_part,
         "attn": attn_part,
         "attn-cudnn": attn_cudnn_part,
+        "attn-wgmma": attn_wgmma_part,
         "blocks": blocks_part,
         "cache": cache_part,
         "wan": wan_part,

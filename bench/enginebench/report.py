@@ -160,6 +160,10 @@ def print_tables(results: list[dict[str, Any]]) -> str:
             from bench.enginebench.attn_cudnn import attn_cudnn_table
 
             out += attn_cudnn_table(res)
+        elif res.get("part") == "attn-wgmma":
+            from bench.enginebench.attn_wgmma import attn_wgmma_table
+
+            out += attn_wgmma_table(res)
         elif res.get("part") == "blocks":
             out += blocks_table(res)
         elif res.get("part") == "profile":
