@@ -87,24 +87,12 @@ def _as_operand(p, o_layout: gl.constexpr):
 @gluon.jit
 def _step(
     j,
-    q_smem,
-    k_smem,
-    v_smem,
-    k_bars,
-    v_bars,
-    k_desc,
-    vt_desc,
     p,
     m_i,
     l_i,
     acc,
-    s_zero,
-    qk_scale,
-    kv_len,
-    n_tiles,
-    kv_row,
-    vt_row,
-    col,
+    bufs,
+    tiles,
     MASK: gl.constexpr,
     STAGES: gl.constexpr,
     s_layout: gl.constexpr,
@@ -112,6 +100,8 @@ def _step(
 ):
     # One KV tile: S_j = Q·K_jᵀ and O += P_{j-1}·V_{j-1} go to the tensor cores together;
     # the softmax of S_j runs while P_{j-1}·V_{j-1} is still in flight.
+    q_smem, k_smem, v_smem, k_bars, v_bars, k_desc, vt_desc, s_zero = bufs
+    qk_scale, kv_len, n_tiles, kv_row, vt_row, col = tiles
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     stage = j % STAGES
     prev = (j - 1) % STAGES
@@ -215,58 +205,16 @@ def _attn_fwd_kernel(
     if STAGES < n_tiles:
         _issue_tile(k_desc, k_smem, k_bars, STAGES, kv_row + STAGES * BLOCK_N, col, STAGES)
     p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, qk_scale, 0, kv_len, True, s_layout)
+    bufs = (q_smem, k_smem, v_smem, k_bars, v_bars, k_desc, vt_desc, s_zero)
+    tiles = (qk_scale, kv_len, n_tiles, kv_row, vt_row, col)
     # Only the last tile can hold padded keys, so only it is masked.
     for j in range(1, n_tiles - 1):
         p, m_i, l_i, acc = _step(
-            j,
-            q_smem,
-            k_smem,
-            v_smem,
-            k_bars,
-            v_bars,
-            k_desc,
-            vt_desc,
-            p,
-            m_i,
-            l_i,
-            acc,
-            s_zero,
-            qk_scale,
-            kv_len,
-            n_tiles,
-            kv_row,
-            vt_row,
-            col,
-            False,
-            STAGES,
-            s_layout,
-            o_layout,
+            j, p, m_i, l_i, acc, bufs, tiles, False, STAGES, s_layout, o_layout
         )
     if n_tiles > 1:
         p, m_i, l_i, acc = _step(
-            n_tiles - 1,
-            q_smem,
-            k_smem,
-            v_smem,
-            k_bars,
-            v_bars,
-            k_desc,
-            vt_desc,
-            p,
-            m_i,
-            l_i,
-            acc,
-            s_zero,
-            qk_scale,
-            kv_len,
-            n_tiles,
-            kv_row,
-            vt_row,
-            col,
-            True,
-            STAGES,
-            s_layout,
-            o_layout,
+            n_tiles - 1, p, m_i, l_i, acc, bufs, tiles, True, STAGES, s_layout, o_layout
         )
     last = (n_tiles - 1) % STAGES
     mbarrier.wait(v_bars.index(last), ((n_tiles - 1) // STAGES) & 1)
