@@ -14,9 +14,12 @@ reduces over the sequence. P goes to e4m3 as exp2(s - m)·448 (cuDNN's scale_s),
 sum is taken in fp32 from the same values, so the 448 cancels. The output is bf16 in V's
 quantized units (the caller multiplies by V's per-channel scale, as for cuDNN's output).
 
-Not on the engine's path yet: on an H200 it runs at 0.82x (FLUX) and 0.88x (Wan) cuDNN's
-fp8 attention, latency-bound with two warps per scheduler (BENCHMARKS.md, Engine, seventh
-round); the next step is warp specialization (a loading warp, two consumer warpgroups).
+Not on the engine's path: on an H200 it runs at 0.82x (FLUX) and 0.88x (Wan) cuDNN's fp8
+attention, latency-bound with two warps per scheduler (BENCHMARKS.md, Engine, seventh
+round). attention_fp8_wgmma_ws.py runs the same loop warp-specialized, a little faster.
+Measured and not kept (eighth round): exponentials partly on the FMA pipe (slower), tree row
+reductions (within noise), row sums on the tensor cores (+3 %, less accurate than cuDNN):
+the loop is bound by latency with two warps per scheduler, not by MUFU or instruction count.
 Kernel tests need a Hopper GPU (tests/kernels/test_attention_fp8_wgmma.py); there is no
 interpreter for Gluon.
 """
@@ -131,6 +134,24 @@ def _step(
 
 
 @gluon.jit
+def _store_rows(acc, l_i, out, row0):
+    # O / l in bf16 for the query rows row0.. of (b, h), the rows past S_q left out.
+    o_ptr, b, h, S_q, stride_ob, stride_os, stride_oh = out
+    layout: gl.constexpr = acc.type.layout
+    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, layout))
+    o = (acc / gl.expand_dims(l_o, 1)).to(gl.bfloat16)
+    rows = row0 + gl.arange(0, acc.shape[0], layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, layout))
+    offs = (
+        b * stride_ob
+        + gl.expand_dims(rows, 1) * stride_os
+        + h * stride_oh
+        + gl.expand_dims(cols, 0)
+    )
+    gl.store(o_ptr + offs, o, mask=gl.expand_dims(rows < S_q, 1))
+
+
+@gluon.jit
 def _attn_fwd_kernel(
     q_desc,
     k_desc,
@@ -227,17 +248,7 @@ def _attn_fwd_kernel(
         mbarrier.invalidate(k_bars.index(i))
         mbarrier.invalidate(v_bars.index(i))
 
-    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
-    out = (acc / gl.expand_dims(l_o, 1)).to(gl.bfloat16)
-    rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, o_layout))
-    cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, o_layout))
-    offs = (
-        b * stride_ob
-        + gl.expand_dims(rows, 1) * stride_os
-        + h * stride_oh
-        + gl.expand_dims(cols, 0)
-    )
-    gl.store(o_ptr + offs, out, mask=gl.expand_dims(rows < S_q, 1))
+    _store_rows(acc, l_i, (o_ptr, b, h, S_q, stride_ob, stride_os, stride_oh), pid_m * BLOCK_M)
 
 
 def _descriptor(t2d: torch.Tensor, block: list[int]) -> TensorDescriptor:
@@ -258,6 +269,21 @@ def transpose_v(v8: torch.Tensor) -> torch.Tensor:
     return vt.permute(0, 1, 2, 3, 4, 6, 5, 7).reshape(b, h, d, s).contiguous()
 
 
+def checked_operands(q8, k8, vt8, kv_len: int) -> tuple:
+    """(q8, k8, vt8, kv_len) contiguous and checked, kv_len 0 read as all keys."""
+    b, s_q, h, d = q8.shape
+    s_kv = k8.shape[1]
+    kv_len = kv_len or s_kv
+    if d not in (64, 128) or k8.shape != (b, s_kv, h, d) or vt8.shape != (b, h, d, s_kv):
+        raise ValueError(f"shapes q {tuple(q8.shape)}, k {tuple(k8.shape)}, vt {tuple(vt8.shape)}")
+    if s_kv % 32 or not 0 < kv_len <= s_kv:
+        raise ValueError(f"keys {s_kv} (pad them to a multiple of 32), kv_len {kv_len}")
+    if any(t.dtype != torch.float8_e4m3fn for t in (q8, k8, vt8)):
+        raise ValueError("q8, k8 and vt8 must be float8_e4m3fn")
+    q8, k8, vt8 = (t if t.is_contiguous() else t.contiguous() for t in (q8, k8, vt8))
+    return q8, k8, vt8, kv_len
+
+
 def attention_fp8_wgmma(
     q8: torch.Tensor,
     k8: torch.Tensor,
@@ -274,16 +300,9 @@ def attention_fp8_wgmma(
 
     kv_len > 0: only the first kv_len keys are real. Returns (B, S_q, H, D) bf16.
     """
+    q8, k8, vt8, kv_len = checked_operands(q8, k8, vt8, kv_len)
     b, s_q, h, d = q8.shape
     s_kv = k8.shape[1]
-    kv_len = kv_len or s_kv
-    if d not in (64, 128) or k8.shape != (b, s_kv, h, d) or vt8.shape != (b, h, d, s_kv):
-        raise ValueError(f"shapes q {tuple(q8.shape)}, k {tuple(k8.shape)}, vt {tuple(vt8.shape)}")
-    if s_kv % 32 or not 0 < kv_len <= s_kv:
-        raise ValueError(f"keys {s_kv} (pad them to a multiple of 32), kv_len {kv_len}")
-    if any(t.dtype != torch.float8_e4m3fn for t in (q8, k8, vt8)):
-        raise ValueError("q8, k8 and vt8 must be float8_e4m3fn")
-    q8, k8, vt8 = (t if t.is_contiguous() else t.contiguous() for t in (q8, k8, vt8))
     q2 = q8.reshape(b * s_q, h * d)
     k2 = k8.reshape(b * s_kv, h * d)
     vt2 = vt8.reshape(b * h * d, s_kv)

@@ -1,4 +1,6 @@
-"""Our Gluon fp8 attention (kernels/attention_fp8_wgmma.py) against cuDNN's fp8 attention.
+"""Our Gluon fp8 attention against cuDNN's fp8 attention: the plain kernel
+(kernels/attention_fp8_wgmma.py) in several tile configurations and the warp-specialized one
+(kernels/attention_fp8_wgmma_ws.py).
 
 Both run on the same quantized operands (engine/optimization/cudnn_fp8.py's recipe, keys
 padded to KV_ALIGN and masked); each kernel configuration is timed side by side with
@@ -21,6 +23,7 @@ DEV_SHAPES = [
 ]
 # (BLOCK_M, BLOCK_N, STAGES, num_warps)
 CONFIGS = [(128, 128, 3, 8), (128, 128, 2, 8), (64, 128, 3, 4), (64, 128, 2, 4), (128, 64, 3, 8)]
+WS_STAGES = [2, 3]
 
 
 def _shape_row(name, b, s, h, d, device) -> dict[str, Any]:
@@ -33,6 +36,7 @@ def _shape_row(name, b, s, h, d, device) -> dict[str, Any]:
         quantize_for_cudnn,
     )
     from kernels.attention_fp8_wgmma import attention_fp8_wgmma, transpose_v
+    from kernels.attention_fp8_wgmma_ws import attention_fp8_wgmma_ws
 
     q, k, v = _inputs(b, s, s, h, d, device, seed=0)
     exact = _exact(q, k, v, device).float()
@@ -41,13 +45,20 @@ def _shape_row(name, b, s, h, d, device) -> dict[str, Any]:
     kv_len = s if k8.shape[1] != s else 0
     unit = v_amax / FP8_MAX
     cudnn = partial(cudnn_attention_fp8, q8, k8, v8, dq, dk, kv_len)
-    ours = partial(attention_fp8_wgmma, q8, k8, transpose_v(v8), dq, dk, kv_len)
+    vt8 = transpose_v(v8)
+    plain = partial(attention_fp8_wgmma, q8, k8, vt8, dq, dk, kv_len)
     row: dict[str, Any] = {"shape": name, "tokens": s, "heads": h, "configs": []}
     ms = _bench(cudnn, device)
     row["cudnn"] = {"ms": ms, "tflops": flop / ms / 1e9, **drift(cudnn().float() * unit, exact)}
-    for config in CONFIGS:
-        call = partial(ours, *config)
-        cfg: dict[str, Any] = {"config": list(config)}
+    calls = [("wgmma " + "×".join(map(str, c)), partial(plain, *c)) for c in CONFIGS] + [
+        (
+            f"warp-specialized, {n} stages",
+            partial(attention_fp8_wgmma_ws, q8, k8, vt8, dq, dk, kv_len, stages=n),
+        )
+        for n in WS_STAGES
+    ]
+    for label, call in calls:
+        cfg: dict[str, Any] = {"kernel": label}
         try:
             out = call().float()
             cfg.update(drift(out * unit, exact))
@@ -89,12 +100,12 @@ def attn_wgmma_table(res: dict[str, Any]) -> list[str]:
             f"| {r['shape']} | cuDNN fp8 | {c['ms']:.3f} | | {c['tflops']:.0f} | {c['cosine']:.5f} | |"
         )
         for x in r["configs"]:
-            cfg = "×".join(map(str, x["config"]))
+            name = x.get("kernel") or "wgmma " + "×".join(map(str, x["config"]))
             if "error" in x:
-                lines.append(f"| {r['shape']} | wgmma {cfg} | error: {x['error'][:80]} | | | | |")
+                lines.append(f"| {r['shape']} | {name} | error: {x['error'][:80]} | | | | |")
                 continue
             lines.append(
-                f"| {r['shape']} | wgmma {cfg} | {x['ms']:.3f} | {x['cudnn_ms']:.3f} | "
+                f"| {r['shape']} | {name} | {x['ms']:.3f} | {x['cudnn_ms']:.3f} | "
                 f"{x['tflops']:.0f} | {x['cosine']:.5f} | {x['cosine_vs_cudnn']:.5f} |"
             )
     return lines
