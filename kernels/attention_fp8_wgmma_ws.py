@@ -8,8 +8,10 @@ arrive on its "empty" barrier when their MMAs have read it. Registers are reallo
 between the partitions (the loading warp needs few). The output is the plain kernel's to
 the bit.
 
-On an H200 it runs at 0.85x (FLUX) and 0.93x (Wan) cuDNN's fp8 attention, 3-5 % faster than
-the plain kernel (BENCHMARKS.md, Engine, eighth round); cuDNN stays on the engine's path.
+From 8,192 keys a warp skips the accumulator's rescale in tiles where none of its rows' max
+moved (`_rescale`). On an H200 it runs at 0.84x (FLUX) and 0.93x (Wan) cuDNN's fp8 attention,
+3-6 % faster than the plain kernel (BENCHMARKS.md, Engine, eighth round); cuDNN stays on the
+engine's path.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ STAGES = 3
 CONSUMER_REGS = 240
 LOADER_REGS = 24
 MAXNREG = 168
+LAZY_RESCALE_MIN_KEYS = 8192
+"""A warp's 16 rows all keep their max in a tile with odds that grow with the tile count
+(a new row max in tile t of i.i.d. scores has probability about 1/t): skipping pays at Wan's
+32,760 keys (+3 %, H200) and costs at FLUX's 4,608 (-2 %)."""
 
 
 @gluon.jit
@@ -82,6 +88,41 @@ def _pinned(x):
     )
 
 
+def _rescale_asm(n: int = 64) -> str:
+    # PTX over one thread's n accumulator values: $0.. out, $n.. in, $2n.. each one's alpha.
+    # Values 0 and 2 belong to the thread's two rows (r and r + 8) of the wgmma accumulator.
+    return "\n".join(
+        [
+            "{",
+            ".reg .pred %p<3>;",
+            f"setp.neu.f32 %p0, ${2 * n}, 0f3F800000;",
+            f"setp.neu.f32 %p1, ${2 * n + 2}, 0f3F800000;",
+            "or.pred %p0, %p0, %p1;",
+            "vote.sync.any.pred %p2, %p0, 0xffffffff;",
+            *(f"mov.b32 ${k}, ${n + k};" for k in range(n)),
+            "@!%p2 bra.uni SKIP${:uid};",
+            *(f"mul.f32 ${k}, ${k}, ${2 * n + k};" for k in range(n)),
+            "SKIP${:uid}:",
+            "}",
+        ]
+    )
+
+
+RESCALE_ASM = gl.constexpr(_rescale_asm())
+RESCALE_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 64 + ["r"] * 128))
+"""One thread's 64 accumulator values (64 query rows by a head dim of 128, 128 threads)."""
+
+
+@gluon.jit
+def _rescale(acc, alpha):
+    # acc * alpha per row, skipped by a whole warp when none of its rows' max moved (the
+    # usual case after the first tiles): a vote and a uniform branch, in PTX.
+    acc, alpha = gl.broadcast(acc, gl.expand_dims(alpha, 1))
+    return gl.inline_asm_elementwise(
+        RESCALE_ASM, RESCALE_CONSTRAINTS, [acc, alpha], dtype=gl.float32, is_pure=True, pack=64
+    )
+
+
 @gluon.jit
 def _consumer_step(
     j,
@@ -89,15 +130,13 @@ def _consumer_step(
     m_i,
     l_i,
     acc,
-    q,
-    bufs,
-    bars,
-    qk_scale,
-    kv_len,
+    ctx,
     MASK: gl.constexpr,
     s_layout: gl.constexpr,
     o_layout: gl.constexpr,
+    LAZY_RESCALE: gl.constexpr,
 ):
+    q, bufs, bars, qk_scale, kv_len = ctx
     q_smem, k_smem, v_smem = bufs
     q_bars, k_full, k_empty, v_full, v_empty = bars
     STAGES: gl.constexpr = k_smem.shape[0]
@@ -122,12 +161,16 @@ def _consumer_step(
     mbarrier.wait(v_full.index(stage), (j // STAGES) & 1)
     acc = warpgroup_mma_wait(0, deps=(acc, v_smem.index(prev)))[0]
     mbarrier.arrive(v_empty.index(prev), count=1)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    alpha = gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))
+    if LAZY_RESCALE:
+        acc = _rescale(acc, alpha)
+    else:
+        acc = acc * gl.expand_dims(alpha, 1)
     return p, m_i, l_i, acc
 
 
 @gluon.jit
-def _consumer(bufs, bars, out_args, qk_scale, kv_len, W: gl.constexpr):
+def _consumer(bufs, bars, out_args, qk_scale, kv_len, W: gl.constexpr, LAZY_RESCALE: gl.constexpr):
     q_smem, k_smem, v_smem = bufs
     q_bars, k_full, k_empty, v_full, v_empty = bars
     out, row0, n_tiles = out_args
@@ -153,13 +196,14 @@ def _consumer(bufs, bars, out_args, qk_scale, kv_len, W: gl.constexpr):
     s = warpgroup_mma_wait(0, deps=(s, q, k_smem.index(0)))[0]
     mbarrier.arrive(k_empty.index(0), count=1)
     p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, qk_scale, 0, kv_len, True, s_layout)
+    ctx = (q, bufs, bars, qk_scale, kv_len)
     for j in range(1, n_tiles - 1):
         p, m_i, l_i, acc = _consumer_step(
-            j, p, m_i, l_i, acc, q, bufs, bars, qk_scale, kv_len, False, s_layout, o_layout
+            j, p, m_i, l_i, acc, ctx, False, s_layout, o_layout, LAZY_RESCALE
         )
     if n_tiles > 1:
         p, m_i, l_i, acc = _consumer_step(
-            n_tiles - 1, p, m_i, l_i, acc, q, bufs, bars, qk_scale, kv_len, True, s_layout, o_layout
+            n_tiles - 1, p, m_i, l_i, acc, ctx, True, s_layout, o_layout, LAZY_RESCALE
         )
     last = (n_tiles - 1) % STAGES
     mbarrier.wait(v_full.index(last), ((n_tiles - 1) // STAGES) & 1)
@@ -191,6 +235,7 @@ def _attn_fwd_ws_kernel(
     STAGES: gl.constexpr,
     CONSUMER_REGS: gl.constexpr,
     LOADER_REGS: gl.constexpr,
+    LAZY_RESCALE: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
@@ -229,8 +274,8 @@ def _attn_fwd_ws_kernel(
     out_args = ((o_ptr, b, h, S_q, stride_ob, stride_os, stride_oh), row0, n_tiles)
     gl.warp_specialize(
         [
-            (_consumer, (bufs, bars, out_args, qk_scale, kv_len, gl.constexpr(0))),
-            (_consumer, (bufs, bars, out_args, qk_scale, kv_len, gl.constexpr(1))),
+            (_consumer, (bufs, bars, out_args, qk_scale, kv_len, gl.constexpr(0), LAZY_RESCALE)),
+            (_consumer, (bufs, bars, out_args, qk_scale, kv_len, gl.constexpr(1), LAZY_RESCALE)),
             (_load_partition, ((q_desc, k_desc, vt_desc), bufs, bars, coords, STAGES)),
         ],
         [num_warps, 1],
@@ -250,11 +295,20 @@ def attention_fp8_wgmma_ws(
     consumer_regs: int = CONSUMER_REGS,
     loader_regs: int = LOADER_REGS,
     maxnreg: int = MAXNREG,
+    lazy_rescale: bool | None = None,
 ) -> torch.Tensor:
-    """attention_fp8_wgmma's result (same operands), from a warp-specialized kernel."""
+    """attention_fp8_wgmma's result (same operands), from a warp-specialized kernel.
+
+    lazy_rescale: skip the accumulator's rescale in warps whose rows kept their max (None:
+    from LAZY_RESCALE_MIN_KEYS keys on).
+    """
     q8, k8, vt8, kv_len = checked_operands(q8, k8, vt8, kv_len)
     b, s_q, h, d = q8.shape
     s_kv = k8.shape[1]
+    if lazy_rescale is None:
+        lazy_rescale = kv_len >= LAZY_RESCALE_MIN_KEYS and d == 128
+    if lazy_rescale and d != 128:
+        raise ValueError(f"lazy_rescale needs a head dim of 128, not {d}")
     out = torch.empty(b, s_q, h, d, device=q8.device, dtype=torch.bfloat16)
     grid = (triton.cdiv(s_q, 2 * BLOCK_M), b * h)
     _attn_fwd_ws_kernel[grid](
@@ -276,6 +330,7 @@ def attention_fp8_wgmma_ws(
         STAGES=stages,
         CONSUMER_REGS=consumer_regs,
         LOADER_REGS=loader_regs,
+        LAZY_RESCALE=lazy_rescale,
         num_warps=4,
         maxnreg=maxnreg,
     )

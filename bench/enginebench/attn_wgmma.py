@@ -50,12 +50,12 @@ def _shape_row(name, b, s, h, d, device) -> dict[str, Any]:
     row: dict[str, Any] = {"shape": name, "tokens": s, "heads": h, "configs": []}
     ms = _bench(cudnn, device)
     row["cudnn"] = {"ms": ms, "tflops": flop / ms / 1e9, **drift(cudnn().float() * unit, exact)}
-    calls = [("wgmma " + "×".join(map(str, c)), partial(plain, *c)) for c in CONFIGS] + [
-        (
-            f"warp-specialized, {n} stages",
-            partial(attention_fp8_wgmma_ws, q8, k8, vt8, dq, dk, kv_len, stages=n),
-        )
-        for n in WS_STAGES
+    ws = partial(attention_fp8_wgmma_ws, q8, k8, vt8, dq, dk, kv_len)
+    calls = [("wgmma " + "×".join(map(str, c)), partial(plain, *c)) for c in CONFIGS]
+    calls += [(f"warp-specialized, {n} stages", partial(ws, stages=n)) for n in WS_STAGES]
+    calls += [
+        (f"warp-specialized, 2 stages, rescale {how}", partial(ws, stages=2, lazy_rescale=lazy))
+        for how, lazy in (("skipped where no max moved", True), ("every tile", False))
     ]
     for label, call in calls:
         cfg: dict[str, Any] = {"kernel": label}

@@ -1,7 +1,8 @@
 """The warp-specialized Gluon fp8 attention against the plain one (Hopper only).
 
 Both run the same arithmetic in the same order per query row, so their outputs must agree
-to the bit; the plain kernel is itself tested against the quantized math in torch.
+to the bit (a rescale skipped when no row's max moved multiplies by exactly 1); the plain
+kernel is itself tested against the quantized math in torch.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from tests.kernels.test_attention_fp8_wgmma import _operands, hopper
     "b, s_q, s_kv, h",
     [(1, 4608, 4608, 3), (2, 1000, 1000, 2), (1, 300, 2000, 2), (1, 128, 128, 1), (1, 77, 129, 2)],
 )
-@pytest.mark.parametrize("stages", [2, 3])
-def test_matches_the_plain_kernel_bit_for_bit(b, s_q, s_kv, h, stages):
+@pytest.mark.parametrize("stages, lazy_rescale", [(2, True), (3, True), (2, False)])
+def test_matches_the_plain_kernel_bit_for_bit(b, s_q, s_kv, h, stages, lazy_rescale):
     from kernels.attention_fp8_wgmma import attention_fp8_wgmma, transpose_v
     from kernels.attention_fp8_wgmma_ws import attention_fp8_wgmma_ws
 
     q8, k8, v8, dq, dk, _ = _operands(b, s_q, s_kv, h, 128)
     vt8 = transpose_v(v8)
     plain = attention_fp8_wgmma(q8, k8, vt8, dq, dk, s_kv)
-    ws = attention_fp8_wgmma_ws(q8, k8, vt8, dq, dk, s_kv, stages=stages)
+    ws = attention_fp8_wgmma_ws(q8, k8, vt8, dq, dk, s_kv, stages=stages, lazy_rescale=lazy_rescale)
     assert ws.shape == (b, s_q, h, 128) and ws.dtype == torch.bfloat16
     torch.testing.assert_close(ws, plain, rtol=0, atol=0)
 
@@ -60,3 +61,6 @@ def test_rejects_bad_operands():
         attention_fp8_wgmma_ws(q8, k8, transpose_v(k8), d, d, kv_len=129)
     with pytest.raises(ValueError, match="float8_e4m3fn"):
         attention_fp8_wgmma_ws(q8.to(torch.bfloat16), k8, transpose_v(k8), d, d)
+    with pytest.raises(ValueError, match="head dim of 128"):
+        small = q8[..., :64].contiguous(), k8[..., :64].contiguous()
+        attention_fp8_wgmma_ws(*small, transpose_v(small[1]), d, d, lazy_rescale=True)
