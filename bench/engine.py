@@ -125,7 +125,9 @@ def main() -> None:
         help="besides eager (and compile): any of exact, fast, turbo, fast-fp8attn",
     )
     parser.add_argument(
-        "--wan-variants", default="eager,exact,fast", help="eager, exact, fast, fast-fp8attn"
+        "--wan-variants",
+        default="eager,exact,fast",
+        help="eager, exact, fast, fast-fp8attn; A/B suffixes -unaligned, -unfused",
     )
     parser.add_argument("--wan-steps", type=int, default=4)
     parser.add_argument("--cp-modes", default="eager,exact,fast", help="modes for --part cp")

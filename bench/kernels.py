@@ -67,6 +67,8 @@ from kernels.fp8 import (  # noqa: E402
     gelu_tanh_reference,
     quantize_cat_gelu_fp8_rowwise,
     quantize_gelu_fp8_rowwise,
+    requantize_fp8_rowwise,
+    requantize_fp8_rowwise_reference,
 )
 
 RESULTS = ROOT / "bench" / "results"
@@ -299,6 +301,16 @@ def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> Non
         "quantize_fp8_rowwise", model, f"x({t}, {d})", act + t * d + 4 * t,
         quantize_fp8_rowwise, quantize_fp8_rowwise_reference,
         lambda: (r(t, d),),
+    )
+    # An fp8 attention's e4m3 output in V's per-channel units to the output projection's
+    # row-quantized input: 1 byte in, 1 byte + a scale out.
+    b.memory_bound(
+        "requantize_fp8_rowwise", model, f"x8(1, {t}, {d})", 2 * t * d + 4 * t + 4 * d,
+        requantize_fp8_rowwise, requantize_fp8_rowwise_reference,
+        lambda: (
+            (r(1, t, d) * 60).clamp(-448, 448).to(torch.float8_e4m3fn),
+            torch.rand(1, 1, d, device=dev) + 1e-3,
+        ),
     )
     # The feed-forward's down-projection input: gelu of the up projection's output,
     # quantized per row in one pass; FLUX single blocks: cat([attention, gelu(mlp)]).

@@ -335,10 +335,38 @@ def attention_fp8_cudnn(
     skips K's centring. Keys are padded to a multiple of kv_align (default `KV_ALIGN`)
     and masked.
     """
+    o8, unit = _attend_fp8(q, k, v, q_bound, k_bound, smooth_k, kv_align)
+    return (o8.float() * unit).to(q.dtype)
+
+
+def attention_fp8_cudnn_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_bound: torch.Tensor | None = None,
+    k_bound: torch.Tensor | None = None,
+    smooth_k: bool = True,
+    kv_align: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention_fp8_cudnn`'s output as the next fp8 linear's input, heads merged.
+
+    (x_fp8 (B, S, H·D), fp32 scale per row (B, S, 1)): the same rows `quantize_rowwise`
+    makes of the bf16 output, in one pass from cuDNN's e4m3 output
+    (kernels.fp8.requantize_fp8_rowwise).
+    """
+    from kernels.fp8 import requantize_fp8_rowwise
+
+    o8, unit = _attend_fp8(q, k, v, q_bound, k_bound, smooth_k, kv_align)
+    b, s, h, d = o8.shape
+    return requantize_fp8_rowwise(o8.reshape(b, s, h * d), unit.reshape(b, 1, h * d))
+
+
+def _attend_fp8(q, k, v, q_bound, k_bound, smooth_k, kv_align) -> tuple[torch.Tensor, ...]:
+    # cuDNN's e4m3 output and V's per-channel unit (B, 1, H, D) it is in.
     kv_align = KV_ALIGN if kv_align is None else kv_align
     q8, k8, v8, descale_q, descale_k, v_amax = quantize_for_cudnn(
         q, k, v, q_bound, k_bound, smooth_k, kv_align
     )
     kv_len = k.shape[1] if k8.shape[1] != k.shape[1] else 0
     o8 = cudnn_attention_fp8(q8, k8, v8, descale_q, descale_k, kv_len)
-    return (o8.float() * (v_amax / FP8_MAX)).to(q.dtype)
+    return o8, v_amax / FP8_MAX

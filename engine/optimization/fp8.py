@@ -84,7 +84,7 @@ class FP8Linear(nn.Module):
             xq, xs = quantize_fp8_rowwise(x2)
         else:
             xq, xs = quantize_rowwise(x2)
-        return self._matmul(xq, xs, x.shape[:-1])
+        return self.matmul_fp8(xq, xs, x.shape[:-1])
 
     def forward_cat_gelu(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """self(cat([a, gelu_tanh(b)], -1)), without writing the concatenation or gelu(b)."""
@@ -95,9 +95,10 @@ class FP8Linear(nn.Module):
             xq, xs = quantize_cat_gelu_fp8_rowwise(a2, b2)
         else:
             xq, xs = quantize_rowwise(torch.cat([a2.float(), _gelu_tanh(b2)], dim=-1))
-        return self._matmul(xq, xs, a.shape[:-1])
+        return self.matmul_fp8(xq, xs, a.shape[:-1])
 
-    def _matmul(self, xq: torch.Tensor, xs: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    def matmul_fp8(self, xq: torch.Tensor, xs: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+        """The linear of an input already quantized by rows: xq (M, K) e4m3, xs (M, 1) fp32."""
         out = torch._scaled_mm(
             xq,
             self.weight.t(),

@@ -157,6 +157,51 @@ def test_fast_with_cudnn_fp8_attention_matches_eager(build):
     assert d["cosine"] >= 0.998 and d["rel_l2"] <= 6e-2, d
 
 
+def test_output_rows_are_the_quantized_bf16_output():
+    from engine.optimization.cudnn_fp8 import attention_fp8_cudnn_rows
+    from kernels.fp8 import quantize_fp8_rowwise_reference
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 300, 4, 64, generator=g).to(torch.bfloat16) for _ in range(3))
+    xq, xs = attention_fp8_cudnn_rows(q, k, v)
+    ref_q, ref_s = quantize_fp8_rowwise_reference(attention_fp8_cudnn(q, k, v).flatten(2, 3))
+    assert xq.shape == (2, 300, 256) and xs.shape == (2, 300, 1)
+    torch.testing.assert_close(xs, ref_s, rtol=0, atol=0)
+    assert torch.equal(xq.view(torch.uint8), ref_q.view(torch.uint8))
+
+
+def test_wan_self_attention_output_goes_straight_to_fp8_rows():
+    from engine.optimization.sdpa import WanSDPAProcessor
+    from engine.pipelines import build_wan_transformer, wan_transformer_inputs
+
+    model = build_wan_transformer("tiny", seed=0)
+    inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
+    optimize(
+        model,
+        "fast",
+        attention="fp8",
+        attention_fp8_backend="cudnn",
+        attention_fp8_min_kv=0,
+        compile=False,
+    )
+    processors = [
+        m.processor
+        for m in model.modules()
+        if isinstance(getattr(m, "processor", None), WanSDPAProcessor)
+    ]
+    assert processors
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fused = model(**inputs)[0].float()
+    ran = {e.name for e in prof.events()}
+    assert "mediagate::requantize_fp8_rowwise" in ran
+    for proc in processors:
+        proc.fuse_fp8_output = False
+    with torch.no_grad():
+        unfused = model(**inputs)[0].float()
+    # The same rows either way, up to how a row's 448 / amax is rounded.
+    assert drift(fused, unfused)["cosine"] >= 0.9999
+
+
 def test_auto_picks_our_kernel_without_cudnn_and_rejects_unknown_backends():
     from engine.pipelines import build_flux_transformer
 
@@ -209,9 +254,7 @@ def test_cudnn_padding_mask_matches_its_emulation_on_gpu():
         for _ in range(3)
     )
     # Keys 1000..1023 hold large values: masked, they must change nothing.
-    k8p, v8p = (
-        torch.cat([t, torch.full_like(t[:, :24], 400.0)], dim=1) for t in (k8, v8)
-    )
+    k8p, v8p = (torch.cat([t, torch.full_like(t[:, :24], 400.0)], dim=1) for t in (k8, v8))
     dq = torch.full((1,), 1 / 60, device="cuda")
     out = cudnn_attention_fp8(q8, k8p, v8p, dq, dq, 1000)
     ref = _reference_core(q8, k8, v8, dq, dq)

@@ -11,6 +11,8 @@ from kernels.fp8 import (
     quantize_fp8_rowwise_reference,
     quantize_gelu_fp8_rowwise,
     quantize_weight_fp8_rowwise,
+    requantize_fp8_rowwise,
+    requantize_fp8_rowwise_reference,
 )
 
 ON_GPU = torch.cuda.is_available()
@@ -110,6 +112,24 @@ def test_quantize_cat_gelu_matches_cat_then_quantize(lead, na, nb, device):
 def test_quantize_gelu_opcheck(device):
     x = torch.randn(3, 5, 64, dtype=torch.bfloat16, device=device)
     torch.library.opcheck(quantize_gelu_fp8_rowwise, (x,))
+
+
+@pytest.mark.parametrize("b, s, k", [(1, 7, 128), (2, 33, 200), (2, 5, 1536)])
+def test_requantize_matches_dequantize_then_quantize(b, s, k, device):
+    # An fp8 attention's output (e4m3, V's per-channel units, one set per batch) straight to
+    # the next linear's row-quantized input: the same codes and scales as going through bf16.
+    x8 = (torch.randn(b, s, k, device=device) * 60).clamp(-448, 448).to(FP8_DTYPE)
+    col = torch.rand(b, 1, k, device=device) * 3 + 1e-3
+    col[..., 0] = 0.0  # a channel whose V was all zeros
+    q, sc = requantize_fp8_rowwise(x8, col)
+    q_ref, s_ref = requantize_fp8_rowwise_reference(x8.cpu(), col.cpu())
+    assert q.shape == (b, s, k) and sc.shape == (b, s, 1)
+    torch.testing.assert_close(sc.cpu(), s_ref, atol=0, rtol=0)
+    assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
+    # Not test_schema: it runs the op under a mode that also sees the interpreter's own
+    # arithmetic on e4m3 tensors, which has no CPU kernel.
+    tests = ("test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(requantize_fp8_rowwise, (x8, col), test_utils=tests)
 
 
 def test_quantize_weight_shapes(device):
