@@ -276,6 +276,13 @@ def requantize_fp8_rowwise(
     One pass from an e4m3 tensor with per-column scales (an fp8 attention's output, V's
     per-channel scales) to the next fp8 linear's input, without writing the bf16 values.
     """
+    if x8.dim() != 3 or x8.dtype != FP8_DTYPE:
+        raise ValueError(f"x8 must be (B, S, K) float8_e4m3fn, got {tuple(x8.shape)} {x8.dtype}")
+    if col_scale.shape != (x8.shape[0], 1, x8.shape[2]) or col_scale.dtype != torch.float32:
+        raise ValueError(
+            f"col_scale must be (B, 1, K) = {(x8.shape[0], 1, x8.shape[2])} float32, "
+            f"got {tuple(col_scale.shape)} {col_scale.dtype}"
+        )
     if not use_triton(x8):
         q, s = requantize_fp8_rowwise_reference(x8, col_scale)
         return q.contiguous(), s.contiguous()

@@ -132,6 +132,14 @@ def test_requantize_matches_dequantize_then_quantize(b, s, k, device):
     torch.library.opcheck(requantize_fp8_rowwise, (x8, col), test_utils=tests)
 
 
+def test_requantize_rejects_bad_operands(device):
+    x8 = torch.zeros(2, 5, 64, device=device).to(FP8_DTYPE)
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        requantize_fp8_rowwise(x8.float(), torch.ones(2, 1, 64, device=device))
+    with pytest.raises(ValueError, match="col_scale"):
+        requantize_fp8_rowwise(x8, torch.ones(1, 1, 64, device=device))
+
+
 def test_quantize_weight_shapes(device):
     w = torch.randn(48, 64, dtype=torch.bfloat16, device=device)
     w_fp8, w_scale = quantize_weight_fp8_rowwise(w)
