@@ -188,12 +188,13 @@ def _quantize_segments(a: torch.Tensor | None, b: torch.Tensor):
     s = b.new_empty((m, 1), dtype=torch.float32)
     if m:
         (sa0, sa1), (sb0, sb1) = _segments(na), _segments(nb)
-        # 4 warps up to ~10k columns, 8 beyond (H100 sweep: Wan's 8,960 341 us at 4 warps
-        # against 361 at 8; FLUX's 12,288 and 3,072 + 12,288 faster at 8).
+        # 2 warps up to ~10k columns, 8 beyond. Wan's 8,960: 265 / 300 / 326 us at 2 / 4 / 8
+        # warps on an H200, 320 / 320 / 347 on an H100; FLUX's 12,288 on the H100: 77 / 67 /
+        # 64 us (and 3,072 + 12,288 faster at 8).
         _quantize_segments_kernel[(m,)](
             b if a is None else a, b, q, s, na, nb,
             PRE_ROUND=INTERPRETING, HW_TANH=not INTERPRETING,
-            SA0=sa0, SA1=sa1, SB0=sb0, SB1=sb1, num_warps=4 if na + nb <= 10240 else 8,
+            SA0=sa0, SA1=sa1, SB0=sb0, SB1=sb1, num_warps=2 if na + nb <= 10240 else 8,
         )
     return q, s
 
