@@ -284,6 +284,30 @@ def checked_operands(q8, k8, vt8, kv_len: int) -> tuple:
     return q8, k8, vt8, kv_len
 
 
+def kernel_args(q8, k8, vt8, descale_q, descale_k, kv_len: int, block_m: int, block_n: int):
+    """(out, the kernels' positional arguments up to the strides of out) for checked operands."""
+    b, s_q, h, d = q8.shape
+    s_kv = k8.shape[1]
+    out = torch.empty(b, s_q, h, d, device=q8.device, dtype=torch.bfloat16)
+    args = (
+        _descriptor(q8.reshape(b * s_q, h * d), [block_m, d]),
+        _descriptor(k8.reshape(b * s_kv, h * d), [block_n, d]),
+        _descriptor(vt8.reshape(b * h * d, s_kv), [d, block_n]),
+        out,
+        descale_q,
+        descale_k,
+        s_q,
+        s_kv,
+        h,
+        kv_len,
+        LOG2E / math.sqrt(d),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+    )
+    return out, args
+
+
 def attention_fp8_wgmma(
     q8: torch.Tensor,
     k8: torch.Tensor,
@@ -301,30 +325,8 @@ def attention_fp8_wgmma(
     kv_len > 0: only the first kv_len keys are real. Returns (B, S_q, H, D) bf16.
     """
     q8, k8, vt8, kv_len = checked_operands(q8, k8, vt8, kv_len)
+    out, args = kernel_args(q8, k8, vt8, descale_q, descale_k, kv_len, block_m, block_n)
     b, s_q, h, d = q8.shape
-    s_kv = k8.shape[1]
-    q2 = q8.reshape(b * s_q, h * d)
-    k2 = k8.reshape(b * s_kv, h * d)
-    vt2 = vt8.reshape(b * h * d, s_kv)
-    out = torch.empty(b, s_q, h, d, device=q8.device, dtype=torch.bfloat16)
     grid = (triton.cdiv(s_q, block_m), b * h)
-    _attn_fwd_kernel[grid](
-        _descriptor(q2, [block_m, d]),
-        _descriptor(k2, [block_n, d]),
-        _descriptor(vt2, [d, block_n]),
-        out,
-        descale_q,
-        descale_k,
-        s_q,
-        s_kv,
-        h,
-        kv_len,
-        LOG2E / math.sqrt(d),
-        out.stride(0),
-        out.stride(1),
-        out.stride(2),
-        HEAD_D=d,
-        STAGES=stages,
-        num_warps=num_warps,
-    )
+    _attn_fwd_kernel[grid](*args, HEAD_D=d, STAGES=stages, num_warps=num_warps)
     return out

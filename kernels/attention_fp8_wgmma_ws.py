@@ -16,8 +16,6 @@ engine's path.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 from triton.experimental import gluon
@@ -30,12 +28,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from kernels.attention_fp8_wgmma import (
-    LOG2E,
     _as_operand,
-    _descriptor,
     _softmax_tile,
     _store_rows,
     checked_operands,
+    kernel_args,
 )
 
 BLOCK_M = 64
@@ -304,28 +301,14 @@ def attention_fp8_wgmma_ws(
     """
     q8, k8, vt8, kv_len = checked_operands(q8, k8, vt8, kv_len)
     b, s_q, h, d = q8.shape
-    s_kv = k8.shape[1]
     if lazy_rescale is None:
         lazy_rescale = kv_len >= LAZY_RESCALE_MIN_KEYS and d == 128
     if lazy_rescale and d != 128:
         raise ValueError(f"lazy_rescale needs a head dim of 128, not {d}")
-    out = torch.empty(b, s_q, h, d, device=q8.device, dtype=torch.bfloat16)
+    out, args = kernel_args(q8, k8, vt8, descale_q, descale_k, kv_len, BLOCK_M, block_n)
     grid = (triton.cdiv(s_q, 2 * BLOCK_M), b * h)
     _attn_fwd_ws_kernel[grid](
-        _descriptor(q8.reshape(b * s_q, h * d), [BLOCK_M, d]),
-        _descriptor(k8.reshape(b * s_kv, h * d), [block_n, d]),
-        _descriptor(vt8.reshape(b * h * d, s_kv), [d, block_n]),
-        out,
-        descale_q,
-        descale_k,
-        s_q,
-        s_kv,
-        h,
-        kv_len,
-        LOG2E / math.sqrt(d),
-        out.stride(0),
-        out.stride(1),
-        out.stride(2),
+        *args,
         HEAD_D=d,
         STAGES=stages,
         CONSUMER_REGS=consumer_regs,
