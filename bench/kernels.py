@@ -63,6 +63,10 @@ from kernels import (  # noqa: E402
     quantize_fp8_rowwise_reference,
     quantize_weight_fp8_rowwise,
 )
+from kernels.cudnn_fp8_operands import (  # noqa: E402
+    norm_rope_quantize_for_cudnn,
+    norm_rope_quantize_for_cudnn_reference,
+)
 from kernels.fp8 import (  # noqa: E402
     gelu_tanh_reference,
     quantize_cat_gelu_fp8_rowwise,
@@ -78,6 +82,8 @@ MODELS = {
     "flux": {"tokens": 4608, "dim": 3072, "heads": 24, "head_dim": 128, "mlp": 12288},
     "wan": {"tokens": 32760, "dim": 1536, "heads": 12, "head_dim": 128, "mlp": 8960},
 }
+SWEEP_PRODUCER = [(1, 2), (2, 2), (2, 4), (4, 2), (4, 4), (8, 4), (8, 8)]
+"""(rows per program, warps) tried for norm_rope_quantize_for_cudnn."""
 SMOKE = {"tokens": 37, "dim": 96, "heads": 3, "head_dim": 32, "mlp": 160}
 
 
@@ -109,6 +115,8 @@ class Bench:
         self.rows: list[Row] = []
         self.copy_gbps = float("nan")
         self.copy_detail: dict = {}
+        self.ops: set[str] = set()
+        """Ops to run (all when empty)."""
 
     def time_ms(self, fn: Callable, arg_sets: list[tuple] | None = None) -> float:
         """Median milliseconds per call of fn(*args), cycling over arg_sets."""
@@ -205,6 +213,8 @@ class Bench:
         return self.time_ms(cfn, sets)
 
     def memory_bound(self, op, model, shape, nbytes, kernel, reference, make, note=""):
+        if self.ops and op not in self.ops:
+            return
         sets = self.input_sets(make, nbytes)
         comp = self.compiled(reference, sets)
         ms = self.time_ms(kernel, sets)
@@ -312,6 +322,14 @@ def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> Non
             torch.rand(1, 1, d, device=dev) + 1e-3,
         ),
     )
+    if model in ("wan", "smoke"):
+        # Wan's QK RMSNorm (over H·D) + RoPE + cuDNN's fp8 operands from the fused QKV
+        # projection: q, k, v read once and V again for its amax, three e4m3 tensors written.
+        b.memory_bound(
+            "norm_rope_quant_cudnn", model, f"qkv(1, {t}, 3x{h}x{dh})", 4 * act + 3 * t * d,
+            norm_rope_quantize_for_cudnn, norm_rope_quantize_for_cudnn_reference,
+            lambda: _wan_qkv(t, h, dh, dtype, dev),
+        )
     # The feed-forward's down-projection input: gelu of the up projection's output,
     # quantized per row in one pass; FLUX single blocks: cat([attention, gelu(mlp)]).
     b.memory_bound(
@@ -330,6 +348,17 @@ def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> Non
             ),
             lambda: (r(t, d), r(t, mlp, scale=3.0)),
         )
+
+
+def _wan_qkv(t: int, h: int, dh: int, dtype: torch.dtype, dev: str) -> tuple:
+    # norm_rope_quantize_for_cudnn's arguments: chunks of one fused projection, Wan's
+    # norm weights, frequency tables and the RMSNorms' bounds.
+    fused = torch.randn(1, t, 3 * h * dh, dtype=dtype, device=dev)
+    q, k, v = (x.unflatten(-1, (h, dh)) for x in fused.chunk(3, dim=-1))
+    w_q, w_k = (1 + 0.2 * torch.randn(h * dh, dtype=dtype, device=dev) for _ in range(2))
+    angles = torch.rand(1, t, 1, dh, device=dev) * 6.28
+    bound = lambda w: w.float().abs().amax() * (h * dh) ** 0.5 * 1.02  # noqa: E731
+    return q, k, v, w_q, w_k, 1e-6, angles.cos(), angles.sin(), bound(w_q), bound(w_k)
 
 
 def run_matmuls(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> None:
@@ -387,6 +416,7 @@ SWEEP_2D = [(4, 1024, 4), (4, 1024, 8), (8, 1024, 8), (8, 512, 4)]
 def sweep(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> list[dict]:
     """Time each launch configuration of the memory-bound kernels; returns one dict per try."""
     from kernels.adaln_norm import adaln_layernorm_launch
+    from kernels.cudnn_fp8_operands import _launch as producer_launch
     from kernels.fp8 import FP8_DTYPE, quantize_fp8_rowwise_launch
     from kernels.gated_residual import gated_residual_adaln_launch, gated_residual_launch
     from kernels.qk_norm import qk_launch
@@ -422,9 +452,16 @@ def sweep(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> list[dict]:
          lambda: (r(1, h, t, dh), r(1, h, t, dh), r(dh), e(1, h, t, dh), e(1, h, t, dh)),
          lambda c, q, k, w, qo, ko: qk_launch(q, k, w, w, None, None, 1e-6, qo, ko, 2, *c)),
     ]
+    if model == "wan":
+        cases.append(
+            ("norm_rope_quant_cudnn", SWEEP_PRODUCER, 4 * act + 3 * t * d,
+             lambda: _wan_qkv(t, h, dh, dtype, dev),
+             lambda c, *a: producer_launch(*a, True, 128, *c)))
     # RoPE runs on (positions, heads) tiles sized by kernels.qk_norm.rope_tile_sizes.
     tries = []
     for op, cfgs, nbytes, make, launch in cases:
+        if b.ops and op not in b.ops:
+            continue
         sets = b.input_sets(make, nbytes)
         for c in cfgs:
             ms = b.time_ms(lambda *a, launch=launch, c=c: launch(c, *a), sets)
@@ -480,12 +517,14 @@ def main() -> None:
     parser.add_argument("--only", choices=["memory", "matmul"], default=None)
     parser.add_argument("--sweep", action="store_true", help="time launch configurations first")
     parser.add_argument("--sweep-only", action="store_true", help="the sweep and nothing else")
+    parser.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     args = parser.parse_args()
 
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("bench/kernels.py needs a CUDA device (or --smoke)")
     device = "cpu" if args.smoke else "cuda"
     b = Bench(device, compile_refs=not args.no_compile, smoke=args.smoke)
+    b.ops = set(filter(None, args.ops.split(",")))
     torch.manual_seed(0)
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
     b.measure_copy()

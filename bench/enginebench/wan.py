@@ -102,9 +102,13 @@ def wan_part(args: argparse.Namespace) -> dict[str, Any]:
         if variant == "compile":
             model.compile(fullgraph=True)
         elif "-fp8attn" in variant:
-            # mode-fp8attn (the default fp8 attention) or mode-fp8attn-<backend>.
+            # mode-fp8attn (the default fp8 attention) or mode-fp8attn-<backend>; a
+            # `-separate` suffix turns the fused q/k/v producer off.
             mode, _, backend = variant.partition("-fp8attn")
             kw = {**extra, "attention": "fp8"}
+            if backend.endswith("-separate"):
+                kw["attention_fp8_producer"] = False
+                backend = backend.removesuffix("-separate")
             if backend:
                 kw["attention_fp8_backend"] = backend.removeprefix("-")
             optimize(model, mode, cache_dir=args.cache_dir, **kw)

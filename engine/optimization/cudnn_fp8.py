@@ -32,11 +32,9 @@ from functools import cache
 
 import torch
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0
-AMAX_FLOOR = 1e-12
-K_MEAN_SAMPLE = 256
-"""Tokens K's centring vector is averaged over (evenly spaced; all of them when fewer)."""
+from kernels.cudnn_fp8_operands import quantize_for_cudnn
+from kernels.fp8 import FP8_DTYPE, FP8_MAX
+
 KV_ALIGN = 128
 """Keys are padded to a multiple of this and masked: cuDNN's fp8 attention on Hopper ran
 Wan 480p's 32,760 keys at 7.94 ms and the same padded to 32,768 and masked at 7.20 ms (H200)."""
@@ -275,50 +273,6 @@ def _cudnn_attention_fp8_fake(q8, k8, v8, descale_q, descale_k, kv_len=0):
     return q8.new_empty(q8.shape[:-1] + (v8.shape[-1],))
 
 
-# ----------------------------------------------------------------------------- quantization
-
-
-def _to_e4m3(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (x * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-
-
-def quantize_for_cudnn(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_bound: torch.Tensor | None = None,
-    k_bound: torch.Tensor | None = None,
-    smooth_k: bool = True,
-    kv_align: int = 1,
-) -> tuple[torch.Tensor, ...]:
-    """(q8, k8, v8, descale_q, descale_k, v_amax): the operands `cudnn_attention_fp8` takes.
-
-    kv_align: k8 and v8 come out zero-padded to a multiple of this many tokens.
-    """
-    qf, kf, vf = q.float(), k.float(), v.float()
-    if q_bound is None:
-        q_bound = qf.abs().amax()
-    if k_bound is None:
-        k_bound = kf.abs().amax()
-    q_bound = q_bound.float().clamp(min=AMAX_FLOOR)
-    k_bound = k_bound.float().clamp(min=AMAX_FLOOR)
-    if smooth_k:
-        # Any vector c gives the same softmax (each score of a row moves by q·c); the mean of
-        # an evenly spaced sample of tokens removes a common offset as well as the full mean
-        # does, for 1/stride of the reduction's reads.
-        stride = max(1, k.shape[1] // K_MEAN_SAMPLE)
-        kf = kf - kf[:, ::stride].mean(dim=1, keepdim=True)
-        k_bound = 2 * k_bound  # |k - c| <= 2 max|k| for c inside k's range
-    v_amax = vf.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_FLOOR)  # (B, 1, H, D)
-    pad = -k.shape[1] % kv_align
-    if pad:  # padded before the cast, so that under compile the pad fuses into it
-        kf, vf = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad)) for t in (kf, vf))
-    q8 = _to_e4m3(qf, FP8_MAX / q_bound)
-    k8 = _to_e4m3(kf, FP8_MAX / k_bound)
-    v8 = _to_e4m3(vf, FP8_MAX / v_amax)
-    return q8, k8, v8, (q_bound / FP8_MAX).reshape(1), (k_bound / FP8_MAX).reshape(1), v_amax
-
-
 def attention_fp8_cudnn(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -354,19 +308,53 @@ def attention_fp8_cudnn_rows(
     makes of the bf16 output, in one pass from cuDNN's e4m3 output
     (kernels.fp8.requantize_fp8_rowwise).
     """
+    o8, unit = _attend_fp8(q, k, v, q_bound, k_bound, smooth_k, kv_align)
+    return _as_rows(o8, unit)
+
+
+def norm_rope_attention_fp8_cudnn_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    norm_q: torch.nn.RMSNorm,
+    norm_k: torch.nn.RMSNorm,
+    rotary: tuple[torch.Tensor, torch.Tensor],
+    smooth_k: bool = True,
+    kv_align: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wan's self attention from its raw projections q, k, v (B, S, H, D) to fp8 rows.
+
+    norm_q / norm_k (RMSNorms over H·D), the rotation by `rotary` (Wan's freqs_cos,
+    freqs_sin) and the quantization run as one producer
+    (kernels.cudnn_fp8_operands.norm_rope_quantize_for_cudnn), then cuDNN, then
+    `attention_fp8_cudnn_rows`' requantization.
+    """
+    from kernels.cudnn_fp8_operands import norm_rope_quantize_for_cudnn
+
+    kv_align = KV_ALIGN if kv_align is None else kv_align
+    eps = float(norm_q.eps)
+    operands = norm_rope_quantize_for_cudnn(
+        q, k, v, norm_q.weight, norm_k.weight, eps, *rotary,
+        rmsnorm_bound(norm_q), rmsnorm_bound(norm_k), smooth_k, kv_align,
+    )  # fmt: skip
+    return _as_rows(*_attend_quantized(k.shape[1], *operands))
+
+
+def _as_rows(o8: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from kernels.fp8 import requantize_fp8_rowwise
 
-    o8, unit = _attend_fp8(q, k, v, q_bound, k_bound, smooth_k, kv_align)
     b, s, h, d = o8.shape
     return requantize_fp8_rowwise(o8.reshape(b, s, h * d), unit.reshape(b, 1, h * d))
 
 
 def _attend_fp8(q, k, v, q_bound, k_bound, smooth_k, kv_align) -> tuple[torch.Tensor, ...]:
-    # cuDNN's e4m3 output and V's per-channel unit (B, 1, H, D) it is in.
     kv_align = KV_ALIGN if kv_align is None else kv_align
-    q8, k8, v8, descale_q, descale_k, v_amax = quantize_for_cudnn(
-        q, k, v, q_bound, k_bound, smooth_k, kv_align
-    )
-    kv_len = k.shape[1] if k8.shape[1] != k.shape[1] else 0
+    operands = quantize_for_cudnn(q, k, v, q_bound, k_bound, smooth_k, kv_align)
+    return _attend_quantized(k.shape[1], *operands)
+
+
+def _attend_quantized(kv_tokens, q8, k8, v8, descale_q, descale_k, v_amax):
+    # cuDNN's e4m3 output and V's per-channel unit (B, 1, H, D) it is in.
+    kv_len = kv_tokens if k8.shape[1] != kv_tokens else 0
     o8 = cudnn_attention_fp8(q8, k8, v8, descale_q, descale_k, kv_len)
     return o8, v_amax / FP8_MAX

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.optimization.ulysses import attend_over_ranks, ulysses_group
+from kernels.cudnn_fp8_operands import wan_rope_reference
 
 _BACKENDS = {
     "_native_cudnn": "CUDNN_ATTENTION",
@@ -242,7 +243,9 @@ class WanSDPAProcessor(_SDPAProcessor):
     output goes to the projection's row-quantized input in one kernel
     (`attention_fp8_cudnn_rows`) instead of a bf16 tensor that is quantized again
     (Wan 480p on an H200: 142 -> 46 us per block, the call 349 -> 345 ms); setting
-    `fuse_fp8_output = False` turns that off.
+    `fuse_fp8_output = False` turns that off. On that path, with `fp8_producer`, the QK
+    norms, the rotation and the quantization of q, k and v run as one producer
+    (`norm_rope_attention_fp8_cudnn_rows`) instead of inductor's kernels.
     """
 
     fuse_fp8_output = True
@@ -262,21 +265,28 @@ class WanSDPAProcessor(_SDPAProcessor):
                 "WanSDPAProcessor handles unmasked text-to-video attention only"
             )
         query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
+        heads = lambda t: t.unflatten(2, (attn.heads, -1))  # noqa: E731
+        if self._fused_producer(attn, heads(query), heads(key), encoder_hidden_states, rotary_emb):
+            from engine.optimization.cudnn_fp8 import norm_rope_attention_fp8_cudnn_rows
+
+            rows = norm_rope_attention_fp8_cudnn_rows(
+                heads(query), heads(key), heads(value), attn.norm_q, attn.norm_k, rotary_emb,
+                self.fp8_smooth_k,
+            )  # fmt: skip
+            return _project_fp8_rows(attn, *rows)
+        query = heads(attn.norm_q(query))
+        key = heads(attn.norm_k(key))
+        value = heads(value)
         if rotary_emb is not None:
-            query = _wan_rope(query, *rotary_emb)
-            key = _wan_rope(key, *rotary_emb)
+            query = wan_rope_reference(query, *rotary_emb)
+            key = wan_rope_reference(key, *rotary_emb)
         bounds = self._bounds((attn.norm_q,), (attn.norm_k,))
         if self._output_as_fp8_rows(attn, query, key, encoder_hidden_states):
             # cuDNN's e4m3 output straight into the output projection's fp8 input rows.
             from engine.optimization.cudnn_fp8 import attention_fp8_cudnn_rows
 
-            xq, xs = attention_fp8_cudnn_rows(query, key, value, *bounds, self.fp8_smooth_k)
-            lead = xq.shape[:2]
-            out = attn.to_out[0].matmul_fp8(xq.flatten(0, 1), xs.flatten(0, 1), lead)
-            return attn.to_out[1](out)
+            rows = attention_fp8_cudnn_rows(query, key, value, *bounds, self.fp8_smooth_k)
+            return _project_fp8_rows(attn, *rows)
         # Wan's plan splits the video tokens and leaves the text whole on every rank.
         sharded_keys = encoder_hidden_states is None
         hidden_states = self._attend(query, key, value, bounds, sharded_keys).flatten(2, 3)
@@ -297,17 +307,24 @@ class WanSDPAProcessor(_SDPAProcessor):
             and out.activation is None
         )
 
+    def _fused_producer(self, attn, query, key, encoder_hidden_states, rotary_emb) -> bool:
+        # The fp8-rows path, with Wan's full-width RMSNorms (weights and eps known) and RoPE.
+        norms = (attn.norm_q, attn.norm_k)
+        return (
+            self.fp8_producer
+            and rotary_emb is not None
+            and all(
+                isinstance(n, torch.nn.RMSNorm) and n.weight is not None and n.eps is not None
+                for n in norms
+            )
+            and self._output_as_fp8_rows(attn, query, key, encoder_hidden_states)
+        )
 
-def _wan_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    # WanAttnProcessor's rotation of interleaved pairs, the same products and sums in fp32,
-    # written as a stack of the two halves rather than two strided stores into an empty
-    # tensor: inductor then reads each pair once instead of through masked gathers per
-    # parity (Wan 480p's norm/RoPE/quantize kernels: 12.4 -> 10.7 ms per call, H200).
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos = freqs_cos[..., 0::2]
-    sin = freqs_sin[..., 1::2]
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
+
+def _project_fp8_rows(attn, xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    # The output projection (an FP8Linear) on fp8 rows (B, S, K) and their scales (B, S, 1).
+    lead = xq.shape[:2]
+    return attn.to_out[1](attn.to_out[0].matmul_fp8(xq.flatten(0, 1), xs.flatten(0, 1), lead))
 
 
 def use_sdpa_processors(
@@ -331,6 +348,6 @@ def use_sdpa_processors(
             and type(module.processor) is WanAttnProcessor
             and module.add_k_proj is None
         ):
-            module.set_processor(WanSDPAProcessor(backend, fp8_min_kv, fp8_smooth_k=fp8_smooth_k))
+            module.set_processor(WanSDPAProcessor(backend, fp8_min_kv, fp8_producer, fp8_smooth_k))
             n += 1
     return n

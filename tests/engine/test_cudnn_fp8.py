@@ -170,7 +170,7 @@ def test_output_rows_are_the_quantized_bf16_output():
     assert torch.equal(xq.view(torch.uint8), ref_q.view(torch.uint8))
 
 
-def test_wan_self_attention_output_goes_straight_to_fp8_rows():
+def test_wan_self_attention_from_one_producer_straight_to_fp8_rows():
     from engine.optimization.sdpa import WanSDPAProcessor
     from engine.pipelines import build_wan_transformer, wan_transformer_inputs
 
@@ -190,16 +190,26 @@ def test_wan_self_attention_output_goes_straight_to_fp8_rows():
         if isinstance(getattr(m, "processor", None), WanSDPAProcessor)
     ]
     assert processors
-    with torch.no_grad(), torch.profiler.profile() as prof:
-        fused = model(**inputs)[0].float()
-    ran = {e.name for e in prof.events()}
+
+    def run() -> tuple[torch.Tensor, set[str]]:
+        with torch.no_grad(), torch.profiler.profile() as prof:
+            out = model(**inputs)[0].float()
+        return out, {e.name for e in prof.events()}
+
+    fused, ran = run()
+    assert {"mediagate::norm_rope_quantize_for_cudnn", "mediagate::requantize_fp8_rowwise"} <= ran
+    for proc in processors:
+        proc.fp8_producer = False
+    rows_only, ran = run()
+    assert "mediagate::norm_rope_quantize_for_cudnn" not in ran
     assert "mediagate::requantize_fp8_rowwise" in ran
     for proc in processors:
         proc.fuse_fp8_output = False
-    with torch.no_grad():
-        unfused = model(**inputs)[0].float()
-    # The same rows either way, up to how a row's 448 / amax is rounded.
-    assert drift(fused, unfused)["cosine"] >= 0.9999
+    unfused, ran = run()
+    assert "mediagate::requantize_fp8_rowwise" not in ran
+    # The same codes either way, up to how a sum or a row's 448 / amax is rounded.
+    assert drift(fused, rows_only)["cosine"] >= 0.9999
+    assert drift(rows_only, unfused)["cosine"] >= 0.9999
 
 
 def test_auto_picks_our_kernel_without_cudnn_and_rejects_unknown_backends():

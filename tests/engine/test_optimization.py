@@ -219,7 +219,7 @@ def test_sequence_major_attention_op_matches_eager(build):
 def test_wan_rotation_is_diffusers_rotation_bit_for_bit():
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-    from engine.optimization.sdpa import _wan_rope
+    from kernels.cudnn_fp8_operands import wan_rope_reference
 
     rope = WanRotaryPosEmbed(attention_head_dim=64, patch_size=(1, 2, 2), max_seq_len=64)
     cos, sin = rope(torch.zeros(1, 4, 3, 8, 8))
@@ -230,7 +230,7 @@ def test_wan_rotation_is_diffusers_rotation_bit_for_bit():
     ref = torch.empty_like(x)
     ref[..., 0::2] = x1 * c - x2 * s_
     ref[..., 1::2] = x1 * s_ + x2 * c
-    assert torch.equal(_wan_rope(x, cos, sin), ref.type_as(x))
+    assert torch.equal(wan_rope_reference(x, cos, sin), ref.type_as(x))
 
 
 def test_optimize_touches_only_its_instance():

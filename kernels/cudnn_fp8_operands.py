@@ -1,0 +1,365 @@
+"""The operands of cuDNN's fp8 attention, with Wan's QK RMSNorm and RoPE fused into their quantization.
+
+cuDNN's fp8 attention on Hopper takes one scale per tensor (engine/optimization/cudnn_fp8.py
+has the reasoning), so its operands are made this way:
+    - Q and K scaled into e4m3's ±448 by static bounds (after an RMSNorm, |x| <= sqrt(n)·max|w|);
+    - K first centred on the mean of an evenly spaced sample of its tokens (every score of a
+      query row moves by the same q·mean, so softmax is unchanged), its bound doubled;
+    - V scaled per channel by its amax over all tokens;
+    - K and V zero-padded to a multiple of `kv_align` tokens.
+`quantize_for_cudnn` is that recipe in plain torch (under torch.compile inductor fuses it
+into the kernels around it).
+
+Wan normalizes q and k over all heads at once (an RMSNorm over H·D channels), rotates pairs
+(RoPE) and attends. Compiled, the norms, rotations, K's centring, V's channel amax, the casts
+and the padding ran as five kernels, about 490 us per block at 480p (H200) for some 140 us of
+traffic. `norm_rope_quantize_for_cudnn` does the same in two launches: a statistics pass
+(V's channel amax; the sum of K's sampled tokens after norm and rotation), then one pass that
+reads each row of q, k and v once and writes q8, k8 and v8. Values stay in fp32 from the load
+to the e4m3 cast, as inductor keeps them inside its fused kernels (no bf16 rounding after the
+norm or the rotation), so both give the same codes up to the order of the sums.
+
+API:
+    quantize_for_cudnn(q, k, v, q_bound=None, k_bound=None, smooth_k=True, kv_align=1)
+        -> (q8, k8, v8, descale_q, descale_k, v_amax)
+        q, k, v (B, S, H, D); bounds 0-d fp32 tensors (None: the amax is taken). q8 (B, S, H, D),
+        k8 and v8 (B, S_pad, H, D) e4m3; descales (1,) fp32; v_amax (B, 1, H, D) fp32.
+    norm_rope_quantize_for_cudnn(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin,
+                                 q_bound, k_bound, smooth_k=True, kv_align=128) -> the same
+        q, k, v (B, S, H, D) bf16 projections before the norm (each row of H·D channels
+        contiguous, any row stride: a fused QKV projection's chunks need no copy); weights
+        (H·D,); freqs (1, S, 1, D) fp32 as WanRotaryPosEmbed gives them; bounds required.
+        A torch.library custom op (mediagate::norm_rope_quantize_for_cudnn).
+    norm_rope_quantize_for_cudnn_reference(...): RMSNorm, `wan_rope_reference`, then
+        `quantize_for_cudnn`, in plain torch and fp32.
+    wan_rope_reference(x, freqs_cos, freqs_sin): WanAttnProcessor's rotation of pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._utils import INTERPRETING, use_triton
+from kernels.fp8 import AMAX_FLOOR, FP8_DTYPE, FP8_MAX, _round_to_e4m3
+
+K_MEAN_SAMPLE = 256
+"""Tokens K's centring vector is averaged over (evenly spaced; all of them when fewer)."""
+ROWS_PER_PROGRAM = 2
+"""Token rows per program of the quantizing pass, each row all H·D channels, at 2 warps:
+164 us at Wan's 32,760 x 12 x 128 on an H200, against 174-230 us for 1-8 rows at 1-8 warps."""
+V_CHUNK = 256
+"""Tokens per program (of one head) in the statistics pass's V amax, 32 rows at a time at
+2 warps: 44 us with K's sample at Wan's shape (H200), against 47-83 us for other tiles."""
+
+
+# ----------------------------------------------------------------------------- torch recipe
+
+
+def _to_e4m3(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (x * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def _k_mean_stride(s: int) -> int:
+    return max(1, s // K_MEAN_SAMPLE)
+
+
+def quantize_for_cudnn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_bound: torch.Tensor | None = None,
+    k_bound: torch.Tensor | None = None,
+    smooth_k: bool = True,
+    kv_align: int = 1,
+) -> tuple[torch.Tensor, ...]:
+    """(q8, k8, v8, descale_q, descale_k, v_amax): the operands cuDNN's fp8 attention takes."""
+    qf, kf, vf = q.float(), k.float(), v.float()
+    if q_bound is None:
+        q_bound = qf.abs().amax()
+    if k_bound is None:
+        k_bound = kf.abs().amax()
+    q_bound = q_bound.float().clamp(min=AMAX_FLOOR)
+    k_bound = k_bound.float().clamp(min=AMAX_FLOOR)
+    if smooth_k:
+        # Any vector c gives the same softmax (each score of a row moves by q·c); the mean of
+        # an evenly spaced sample of tokens removes a common offset as well as the full mean
+        # does, for 1/stride of the reduction's reads.
+        kf = kf - kf[:, :: _k_mean_stride(k.shape[1])].mean(dim=1, keepdim=True)
+        k_bound = 2 * k_bound  # |k - c| <= 2 max|k| for c inside k's range
+    v_amax = vf.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_FLOOR)  # (B, 1, H, D)
+    pad = -k.shape[1] % kv_align
+    if pad:  # padded before the cast, so that under compile the pad fuses into it
+        kf, vf = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad)) for t in (kf, vf))
+    q8 = _to_e4m3(qf, FP8_MAX / q_bound)
+    k8 = _to_e4m3(kf, FP8_MAX / k_bound)
+    v8 = _to_e4m3(vf, FP8_MAX / v_amax)
+    return q8, k8, v8, (q_bound / FP8_MAX).reshape(1), (k_bound / FP8_MAX).reshape(1), v_amax
+
+
+def wan_rope_reference(
+    x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
+) -> torch.Tensor:
+    """WanAttnProcessor's rotation of interleaved pairs of x (B, S, H, D), in fp32.
+
+    Written as a stack of the two halves rather than two strided stores into an empty
+    tensor: inductor then reads each pair once instead of through masked gathers per parity.
+    """
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+def norm_rope_quantize_for_cudnn_reference(
+    q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound,
+    smooth_k=True, kv_align=128,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """Wan's processor then the quantization, in plain torch and fp32 throughout."""
+    hd = q.shape[-2] * q.shape[-1]
+
+    def normed_rotated(x, weight):
+        x = torch.nn.functional.rms_norm(x.flatten(-2).float(), (hd,), weight.float(), eps)
+        return wan_rope_reference(x.unflatten(-1, q.shape[-2:]), freqs_cos, freqs_sin)
+
+    qn, kn = normed_rotated(q, q_weight), normed_rotated(k, k_weight)
+    return quantize_for_cudnn(qn, kn, v, q_bound, k_bound, smooth_k, kv_align)
+
+
+# ----------------------------------------------------------------------------- Triton
+
+# fmt: off
+
+
+@triton.jit
+def _channels(H: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr):
+    # A row's H·D channels as an (H_PAD, D) tile: offsets and the mask of real heads.
+    h = tl.arange(0, H_PAD)[:, None]
+    d = tl.arange(0, D)[None, :]
+    return h * D + d, (h < H) & (d < D)
+
+
+@triton.jit
+def _load_rows(X, rows, n_rows, row_stride, H: tl.constexpr, H_PAD: tl.constexpr,
+               D: tl.constexpr):
+    ch, cmask = _channels(H, H_PAD, D)
+    mask = (rows < n_rows)[:, None, None] & cmask[None, :, :]
+    offs = rows.to(tl.int64)[:, None, None] * row_stride + ch[None, :, :]
+    return tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _normed_rotated(X, W, COS, SIN, rows, S, row_stride, freq_stride, eps,
+                    H: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    # Rows of x as (BLOCK, H_PAD, D) in fp32: RMSNorm over all H·D channels, then each pair
+    # rotated as Wan does (cos at even, sin at odd positions of the frequencies). Rows at or
+    # past S come out 0.
+    x = _load_rows(X, rows, S, row_stride, H, H_PAD, D)
+    rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=2), axis=1) / (H * D) + eps)[:, None, None]
+    ch, cmask = _channels(H, H_PAD, D)
+    w = tl.load(W + ch, mask=cmask, other=0.0).to(tl.float32)
+    x = x * rstd * w[None, :, :]
+    fmask = (rows < S)[:, None]
+    pair = rows.to(tl.int64)[:, None] * freq_stride + 2 * tl.arange(0, D // 2)[None, :]
+    cos = tl.load(COS + pair, mask=fmask, other=0.0)[:, None, :]
+    sin = tl.load(SIN + pair + 1, mask=fmask, other=0.0)[:, None, :]
+    x1, x2 = tl.split(tl.reshape(x, (BLOCK, H_PAD, D // 2, 2)))
+    return tl.reshape(tl.join(x1 * cos - x2 * sin, x1 * sin + x2 * cos), (BLOCK, H_PAD, D))
+
+
+@triton.jit
+def _store_e4m3(OUT, x, scale, rows, n_rows, H: tl.constexpr, H_PAD: tl.constexpr,
+                D: tl.constexpr, PRE_ROUND: tl.constexpr):
+    x = tl.clamp(x * scale, -448.0, 448.0)
+    if PRE_ROUND:
+        x = _round_to_e4m3(x)
+    ch, cmask = _channels(H, H_PAD, D)
+    mask = (rows < n_rows)[:, None, None] & cmask[None, :, :]
+    offs = rows.to(tl.int64)[:, None, None] * (H * D) + ch[None, :, :]
+    tl.store(OUT + offs, x.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _stats_kernel(
+    K, V, WK, COS, SIN, VMAX, KSUM, S, eps, sk_b, sk_s, sv_b, sv_s, freq_stride,
+    N_V, SAMPLE_STRIDE, N_SAMPLE, N_PARTS,
+    H: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+    V_ROWS: tl.constexpr, CHUNK: tl.constexpr,
+):
+    # Programs [0, N_V): V's channel amax of one head over CHUNK tokens, folded in by an
+    # atomic max (order-free). The rest: the sum of BLOCK sampled K tokens after norm and
+    # rotation, one partial sum per program (summed by the caller, in a fixed order).
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    if pid < N_V:
+        n_chunks = tl.cdiv(S, CHUNK)
+        chunk = pid % n_chunks
+        h = pid // n_chunks
+        d = tl.arange(0, D)
+        vmax = tl.zeros([D], dtype=tl.float32)
+        for r in range(0, CHUNK, V_ROWS):
+            rows = chunk * CHUNK + r + tl.arange(0, V_ROWS)
+            offs = rows.to(tl.int64)[:, None] * sv_s + h * D + d[None, :]
+            v = tl.load(V + b * sv_b + offs, mask=(rows < S)[:, None], other=0.0)
+            vmax = tl.maximum(vmax, tl.max(tl.abs(v.to(tl.float32)), axis=0))
+        tl.atomic_max(VMAX + b * (H * D) + h * D + d, vmax, sem="relaxed")
+    else:
+        part = pid - N_V
+        i = part * BLOCK + tl.arange(0, BLOCK)
+        rows = tl.where(i < N_SAMPLE, i * SAMPLE_STRIDE, S)
+        k = _normed_rotated(K + b * sk_b, WK, COS, SIN, rows, S, sk_s, freq_stride, eps,
+                            H, H_PAD, D, BLOCK)
+        ch, cmask = _channels(H, H_PAD, D)
+        tl.store(KSUM + (b * N_PARTS + part) * (H * D) + ch, tl.sum(k, axis=0), mask=cmask)
+
+
+@triton.jit
+def _quantize_kernel(
+    Q, K, V, WQ, WK, COS, SIN, Q_BOUND, K_BOUND, VMAX, KMEAN, Q8, K8, V8,
+    S, S_PAD, eps, sq_b, sq_s, sk_b, sk_s, sv_b, sv_s, freq_stride,
+    H: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+    SMOOTH: tl.constexpr, PRE_ROUND: tl.constexpr,
+):
+    # program_id(1) picks the tensor: 0 writes q8 (S rows), 1 k8 and 2 v8 (S_PAD rows, the
+    # padding zeros). Scales are 448 · (1 / bound), as torch computes 448 / bound.
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    which = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    ch, cmask = _channels(H, H_PAD, D)
+    one = tl.full([H_PAD, D], 1.0, tl.float32)
+    if which == 0:
+        x = _normed_rotated(Q + b * sq_b, WQ, COS, SIN, rows, S, sq_s, freq_stride, eps,
+                            H, H_PAD, D, BLOCK)
+        scale = tl.math.div_rn(one, tl.load(Q_BOUND)) * 448.0
+        _store_e4m3(Q8 + b * S * (H * D), x, scale[None], rows, S, H, H_PAD, D, PRE_ROUND)
+    elif which == 1:
+        x = _normed_rotated(K + b * sk_b, WK, COS, SIN, rows, S, sk_s, freq_stride, eps,
+                            H, H_PAD, D, BLOCK)
+        if SMOOTH:
+            mean = tl.load(KMEAN + b * (H * D) + ch, mask=cmask, other=0.0)
+            x = tl.where((rows < S)[:, None, None], x - mean[None], 0.0)
+        scale = tl.math.div_rn(one, tl.load(K_BOUND)) * 448.0
+        _store_e4m3(K8 + b * S_PAD * (H * D), x, scale[None], rows, S_PAD, H, H_PAD, D,
+                    PRE_ROUND)
+    else:
+        x = _load_rows(V + b * sv_b, rows, S, sv_s, H, H_PAD, D)
+        vmax = tl.load(VMAX + b * (H * D) + ch, mask=cmask, other=1.0)
+        scale = tl.math.div_rn(one, tl.maximum(vmax, 1e-12)) * 448.0
+        _store_e4m3(V8 + b * S_PAD * (H * D), x, scale[None], rows, S_PAD, H, H_PAD, D,
+                    PRE_ROUND)
+
+
+# fmt: on
+
+
+def _check(q, k, v, q_weight, k_weight, freqs_cos, freqs_sin) -> None:
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"q, k and v must share one (B, S, H, D) shape, got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    b, s, h, d = q.shape
+    if d < 2 or d & (d - 1):
+        raise ValueError(f"head_dim must be a power of two, got {d}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"{name} must be bf16 or fp16, got {t.dtype}")
+    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
+        if w.numel() != h * d:
+            raise ValueError(f"{name} must have H·D = {h * d} elements, got {w.numel()}")
+    for name, f in (("freqs_cos", freqs_cos), ("freqs_sin", freqs_sin)):
+        if f.numel() != s * d:
+            raise ValueError(f"{name} must be (1, S, 1, D) = (1, {s}, 1, {d}), got {tuple(f.shape)}")
+
+
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    # Each token's H·D channels contiguous; the row stride is free.
+    h, d = t.shape[-2:]
+    return t if t.stride(-1) == 1 and t.stride(-2) == d else t.contiguous()
+
+
+def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound,
+            smooth_k, kv_align, rows_per_program=ROWS_PER_PROGRAM, num_warps=2):  # fmt: skip
+    q, k, v = (_rows_contiguous(t) for t in (q, k, v))
+    b, s, h, d = q.shape
+    s_pad = s + (-s % kv_align)
+    h_pad = triton.next_power_of_2(h)
+    dev = q.device
+    cos = freqs_cos.reshape(s, d).float().contiguous()
+    sin = freqs_sin.reshape(s, d).float().contiguous()
+    q_bound = q_bound.float().clamp(min=AMAX_FLOOR).reshape(1)
+    k_bound = k_bound.float().clamp(min=AMAX_FLOOR).reshape(1)
+    if smooth_k:
+        k_bound = 2 * k_bound
+    stride = _k_mean_stride(s)
+    n_sample = triton.cdiv(s, stride)
+    sample_block = 4
+    n_parts = triton.cdiv(n_sample, sample_block) if smooth_k else 0
+    n_v = triton.cdiv(s, V_CHUNK) * h
+    vmax = torch.zeros(b, h * d, device=dev, dtype=torch.float32)
+    ksum = torch.empty(b, max(n_parts, 1), h * d, device=dev, dtype=torch.float32)
+    _stats_kernel[(n_v + n_parts, b)](
+        k, v, k_weight, cos, sin, vmax, ksum, s, eps, k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), d, n_v, stride, n_sample, max(n_parts, 1),
+        H=h, H_PAD=h_pad, D=d, BLOCK=sample_block, V_ROWS=32, CHUNK=V_CHUNK, num_warps=2,
+    )  # fmt: skip
+    k_mean = ksum.sum(dim=1) / n_sample if smooth_k else ksum[:, 0]
+    q8 = torch.empty(b, s, h, d, device=dev, dtype=FP8_DTYPE)
+    k8 = torch.empty(b, s_pad, h, d, device=dev, dtype=FP8_DTYPE)
+    v8 = torch.empty(b, s_pad, h, d, device=dev, dtype=FP8_DTYPE)
+    _quantize_kernel[(triton.cdiv(s_pad, rows_per_program), 3, b)](
+        q, k, v, q_weight, k_weight, cos, sin, q_bound, k_bound, vmax, k_mean, q8, k8, v8,
+        s, s_pad, eps, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
+        v.stride(1), d,
+        H=h, H_PAD=h_pad, D=d, BLOCK=rows_per_program, SMOOTH=smooth_k,
+        PRE_ROUND=INTERPRETING, num_warps=num_warps,
+    )  # fmt: skip
+    v_amax = vmax.clamp(min=AMAX_FLOOR).reshape(b, 1, h, d)
+    return q8, k8, v8, q_bound / FP8_MAX, k_bound / FP8_MAX, v_amax
+
+
+@torch.library.custom_op("mediagate::norm_rope_quantize_for_cudnn", mutates_args=())
+def norm_rope_quantize_for_cudnn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    eps: float,
+    freqs_cos: torch.Tensor,
+    freqs_sin: torch.Tensor,
+    q_bound: torch.Tensor,
+    k_bound: torch.Tensor,
+    smooth_k: bool = True,
+    kv_align: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Wan's QK RMSNorm (over H·D) and RoPE, then `quantize_for_cudnn`, in two Triton launches."""
+    _check(q, k, v, q_weight, k_weight, freqs_cos, freqs_sin)
+    if kv_align < 1:
+        raise ValueError(f"kv_align must be at least 1, got {kv_align}")
+    args = (q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound)
+    if not use_triton(q):
+        out = norm_rope_quantize_for_cudnn_reference(*args, smooth_k, kv_align)
+        return tuple(t.contiguous() for t in out)
+    return _launch(*args, smooth_k, kv_align)
+
+
+@norm_rope_quantize_for_cudnn.register_fake
+def _norm_rope_quantize_for_cudnn_fake(
+    q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound, smooth_k=True,
+    kv_align=128,
+):  # fmt: skip
+    b, s, h, d = q.shape
+    s_pad = s + (-s % kv_align)
+    f32 = torch.float32
+    return (
+        q.new_empty(q.shape, dtype=FP8_DTYPE),
+        q.new_empty((b, s_pad, h, d), dtype=FP8_DTYPE),
+        q.new_empty((b, s_pad, h, d), dtype=FP8_DTYPE),
+        q.new_empty((1,), dtype=f32),
+        q.new_empty((1,), dtype=f32),
+        q.new_empty((b, 1, h, d), dtype=f32),
+    )

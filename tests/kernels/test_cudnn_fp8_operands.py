@@ -1,0 +1,99 @@
+"""Wan's QK norm + RoPE + quantization for cuDNN's fp8 attention (kernels/cudnn_fp8_operands.py).
+
+The Triton producer against the same steps in plain torch and fp32 (RMSNorm, Wan's
+rotation, `quantize_for_cudnn`): the scales exactly, the e4m3 codes up to the order of a
+sum (a code one step apart now and then), the padding as zeros.
+"""
+
+import pytest
+import torch
+
+from kernels.cudnn_fp8_operands import (
+    norm_rope_quantize_for_cudnn,
+    norm_rope_quantize_for_cudnn_reference,
+)
+
+ON_GPU = torch.cuda.is_available()
+# (B, S, H, D): Wan 2.1 1.3B at 480p, a ragged length, two batches of few heads.
+SHAPES = (
+    [(1, 32760, 12, 128), (2, 1000, 3, 64)]
+    if ON_GPU
+    else [(1, 300, 2, 64), (2, 130, 3, 32)]
+)
+
+
+def _inputs(b, s, h, d, device):
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    g = torch.Generator().manual_seed(s + h + d)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    # Views of one fused projection, as Wan's fused QKV hands them over; K with a common
+    # per-channel offset for the centring to remove, V with channels of different scales.
+    fused = r(b, s, 3 * h * d)
+    fused[..., h * d : 2 * h * d] += 3 * r(h * d)
+    fused[..., 2 * h * d :] *= torch.linspace(0.1, 4, h * d)
+    q, k, v = (t.unflatten(-1, (h, d)) for t in fused.bfloat16().to(device).chunk(3, dim=-1))
+    w_q, w_k = ((1 + 0.3 * r(h * d)).bfloat16().to(device) for _ in range(2))
+    rope = WanRotaryPosEmbed(attention_head_dim=d, patch_size=(1, 2, 2), max_seq_len=1024)
+    frames = -(-s // 64)
+    cos, sin = rope(torch.zeros(1, 4, frames, 16, 16))
+    cos, sin = cos[:, :s].contiguous().to(device), sin[:, :s].contiguous().to(device)
+    bound = lambda w: (w.float().abs().amax() * (h * d) ** 0.5 * 1.02)  # noqa: E731
+    return q, k, v, w_q, w_k, 1e-6, cos, sin, bound(w_q), bound(w_k)
+
+
+def _close_codes(out: torch.Tensor, ref: torch.Tensor, name: str) -> None:
+    assert out.shape == ref.shape and out.dtype == ref.dtype, name
+    a, b = out.float(), ref.float()
+    differ = a != b
+    # A code that differs is one e4m3 step away (3 mantissa bits), and rarely so.
+    step = torch.maximum(a.abs(), b.abs()) * 2**-3 + 2**-9
+    far = differ & ((a - b).abs() > step)
+    assert not far.any(), f"{name}: {a[far][:4].tolist()} against {b[far][:4].tolist()}"
+    assert differ.float().mean() <= 1e-3, f"{name}: {differ.float().mean():.2e} differ"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("smooth_k", [True, False])
+def test_producer_matches_the_torch_steps(device, shape, smooth_k):
+    args = _inputs(*shape, device)
+    out = norm_rope_quantize_for_cudnn(*args, smooth_k, 128)
+    ref = norm_rope_quantize_for_cudnn_reference(*args, smooth_k, 128)
+    names = ("q8", "k8", "v8", "descale_q", "descale_k", "v_amax")
+    for name, o, r in zip(names, out, ref, strict=True):
+        if o.dtype == torch.float32:
+            torch.testing.assert_close(o, r, rtol=0, atol=0, msg=name)
+        else:
+            _close_codes(o, r, name)
+    s = shape[1]
+    k8, v8 = out[1], out[2]
+    assert k8.shape[1] % 128 == 0 and v8.shape[1] == k8.shape[1]
+    assert not k8[:, s:].float().any() and not v8[:, s:].float().any()
+
+
+def test_unpadded_keys_and_a_strided_projection(device):
+    q, k, v, *rest = _inputs(1, 200, 2, 64, device)
+    assert q.stride(1) == 3 * 2 * 64  # chunks of a fused projection, read in place
+    out = norm_rope_quantize_for_cudnn(q, k, v, *rest, True, 1)
+    ref = norm_rope_quantize_for_cudnn_reference(q.contiguous(), k, v, *rest, True, 1)
+    assert out[1].shape[1] == 200
+    for name, o, r in zip(("q8", "k8", "v8"), out[:3], ref[:3], strict=True):
+        _close_codes(o, r, name)
+
+
+def test_bad_arguments_are_named(device):
+    q, k, v, w_q, w_k, eps, cos, sin, bq, bk = _inputs(1, 64, 2, 32, device)
+    call = norm_rope_quantize_for_cudnn
+    with pytest.raises(ValueError, match="share one"):
+        call(q, k[:, :10], v, w_q, w_k, eps, cos, sin, bq, bk)
+    with pytest.raises(ValueError, match="q_weight"):
+        call(q, k, v, w_q[:5], w_k, eps, cos, sin, bq, bk)
+    with pytest.raises(ValueError, match="freqs_cos"):
+        call(q, k, v, w_q, w_k, eps, cos[:, :10], sin, bq, bk)
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        call(q, k, v.float(), w_q, w_k, eps, cos, sin, bq, bk)
+    with pytest.raises(ValueError, match="kv_align"):
+        call(q, k, v, w_q, w_k, eps, cos, sin, bq, bk, True, 0)
