@@ -1,4 +1,4 @@
-"""The operands of cuDNN's fp8 attention, with Wan's QK RMSNorm and RoPE fused into their quantization.
+"""The operands of cuDNN's fp8 attention, with the QK RMSNorm and RoPE fused into their quantization.
 
 cuDNN's fp8 attention on Hopper takes one scale per tensor (engine/optimization/cudnn_fp8.py
 has the reasoning), so its operands are made this way:
@@ -10,14 +10,16 @@ has the reasoning), so its operands are made this way:
 `quantize_for_cudnn` is that recipe in plain torch (under torch.compile inductor fuses it
 into the kernels around it).
 
-Wan normalizes q and k over all heads at once (an RMSNorm over H·D channels), rotates pairs
-(RoPE) and attends. Compiled, the norms, rotations, K's centring, V's channel amax, the casts
-and the padding ran as five kernels, about 490 us per block at 480p (H200) for some 140 us of
+Wan normalizes q and k over all heads at once (an RMSNorm over H·D channels), FLUX per head
+and per stream (text tokens first, with their own weights); both rotate pairs (RoPE) and
+attend. Compiled, the norms, rotations, K's centring, V's channel amax, the casts and the
+padding ran as five kernels, about 490 us per Wan block at 480p (H200) for some 140 us of
 traffic. `norm_rope_quantize_for_cudnn` does the same in two launches: a statistics pass
 (V's channel amax; the sum of K's sampled tokens after norm and rotation), then one pass that
-reads each row of q, k and v once and writes q8, k8 and v8. Values stay in fp32 from the load
-to the e4m3 cast, as inductor keeps them inside its fused kernels (no bf16 rounding after the
-norm or the rotation), so both give the same codes up to the order of the sums.
+reads each row of q, k and v once and writes q8, k8 and v8; FLUX's text stream is read in
+place, so the concatenation is never written. Values stay in fp32 from the load to the e4m3
+cast, as inductor keeps them inside its fused kernels (no bf16 rounding after the norm or
+the rotation), so both give the same codes up to the order of the sums.
 
 API:
     quantize_for_cudnn(q, k, v, q_bound=None, k_bound=None, smooth_k=True, kv_align=1)
@@ -25,13 +27,17 @@ API:
         q, k, v (B, S, H, D); bounds 0-d fp32 tensors (None: the amax is taken). q8 (B, S, H, D),
         k8 and v8 (B, S_pad, H, D) e4m3; descales (1,) fp32; v_amax (B, 1, H, D) fp32.
     norm_rope_quantize_for_cudnn(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin,
-                                 q_bound, k_bound, smooth_k=True, kv_align=128) -> the same
+                                 q_bound, k_bound, smooth_k=True, kv_align=128,
+                                 q_text=None, k_text=None, v_text=None,
+                                 q_text_weight=None, k_text_weight=None) -> the same
         q, k, v (B, S, H, D) bf16 projections before the norm (each row of H·D channels
         contiguous, any row stride: a fused QKV projection's chunks need no copy); weights
-        (H·D,); freqs (1, S, 1, D) fp32 as WanRotaryPosEmbed gives them; bounds required.
+        (D,) for a norm per head or (H·D,) for one over the row; the text stream, if any,
+        (B, S_text, H, D) with its own weights, placed first; freqs holding (S_text + S, D)
+        fp32 values (Wan's (1, S, 1, D), FLUX's (S, D)), the rotation of pair (2i, 2i+1)
+        taking cos from position 2i and sin from 2i+1; bounds required.
         A torch.library custom op (mediagate::norm_rope_quantize_for_cudnn).
-    norm_rope_quantize_for_cudnn_reference(...): RMSNorm, `wan_rope_reference`, then
-        `quantize_for_cudnn`, in plain torch and fp32.
+    norm_rope_quantize_for_cudnn_reference(...): the same steps in plain torch and fp32.
     wan_rope_reference(x, freqs_cos, freqs_sin): WanAttnProcessor's rotation of pairs.
 """
 
@@ -115,17 +121,28 @@ def wan_rope_reference(
 
 def norm_rope_quantize_for_cudnn_reference(
     q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound,
-    smooth_k=True, kv_align=128,
+    smooth_k=True, kv_align=128, q_text=None, k_text=None, v_text=None, q_text_weight=None,
+    k_text_weight=None,
 ) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """Wan's processor then the quantization, in plain torch and fp32 throughout."""
-    hd = q.shape[-2] * q.shape[-1]
+    """The processors' norms, [text, image] concatenation and rotation, then the
+    quantization, in plain torch and fp32 throughout."""
+    d = q.shape[-1]
 
-    def normed_rotated(x, weight):
+    def normed(x, weight):
+        if weight.numel() == d:  # per head
+            return torch.nn.functional.rms_norm(x.float(), (d,), weight.float(), eps)
+        hd = x.shape[-2] * d
         x = torch.nn.functional.rms_norm(x.flatten(-2).float(), (hd,), weight.float(), eps)
-        return wan_rope_reference(x.unflatten(-1, q.shape[-2:]), freqs_cos, freqs_sin)
+        return x.unflatten(-1, (-1, d))
 
-    qn, kn = normed_rotated(q, q_weight), normed_rotated(k, k_weight)
-    return quantize_for_cudnn(qn, kn, v, q_bound, k_bound, smooth_k, kv_align)
+    qn, kn, vv = normed(q, q_weight), normed(k, k_weight), v
+    if q_text is not None:
+        qn = torch.cat([normed(q_text, q_text_weight), qn], dim=1)
+        kn = torch.cat([normed(k_text, k_text_weight), kn], dim=1)
+        vv = torch.cat([v_text, v], dim=1)
+    freqs = [f.reshape(1, qn.shape[1], 1, d) for f in (freqs_cos, freqs_sin)]
+    qn, kn = wan_rope_reference(qn, *freqs), wan_rope_reference(kn, *freqs)
+    return quantize_for_cudnn(qn, kn, vv, q_bound, k_bound, smooth_k, kv_align)
 
 
 # ----------------------------------------------------------------------------- Triton
@@ -142,26 +159,39 @@ def _channels(H: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(X, rows, n_rows, row_stride, H: tl.constexpr, H_PAD: tl.constexpr,
-               D: tl.constexpr):
-    ch, cmask = _channels(H, H_PAD, D)
-    mask = (rows < n_rows)[:, None, None] & cmask[None, :, :]
-    offs = rows.to(tl.int64)[:, None, None] * row_stride + ch[None, :, :]
-    return tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+def _load(XA, XB, SPLIT, rows, n_rows, sa, sb, cols, cmask, TEXT: tl.constexpr):
+    # Rows [0, SPLIT) from the text stream XA, the rest from XB (row stride sa, sb); rows at
+    # or past n_rows read 0. rows broadcasts against cols (the channel offsets).
+    r = rows.to(tl.int64)
+    in_b = (rows >= SPLIT) & (rows < n_rows) & cmask
+    x = tl.load(XB + (r - SPLIT) * sb + cols, mask=in_b, other=0.0).to(tl.float32)
+    if TEXT:
+        x += tl.load(XA + r * sa + cols, mask=(rows < SPLIT) & cmask, other=0.0).to(tl.float32)
+    return x
 
 
 @triton.jit
-def _normed_rotated(X, W, COS, SIN, rows, S, row_stride, freq_stride, eps,
+def _normed_rotated(XA, XB, WA, WB, COS, SIN, SPLIT, rows, S, sa, sb, freq_stride, eps,
                     H: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr,
-                    BLOCK: tl.constexpr):
-    # Rows of x as (BLOCK, H_PAD, D) in fp32: RMSNorm over all H·D channels, then each pair
-    # rotated as Wan does (cos at even, sin at odd positions of the frequencies). Rows at or
-    # past S come out 0.
-    x = _load_rows(X, rows, S, row_stride, H, H_PAD, D)
-    rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=2), axis=1) / (H * D) + eps)[:, None, None]
+                    BLOCK: tl.constexpr, PER_HEAD: tl.constexpr, TEXT: tl.constexpr):
+    # Rows of x as (BLOCK, H_PAD, D) in fp32: RMSNorm per head (FLUX) or over all H·D
+    # channels (Wan) with each stream's weight, then each pair rotated (cos at even, sin at
+    # odd positions of the frequencies). Rows at or past S come out 0.
     ch, cmask = _channels(H, H_PAD, D)
-    w = tl.load(W + ch, mask=cmask, other=0.0).to(tl.float32)
-    x = x * rstd * w[None, :, :]
+    r3 = rows[:, None, None]
+    x = _load(XA, XB, SPLIT, r3, S, sa, sb, ch[None], cmask[None], TEXT)
+    if PER_HEAD:
+        rstd = tl.math.rsqrt(tl.sum(x * x, axis=2) / D + eps)[:, :, None]
+        w_at = ch % D
+    else:
+        rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=2), axis=1) / (H * D) + eps)
+        rstd = rstd[:, None, None]
+        w_at = ch
+    w = tl.load(WB + w_at, mask=cmask, other=0.0).to(tl.float32)[None]
+    if TEXT:
+        w_text = tl.load(WA + w_at, mask=cmask, other=0.0).to(tl.float32)[None]
+        w = tl.where(r3 < SPLIT, w_text, w)
+    x = x * rstd * w
     fmask = (rows < S)[:, None]
     pair = rows.to(tl.int64)[:, None] * freq_stride + 2 * tl.arange(0, D // 2)[None, :]
     cos = tl.load(COS + pair, mask=fmask, other=0.0)[:, None, :]
@@ -184,10 +214,11 @@ def _store_e4m3(OUT, x, scale, rows, n_rows, H: tl.constexpr, H_PAD: tl.constexp
 
 @triton.jit
 def _stats_kernel(
-    K, V, WK, COS, SIN, VMAX, KSUM, S, eps, sk_b, sk_s, sv_b, sv_s, freq_stride,
+    KA, KB, VA, VB, WKA, WKB, COS, SIN, VMAX, KSUM, SPLIT, S, eps,
+    ska_b, ska_s, skb_b, skb_s, sva_b, sva_s, svb_b, svb_s, freq_stride,
     N_V, SAMPLE_STRIDE, N_SAMPLE, N_PARTS,
     H: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
-    V_ROWS: tl.constexpr, CHUNK: tl.constexpr,
+    V_ROWS: tl.constexpr, CHUNK: tl.constexpr, PER_HEAD: tl.constexpr, TEXT: tl.constexpr,
 ):
     # Programs [0, N_V): V's channel amax of one head over CHUNK tokens, folded in by an
     # atomic max (order-free). The rest: the sum of BLOCK sampled K tokens after norm and
@@ -202,26 +233,28 @@ def _stats_kernel(
         vmax = tl.zeros([D], dtype=tl.float32)
         for r in range(0, CHUNK, V_ROWS):
             rows = chunk * CHUNK + r + tl.arange(0, V_ROWS)
-            offs = rows.to(tl.int64)[:, None] * sv_s + h * D + d[None, :]
-            v = tl.load(V + b * sv_b + offs, mask=(rows < S)[:, None], other=0.0)
-            vmax = tl.maximum(vmax, tl.max(tl.abs(v.to(tl.float32)), axis=0))
+            v = _load(VA + b * sva_b, VB + b * svb_b, SPLIT, rows[:, None], S, sva_s, svb_s,
+                      (h * D + d)[None, :], (d < D)[None, :], TEXT)
+            vmax = tl.maximum(vmax, tl.max(tl.abs(v), axis=0))
         tl.atomic_max(VMAX + b * (H * D) + h * D + d, vmax, sem="relaxed")
     else:
         part = pid - N_V
         i = part * BLOCK + tl.arange(0, BLOCK)
         rows = tl.where(i < N_SAMPLE, i * SAMPLE_STRIDE, S)
-        k = _normed_rotated(K + b * sk_b, WK, COS, SIN, rows, S, sk_s, freq_stride, eps,
-                            H, H_PAD, D, BLOCK)
+        k = _normed_rotated(KA + b * ska_b, KB + b * skb_b, WKA, WKB, COS, SIN, SPLIT, rows, S,
+                            ska_s, skb_s, freq_stride, eps, H, H_PAD, D, BLOCK, PER_HEAD, TEXT)
         ch, cmask = _channels(H, H_PAD, D)
         tl.store(KSUM + (b * N_PARTS + part) * (H * D) + ch, tl.sum(k, axis=0), mask=cmask)
 
 
 @triton.jit
 def _quantize_kernel(
-    Q, K, V, WQ, WK, COS, SIN, Q_BOUND, K_BOUND, VMAX, KMEAN, Q8, K8, V8,
-    S, S_PAD, eps, sq_b, sq_s, sk_b, sk_s, sv_b, sv_s, freq_stride,
+    QA, QB, KA, KB, VA, VB, WQA, WQB, WKA, WKB, COS, SIN, Q_BOUND, K_BOUND, VMAX, KMEAN,
+    Q8, K8, V8, SPLIT, S, S_PAD, eps,
+    sqa_b, sqa_s, sqb_b, sqb_s, ska_b, ska_s, skb_b, skb_s, sva_b, sva_s, svb_b, svb_s,
+    freq_stride,
     H: tl.constexpr, H_PAD: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
-    SMOOTH: tl.constexpr, PRE_ROUND: tl.constexpr,
+    SMOOTH: tl.constexpr, PER_HEAD: tl.constexpr, TEXT: tl.constexpr, PRE_ROUND: tl.constexpr,
 ):
     # program_id(1) picks the tensor: 0 writes q8 (S rows), 1 k8 and 2 v8 (S_PAD rows, the
     # padding zeros). Scales are 448 · (1 / bound), as torch computes 448 / bound.
@@ -231,13 +264,13 @@ def _quantize_kernel(
     ch, cmask = _channels(H, H_PAD, D)
     one = tl.full([H_PAD, D], 1.0, tl.float32)
     if which == 0:
-        x = _normed_rotated(Q + b * sq_b, WQ, COS, SIN, rows, S, sq_s, freq_stride, eps,
-                            H, H_PAD, D, BLOCK)
+        x = _normed_rotated(QA + b * sqa_b, QB + b * sqb_b, WQA, WQB, COS, SIN, SPLIT, rows, S,
+                            sqa_s, sqb_s, freq_stride, eps, H, H_PAD, D, BLOCK, PER_HEAD, TEXT)
         scale = tl.math.div_rn(one, tl.load(Q_BOUND)) * 448.0
         _store_e4m3(Q8 + b * S * (H * D), x, scale[None], rows, S, H, H_PAD, D, PRE_ROUND)
     elif which == 1:
-        x = _normed_rotated(K + b * sk_b, WK, COS, SIN, rows, S, sk_s, freq_stride, eps,
-                            H, H_PAD, D, BLOCK)
+        x = _normed_rotated(KA + b * ska_b, KB + b * skb_b, WKA, WKB, COS, SIN, SPLIT, rows, S,
+                            ska_s, skb_s, freq_stride, eps, H, H_PAD, D, BLOCK, PER_HEAD, TEXT)
         if SMOOTH:
             mean = tl.load(KMEAN + b * (H * D) + ch, mask=cmask, other=0.0)
             x = tl.where((rows < S)[:, None, None], x - mean[None], 0.0)
@@ -245,7 +278,8 @@ def _quantize_kernel(
         _store_e4m3(K8 + b * S_PAD * (H * D), x, scale[None], rows, S_PAD, H, H_PAD, D,
                     PRE_ROUND)
     else:
-        x = _load_rows(V + b * sv_b, rows, S, sv_s, H, H_PAD, D)
+        x = _load(VA + b * sva_b, VB + b * svb_b, SPLIT, rows[:, None, None], S, sva_s, svb_s,
+                  ch[None], cmask[None], TEXT)
         vmax = tl.load(VMAX + b * (H * D) + ch, mask=cmask, other=1.0)
         scale = tl.math.div_rn(one, tl.maximum(vmax, 1e-12)) * 448.0
         _store_e4m3(V8 + b * S_PAD * (H * D), x, scale[None], rows, S_PAD, H, H_PAD, D,
@@ -255,7 +289,10 @@ def _quantize_kernel(
 # fmt: on
 
 
-def _check(q, k, v, q_weight, k_weight, freqs_cos, freqs_sin) -> None:
+TEXT_ARGS = ("q_text", "k_text", "v_text", "q_text_weight", "k_text_weight")
+
+
+def _check(q, k, v, q_weight, k_weight, freqs_cos, freqs_sin, text) -> None:
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             f"q, k and v must share one (B, S, H, D) shape, got "
@@ -264,15 +301,32 @@ def _check(q, k, v, q_weight, k_weight, freqs_cos, freqs_sin) -> None:
     b, s, h, d = q.shape
     if d < 2 or d & (d - 1):
         raise ValueError(f"head_dim must be a power of two, got {d}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dtype not in (torch.bfloat16, torch.float16):
+    if text is not None:
+        if any(t is None for t in text):
+            raise ValueError(f"the text stream needs all of {', '.join(TEXT_ARGS)}")
+        q_t, k_t, v_t, *text_weights = text
+        same_heads = q_t.dim() == 4 and (q_t.shape[0], *q_t.shape[2:]) == (b, h, d)
+        if not same_heads or not q_t.shape == k_t.shape == v_t.shape:
+            raise ValueError(
+                f"q_text, k_text and v_text must share one (B, S_text, H, D) shape with "
+                f"q's B, H and D {tuple(q.shape)}, got {tuple(q_t.shape)}, {tuple(k_t.shape)}, "
+                f"{tuple(v_t.shape)}"
+            )
+        s += q_t.shape[1]
+    for name, t in (("q", q), ("k", k), ("v", v), *zip(TEXT_ARGS, text or (), strict=False)):
+        if t.dim() == 4 and t.dtype not in (torch.bfloat16, torch.float16):
             raise ValueError(f"{name} must be bf16 or fp16, got {t.dtype}")
-    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
-        if w.numel() != h * d:
-            raise ValueError(f"{name} must have H·D = {h * d} elements, got {w.numel()}")
+    weights = [("q_weight", q_weight), ("k_weight", k_weight)]
+    if text is not None:
+        weights += list(zip(TEXT_ARGS[3:], text[3:], strict=True))
+    if q_weight.numel() not in (d, h * d):
+        raise ValueError(f"q_weight must have D = {d} (per head) or H·D = {h * d} elements")
+    for name, w in weights:
+        if w.numel() != q_weight.numel():
+            raise ValueError(f"{name} must have {q_weight.numel()} elements, as q_weight")
     for name, f in (("freqs_cos", freqs_cos), ("freqs_sin", freqs_sin)):
         if f.numel() != s * d:
-            raise ValueError(f"{name} must be (1, S, 1, D) = (1, {s}, 1, {d}), got {tuple(f.shape)}")
+            raise ValueError(f"{name} must hold (S, D) = ({s}, {d}) values, got {tuple(f.shape)}")
 
 
 def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -282,11 +336,19 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound,
-            smooth_k, kv_align, rows_per_program=ROWS_PER_PROGRAM, num_warps=2):  # fmt: skip
+            smooth_k, kv_align, text=None, rows_per_program=ROWS_PER_PROGRAM, num_warps=2):  # fmt: skip
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
-    b, s, h, d = q.shape
+    if text is None:
+        # No text stream: the kernels' text pointers are never read (TEXT=False).
+        qa, ka, va, wqa, wka, split = q, k, v, q_weight, k_weight, 0
+    else:
+        qa, ka, va = (_rows_contiguous(t) for t in text[:3])
+        wqa, wka, split = text[3], text[4], text[0].shape[1]
+    b, s_img, h, d = q.shape
+    s = split + s_img
     s_pad = s + (-s % kv_align)
     h_pad = triton.next_power_of_2(h)
+    per_head = q_weight.numel() == d
     dev = q.device
     cos = freqs_cos.reshape(s, d).float().contiguous()
     sin = freqs_sin.reshape(s, d).float().contiguous()
@@ -301,21 +363,22 @@ def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_b
     n_v = triton.cdiv(s, V_CHUNK) * h
     vmax = torch.zeros(b, h * d, device=dev, dtype=torch.float32)
     ksum = torch.empty(b, max(n_parts, 1), h * d, device=dev, dtype=torch.float32)
+    st = lambda a, x: (a.stride(0), a.stride(1), x.stride(0), x.stride(1))  # noqa: E731
     _stats_kernel[(n_v + n_parts, b)](
-        k, v, k_weight, cos, sin, vmax, ksum, s, eps, k.stride(0), k.stride(1),
-        v.stride(0), v.stride(1), d, n_v, stride, n_sample, max(n_parts, 1),
-        H=h, H_PAD=h_pad, D=d, BLOCK=sample_block, V_ROWS=32, CHUNK=V_CHUNK, num_warps=2,
+        ka, k, va, v, wka, k_weight, cos, sin, vmax, ksum, split, s, eps, *st(ka, k),
+        *st(va, v), d, n_v, stride, n_sample, max(n_parts, 1),
+        H=h, H_PAD=h_pad, D=d, BLOCK=sample_block, V_ROWS=32, CHUNK=V_CHUNK,
+        PER_HEAD=per_head, TEXT=text is not None, num_warps=2,
     )  # fmt: skip
     k_mean = ksum.sum(dim=1) / n_sample if smooth_k else ksum[:, 0]
     q8 = torch.empty(b, s, h, d, device=dev, dtype=FP8_DTYPE)
     k8 = torch.empty(b, s_pad, h, d, device=dev, dtype=FP8_DTYPE)
     v8 = torch.empty(b, s_pad, h, d, device=dev, dtype=FP8_DTYPE)
     _quantize_kernel[(triton.cdiv(s_pad, rows_per_program), 3, b)](
-        q, k, v, q_weight, k_weight, cos, sin, q_bound, k_bound, vmax, k_mean, q8, k8, v8,
-        s, s_pad, eps, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-        v.stride(1), d,
-        H=h, H_PAD=h_pad, D=d, BLOCK=rows_per_program, SMOOTH=smooth_k,
-        PRE_ROUND=INTERPRETING, num_warps=num_warps,
+        qa, q, ka, k, va, v, wqa, q_weight, wka, k_weight, cos, sin, q_bound, k_bound, vmax,
+        k_mean, q8, k8, v8, split, s, s_pad, eps, *st(qa, q), *st(ka, k), *st(va, v), d,
+        H=h, H_PAD=h_pad, D=d, BLOCK=rows_per_program, SMOOTH=smooth_k, PER_HEAD=per_head,
+        TEXT=text is not None, PRE_ROUND=INTERPRETING, num_warps=num_warps,
     )  # fmt: skip
     v_amax = vmax.clamp(min=AMAX_FLOOR).reshape(b, 1, h, d)
     return q8, k8, v8, q_bound / FP8_MAX, k_bound / FP8_MAX, v_amax
@@ -335,28 +398,39 @@ def norm_rope_quantize_for_cudnn(
     k_bound: torch.Tensor,
     smooth_k: bool = True,
     kv_align: int = 128,
+    q_text: torch.Tensor | None = None,
+    k_text: torch.Tensor | None = None,
+    v_text: torch.Tensor | None = None,
+    q_text_weight: torch.Tensor | None = None,
+    k_text_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Wan's QK RMSNorm (over H·D) and RoPE, then `quantize_for_cudnn`, in two Triton launches."""
-    _check(q, k, v, q_weight, k_weight, freqs_cos, freqs_sin)
+    """QK RMSNorm (per head or over H·D) and RoPE, then `quantize_for_cudnn`, in two launches."""
+    text = _text(q_text, k_text, v_text, q_text_weight, k_text_weight)
+    _check(q, k, v, q_weight, k_weight, freqs_cos, freqs_sin, text)
     if kv_align < 1:
         raise ValueError(f"kv_align must be at least 1, got {kv_align}")
     args = (q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound)
     if not use_triton(q):
-        out = norm_rope_quantize_for_cudnn_reference(*args, smooth_k, kv_align)
+        out = norm_rope_quantize_for_cudnn_reference(*args, smooth_k, kv_align, *(text or ()))
         return tuple(t.contiguous() for t in out)
-    return _launch(*args, smooth_k, kv_align)
+    return _launch(*args, smooth_k, kv_align, text)
+
+
+def _text(*tensors) -> tuple | None:
+    return None if all(t is None for t in tensors) else tensors
 
 
 @norm_rope_quantize_for_cudnn.register_fake
 def _norm_rope_quantize_for_cudnn_fake(
     q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound, smooth_k=True,
-    kv_align=128,
+    kv_align=128, q_text=None, k_text=None, v_text=None, q_text_weight=None, k_text_weight=None,
 ):  # fmt: skip
     b, s, h, d = q.shape
+    s += 0 if q_text is None else q_text.shape[1]
     s_pad = s + (-s % kv_align)
     f32 = torch.float32
     return (
-        q.new_empty(q.shape, dtype=FP8_DTYPE),
+        q.new_empty((b, s, h, d), dtype=FP8_DTYPE),
         q.new_empty((b, s_pad, h, d), dtype=FP8_DTYPE),
         q.new_empty((b, s_pad, h, d), dtype=FP8_DTYPE),
         q.new_empty((1,), dtype=f32),

@@ -33,10 +33,12 @@ from bench.enginebench.common import (
 # ---------------------------------------------------------------------------- FLUX
 
 
-# fast with fp8 attention: the default ("auto": cuDNN's fp8 attention on Hopper), our
-# Triton kernel with its fused norm/RoPE/quantize producer, and without the producer.
+# fast with fp8 attention: the default ("auto": cuDNN's fp8 attention on Hopper, its
+# operands from the fused norm/RoPE/quantize producer), cuDNN without the producer, our
+# Triton kernel with its own producer, and without it.
 FP8_ATTENTION_VARIANTS: dict[str, dict[str, Any]] = {
     "fast-fp8attn": {},
+    "fast-fp8attn-cudnn-separate": {"attention_fp8_producer": False},
     "fast-fp8attn-triton": {"attention_fp8_backend": "triton"},
     "fast-fp8attn-separate": {"attention_fp8_backend": "triton", "attention_fp8_producer": False},
 }

@@ -312,32 +312,57 @@ def attention_fp8_cudnn_rows(
     return _as_rows(o8, unit)
 
 
+def norm_rope_attention_fp8_cudnn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    norm_q: torch.nn.Module,
+    norm_k: torch.nn.Module,
+    rotary: tuple[torch.Tensor, torch.Tensor],
+    text: tuple | None = None,
+    smooth_k: bool = True,
+    kv_align: int | None = None,
+) -> torch.Tensor:
+    """Attention from raw projections q, k, v (B, S, H, D): norms, rotation and quantization
+    in one producer (kernels.cudnn_fp8_operands.norm_rope_quantize_for_cudnn), then cuDNN.
+
+    norm_q / norm_k: RMSNorms per head (FLUX) or over H·D (Wan); rotary: (cos, sin) with
+    each frequency at its pair's positions. text = (q_t, k_t, v_t, norm_added_q,
+    norm_added_k): a stream placed first, with its own norms (FLUX's double blocks).
+    Output (B, S_text + S, H, D) in q's dtype.
+    """
+    o8, unit = _norm_rope_attend(q, k, v, norm_q, norm_k, rotary, text, smooth_k, kv_align)
+    return (o8.float() * unit).to(q.dtype)
+
+
 def norm_rope_attention_fp8_cudnn_rows(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    norm_q: torch.nn.RMSNorm,
-    norm_k: torch.nn.RMSNorm,
+    norm_q: torch.nn.Module,
+    norm_k: torch.nn.Module,
     rotary: tuple[torch.Tensor, torch.Tensor],
     smooth_k: bool = True,
     kv_align: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wan's self attention from its raw projections q, k, v (B, S, H, D) to fp8 rows.
+    """`norm_rope_attention_fp8_cudnn`'s output as the next fp8 linear's input rows
+    (`attention_fp8_cudnn_rows`' requantization): Wan's self attention."""
+    return _as_rows(*_norm_rope_attend(q, k, v, norm_q, norm_k, rotary, None, smooth_k, kv_align))
 
-    norm_q / norm_k (RMSNorms over H·D), the rotation by `rotary` (Wan's freqs_cos,
-    freqs_sin) and the quantization run as one producer
-    (kernels.cudnn_fp8_operands.norm_rope_quantize_for_cudnn), then cuDNN, then
-    `attention_fp8_cudnn_rows`' requantization.
-    """
+
+def _norm_rope_attend(q, k, v, norm_q, norm_k, rotary, text, smooth_k, kv_align):
     from kernels.cudnn_fp8_operands import norm_rope_quantize_for_cudnn
 
     kv_align = KV_ALIGN if kv_align is None else kv_align
-    eps = float(norm_q.eps)
+    norms_q, norms_k, streams, s = (norm_q,), (norm_k,), (), q.shape[1]
+    if text is not None:
+        norms_q, norms_k = norms_q + (text[3],), norms_k + (text[4],)
+        streams, s = (*text[:3], text[3].weight, text[4].weight), s + text[0].shape[1]
     operands = norm_rope_quantize_for_cudnn(
-        q, k, v, norm_q.weight, norm_k.weight, eps, *rotary,
-        rmsnorm_bound(norm_q), rmsnorm_bound(norm_k), smooth_k, kv_align,
+        q, k, v, norm_q.weight, norm_k.weight, float(norm_q.eps), *rotary,
+        rmsnorm_bound(*norms_q), rmsnorm_bound(*norms_k), smooth_k, kv_align, *streams,
     )  # fmt: skip
-    return _as_rows(*_attend_quantized(k.shape[1], *operands))
+    return _attend_quantized(s, *operands)
 
 
 def _as_rows(o8: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -152,9 +152,15 @@ class FluxSDPAProcessor(_SDPAProcessor):
             attn, hidden_states, encoder_hidden_states
         )
         if self._fused_fp8(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
-            hidden_states = _flux_fp8_norm_rope(
-                attn, query, key, value, e_query, e_key, e_value, image_rotary_emb
-            ).flatten(2, 3)
+            produce = (
+                _flux_cudnn_fp8_norm_rope
+                if self.backend == FP8_CUDNN_BACKEND
+                else _flux_fp8_norm_rope
+            )
+            hidden_states = produce(
+                attn, query, key, value, e_query, e_key, e_value, image_rotary_emb,
+                self.fp8_smooth_k,
+            ).flatten(2, 3)  # fmt: skip
             return _flux_out(attn, hidden_states, encoder_hidden_states)
         query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
         key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
@@ -177,7 +183,12 @@ class FluxSDPAProcessor(_SDPAProcessor):
         return _flux_out(attn, hidden_states, encoder_hidden_states)
 
     def _fused_fp8(self, attn, hidden_states, encoder_hidden_states, rotary) -> bool:
-        if self.backend != FP8_BACKEND or not self.fp8_producer or rotary is None:
+        # One producer for norms, rotation and quantization: our kernel's (Triton backend)
+        # or cuDNN's operands (kernels/cudnn_fp8_operands.py), at head dims cuDNN runs.
+        if self.backend not in FP8_BACKENDS or not self.fp8_producer or rotary is None:
+            return False
+        cudnn = self.backend == FP8_CUDNN_BACKEND
+        if cudnn and hidden_states.is_cuda and attn.head_dim not in CUDNN_FP8_HEAD_DIMS:
             return False
         if self._parallel_config is not None:
             return False  # the producer reads the text stream in place: no exchange between
@@ -188,10 +199,13 @@ class FluxSDPAProcessor(_SDPAProcessor):
             norms += [attn.norm_added_q, attn.norm_added_k]
         if any(getattr(n, "weight", None) is None for n in norms):
             return False
+        eps = {getattr(n, "eps", None) for n in norms}
+        if cudnn and (None in eps or len(eps) > 1):
+            return False  # cuDNN's producer takes one eps for both streams
         s = hidden_states.shape[1] + (
             0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         )
-        return s >= self.fp8_min_kv and attn.head_dim >= 32
+        return s >= self.fp8_min_kv and (cudnn or attn.head_dim >= 32)
 
 
 def _flux_out(attn, hidden_states, encoder_hidden_states):
@@ -206,9 +220,26 @@ def _flux_out(attn, hidden_states, encoder_hidden_states):
     return hidden_states
 
 
-def _flux_fp8_norm_rope(attn, query, key, value, e_query, e_key, e_value, rotary):
+def _flux_cudnn_fp8_norm_rope(
+    attn, query, key, value, e_query, e_key, e_value, rotary, smooth_k
+) -> torch.Tensor:
+    # FLUX's QK norms and RoPE fused into cuDNN's fp8 operands, the text stream read in place.
+    from engine.optimization.cudnn_fp8 import norm_rope_attention_fp8_cudnn
+
+    heads = lambda t: t.unflatten(-1, (-1, attn.head_dim))  # noqa: E731
+    text = None
+    if e_query is not None and attn.added_kv_proj_dim is not None:
+        text = (heads(e_query), heads(e_key), heads(e_value))
+        text += (attn.norm_added_q, attn.norm_added_k)
+    return norm_rope_attention_fp8_cudnn(
+        heads(query), heads(key), heads(value), attn.norm_q, attn.norm_k, rotary, text, smooth_k
+    )
+
+
+def _flux_fp8_norm_rope(attn, query, key, value, e_query, e_key, e_value, rotary, smooth_k):
     # QK RMSNorm, RoPE and the fp8 quantization in one producer kernel, the text stream read
-    # in place (kernels/attention_fp8_producer.py), then fp8 attention.
+    # in place (kernels/attention_fp8_producer.py), then fp8 attention. That producer always
+    # centres K (SageAttention's recipe needs it), so smooth_k is not consulted.
     from kernels.attention_fp8_producer import attention_fp8_norm_rope
 
     heads = lambda t: t.unflatten(-1, (-1, attn.head_dim))  # noqa: E731

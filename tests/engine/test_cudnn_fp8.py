@@ -212,6 +212,43 @@ def test_wan_self_attention_from_one_producer_straight_to_fp8_rows():
     assert drift(rows_only, unfused)["cosine"] >= 0.9999
 
 
+def test_flux_attention_from_one_producer_matches_the_separate_steps():
+    from engine.optimization.sdpa import FluxSDPAProcessor
+    from engine.pipelines import build_flux_transformer, flux_transformer_inputs
+
+    model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
+    inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
+    optimize(
+        model,
+        "fast",
+        attention="fp8",
+        attention_fp8_backend="cudnn",
+        attention_fp8_min_kv=0,
+        compile=False,
+    )
+    processors = [
+        m.processor
+        for m in model.modules()
+        if isinstance(getattr(m, "processor", None), FluxSDPAProcessor)
+    ]
+    # Double-stream blocks (a text stream with its own norms) and single-stream ones.
+    assert {p.__class__ for p in processors} == {FluxSDPAProcessor} and len(processors) >= 2
+
+    def run() -> tuple[torch.Tensor, int]:
+        with torch.no_grad(), torch.profiler.profile() as prof:
+            out = model(**inputs)[0].float()
+        calls = [e for e in prof.events() if e.name == "mediagate::norm_rope_quantize_for_cudnn"]
+        return out, len(calls)
+
+    fused, n_fused = run()
+    assert n_fused == len(processors)
+    for proc in processors:
+        proc.fp8_producer = False
+    separate, n_separate = run()
+    assert n_separate == 0
+    assert drift(fused, separate)["cosine"] >= 0.9999
+
+
 def test_auto_picks_our_kernel_without_cudnn_and_rejects_unknown_backends():
     from engine.pipelines import build_flux_transformer
 

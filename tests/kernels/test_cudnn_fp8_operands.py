@@ -1,4 +1,7 @@
-"""Wan's QK norm + RoPE + quantization for cuDNN's fp8 attention (kernels/cudnn_fp8_operands.py).
+"""QK norm + RoPE + quantization for cuDNN's fp8 attention (kernels/cudnn_fp8_operands.py).
+
+Wan's norm over H·D channels of one stream, and FLUX's per-head norms over a text stream
+and an image stream.
 
 The Triton producer against the same steps in plain torch and fp32 (RMSNorm, Wan's
 rotation, `quantize_for_cudnn`): the scales exactly, the e4m3 codes up to the order of a
@@ -11,7 +14,9 @@ import torch
 from kernels.cudnn_fp8_operands import (
     norm_rope_quantize_for_cudnn,
     norm_rope_quantize_for_cudnn_reference,
+    wan_rope_reference,
 )
+from kernels.rope import apply_rope_reference
 
 ON_GPU = torch.cuda.is_available()
 # (B, S, H, D): Wan 2.1 1.3B at 480p, a ragged length, two batches of few heads.
@@ -20,6 +25,8 @@ SHAPES = (
     if ON_GPU
     else [(1, 300, 2, 64), (2, 130, 3, 32)]
 )
+# (B, S_text, S_image, H, D): FLUX.1 at 1024² (double-stream blocks), and ragged ones.
+FLUX_SHAPES = [(1, 512, 4096, 24, 128), (2, 77, 300, 3, 64)] if ON_GPU else [(1, 40, 110, 2, 64)]
 
 
 def _inputs(b, s, h, d, device):
@@ -74,6 +81,51 @@ def test_producer_matches_the_torch_steps(device, shape, smooth_k):
     assert not k8[:, s:].float().any() and not v8[:, s:].float().any()
 
 
+def _flux_inputs(b, st, si, h, d, device):
+    g = torch.Generator().manual_seed(st + si + d)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    def qkv(s):
+        fused = r(b, s, 3 * h * d)
+        fused[..., h * d : 2 * h * d] += 2 * r(h * d)
+        q, k, v = fused.bfloat16().to(device).chunk(3, dim=-1)
+        return [t.unflatten(-1, (h, d)) for t in (q, k, v)]
+
+    # Per-head weights, each stream its own; FluxPosEmbed's tables repeat each frequency
+    # over its pair.
+    w = [(1 + 0.3 * r(d)).bfloat16().to(device) for _ in range(4)]
+    theta = (r(st + si, d // 2) * 3).repeat_interleave(2, dim=-1)
+    cos, sin = theta.cos().to(device), theta.sin().to(device)
+    bound = lambda *ws: max(x.float().abs().amax() for x in ws) * d**0.5 * 1.02  # noqa: E731
+    (q, k, v), (qt, kt, vt) = qkv(si), qkv(st)
+    image = (q, k, v, w[0], w[1], 1e-6, cos, sin, bound(w[0], w[2]), bound(w[1], w[3]))
+    return image, (qt, kt, vt, w[2], w[3])
+
+
+@pytest.mark.parametrize("shape", FLUX_SHAPES)
+def test_producer_reads_flux_text_and_image_streams(device, shape):
+    image, text = _flux_inputs(*shape, device)
+    out = norm_rope_quantize_for_cudnn(*image, True, 128, *text)
+    ref = norm_rope_quantize_for_cudnn_reference(*image, True, 128, *text)
+    s = shape[1] + shape[2]
+    assert out[0].shape == (shape[0], s, shape[3], shape[4])
+    for name, o, r in zip(("q8", "k8", "v8"), out[:3], ref[:3], strict=True):
+        _close_codes(o, r, name)
+    for o, r in zip(out[3:], ref[3:], strict=True):
+        torch.testing.assert_close(o, r, rtol=0, atol=0)
+
+
+def test_pair_rotation_is_fluxs_for_fluxs_tables():
+    # FLUX's tables repeat each frequency over its pair, so cos at even positions and sin
+    # at odd ones rotate exactly as diffusers' apply_rotary_emb does.
+    theta = torch.randn(50, 32).repeat_interleave(2, dim=-1)
+    x = torch.randn(2, 50, 3, 64).bfloat16()
+    ours = wan_rope_reference(x, theta.cos()[None, :, None], theta.sin()[None, :, None])
+    assert torch.equal(ours, apply_rope_reference(x, theta.cos(), theta.sin(), sequence_dim=1))
+
+
 def test_unpadded_keys_and_a_strided_projection(device):
     q, k, v, *rest = _inputs(1, 200, 2, 64, device)
     assert q.stride(1) == 3 * 2 * 64  # chunks of a fused projection, read in place
@@ -97,3 +149,7 @@ def test_bad_arguments_are_named(device):
         call(q, k, v.float(), w_q, w_k, eps, cos, sin, bq, bk)
     with pytest.raises(ValueError, match="kv_align"):
         call(q, k, v, w_q, w_k, eps, cos, sin, bq, bk, True, 0)
+    with pytest.raises(ValueError, match="text stream needs"):
+        call(q, k, v, w_q, w_k, eps, cos, sin, bq, bk, True, 128, q)
+    with pytest.raises(ValueError, match="q_text, k_text and v_text"):
+        call(q, k, v, w_q, w_k, eps, cos, sin, bq, bk, True, 128, q[..., :16], k, v, w_q, w_k)
