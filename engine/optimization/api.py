@@ -23,12 +23,13 @@ cuDNN's fused fp8 attention or our kernel (kernels/attention_fp8.py, SageAttenti
 scales), via the sequence-major
 processors of engine/optimization/sdpa.py, on this instance only; attention over fewer
 than `attention_fp8_min_kv` keys (default 2048: Wan's text cross attention) stays bf16.
-With `attention_fp8_producer` (on by default) FLUX's QK RMSNorm, RoPE and the fp8
-quantization of q, k and v run as one producer kernel (kernels/attention_fp8_producer.py).
+With `attention_fp8_producer` (on by default) the QK RMSNorm, RoPE and the fp8
+quantization of q, k and v run as one producer kernel: for cuDNN, FLUX's and Wan's self
+attention (kernels/cudnn_fp8_operands.py), for our kernel, FLUX's
+(kernels/attention_fp8_producer.py); off, they are left to inductor.
 `attention_fp8_backend` picks the fp8 attention: "cudnn" (cuDNN's fused fp8 attention,
-engine/optimization/cudnn_fp8.py; the quantization left to inductor), "triton" (our
-kernel), or "auto" (default): cuDNN on Hopper where cudnn-frontend is installed, measured
-faster there, else our kernel. `attention_fp8_smooth_k=False` skips the cuDNN path's K
+engine/optimization/cudnn_fp8.py), "triton" (our kernel), or "auto" (default): cuDNN on
+Hopper where cudnn-frontend is installed, measured faster there, else our kernel. `attention_fp8_smooth_k=False` skips the cuDNN path's K
 centring (one reduction over the tokens per attention).
 
 `context_parallel=N` (exact and fast) splits the sequence over N ranks of an initialised
