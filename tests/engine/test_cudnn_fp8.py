@@ -170,12 +170,23 @@ def test_output_rows_are_the_quantized_bf16_output():
     assert torch.equal(xq.view(torch.uint8), ref_q.view(torch.uint8))
 
 
-def test_wan_self_attention_from_one_producer_straight_to_fp8_rows():
-    from engine.optimization.sdpa import WanSDPAProcessor
-    from engine.pipelines import build_wan_transformer, wan_transformer_inputs
+def _fast_cudnn_fp8(build: str):
+    # A tiny model in `fast` with cuDNN's fp8 attention (its emulation on CPU), eager, with
+    # its processors and a run that returns the output and how often each op ran.
+    from engine.optimization.sdpa import FluxSDPAProcessor, WanSDPAProcessor
+    from engine.pipelines import (
+        build_flux_transformer,
+        build_wan_transformer,
+        flux_transformer_inputs,
+        wan_transformer_inputs,
+    )
 
-    model = build_wan_transformer("tiny", seed=0)
-    inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
+    if build == "flux":
+        model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
+        inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
+    else:
+        model = build_wan_transformer("tiny", seed=0)
+        inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
     optimize(
         model,
         "fast",
@@ -184,68 +195,53 @@ def test_wan_self_attention_from_one_producer_straight_to_fp8_rows():
         attention_fp8_min_kv=0,
         compile=False,
     )
+    kinds = (FluxSDPAProcessor, WanSDPAProcessor)
     processors = [
-        m.processor
-        for m in model.modules()
-        if isinstance(getattr(m, "processor", None), WanSDPAProcessor)
+        m.processor for m in model.modules() if isinstance(getattr(m, "processor", None), kinds)
     ]
     assert processors
 
-    def run() -> tuple[torch.Tensor, set[str]]:
+    def run() -> tuple[torch.Tensor, dict[str, int]]:
         with torch.no_grad(), torch.profiler.profile() as prof:
             out = model(**inputs)[0].float()
-        return out, {e.name for e in prof.events()}
+        ran: dict[str, int] = {}
+        for e in prof.events():
+            ran[e.name] = ran.get(e.name, 0) + 1
+        return out, ran
 
+    return processors, run
+
+
+PRODUCER = "mediagate::norm_rope_quantize_for_cudnn"
+REQUANTIZE = "mediagate::requantize_fp8_rowwise"
+
+
+def test_wan_self_attention_from_one_producer_straight_to_fp8_rows():
+    processors, run = _fast_cudnn_fp8("wan")
     fused, ran = run()
-    assert {"mediagate::norm_rope_quantize_for_cudnn", "mediagate::requantize_fp8_rowwise"} <= ran
+    assert PRODUCER in ran and REQUANTIZE in ran
     for proc in processors:
         proc.fp8_producer = False
     rows_only, ran = run()
-    assert "mediagate::norm_rope_quantize_for_cudnn" not in ran
-    assert "mediagate::requantize_fp8_rowwise" in ran
+    assert PRODUCER not in ran and REQUANTIZE in ran
     for proc in processors:
         proc.fuse_fp8_output = False
     unfused, ran = run()
-    assert "mediagate::requantize_fp8_rowwise" not in ran
+    assert REQUANTIZE not in ran
     # The same codes either way, up to how a sum or a row's 448 / amax is rounded.
     assert drift(fused, rows_only)["cosine"] >= 0.9999
     assert drift(rows_only, unfused)["cosine"] >= 0.9999
 
 
 def test_flux_attention_from_one_producer_matches_the_separate_steps():
-    from engine.optimization.sdpa import FluxSDPAProcessor
-    from engine.pipelines import build_flux_transformer, flux_transformer_inputs
-
-    model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
-    inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
-    optimize(
-        model,
-        "fast",
-        attention="fp8",
-        attention_fp8_backend="cudnn",
-        attention_fp8_min_kv=0,
-        compile=False,
-    )
-    processors = [
-        m.processor
-        for m in model.modules()
-        if isinstance(getattr(m, "processor", None), FluxSDPAProcessor)
-    ]
     # Double-stream blocks (a text stream with its own norms) and single-stream ones.
-    assert {p.__class__ for p in processors} == {FluxSDPAProcessor} and len(processors) >= 2
-
-    def run() -> tuple[torch.Tensor, int]:
-        with torch.no_grad(), torch.profiler.profile() as prof:
-            out = model(**inputs)[0].float()
-        calls = [e for e in prof.events() if e.name == "mediagate::norm_rope_quantize_for_cudnn"]
-        return out, len(calls)
-
-    fused, n_fused = run()
-    assert n_fused == len(processors)
+    processors, run = _fast_cudnn_fp8("flux")
+    fused, ran = run()
+    assert ran.get(PRODUCER) == len(processors) >= 2
     for proc in processors:
         proc.fp8_producer = False
-    separate, n_separate = run()
-    assert n_separate == 0
+    separate, ran = run()
+    assert PRODUCER not in ran
     assert drift(fused, separate)["cosine"] >= 0.9999
 
 
