@@ -29,8 +29,9 @@ attention (kernels/cudnn_fp8_operands.py), for our kernel, FLUX's
 (kernels/attention_fp8_producer.py); off, they are left to inductor.
 `attention_fp8_backend` picks the fp8 attention: "cudnn" (cuDNN's fused fp8 attention,
 engine/optimization/cudnn_fp8.py), "triton" (our kernel), or "auto" (default): cuDNN on
-Hopper where cudnn-frontend is installed, measured faster there, else our kernel. `attention_fp8_smooth_k=False` skips the cuDNN path's K
-centring (one reduction over the tokens per attention).
+Hopper where cudnn-frontend is installed, measured faster there, else our kernel.
+`attention_fp8_smooth_k=False` skips the cuDNN path's K centring (one reduction over the
+tokens per attention).
 
 `context_parallel=N` (exact and fast) splits the sequence over N ranks of an initialised
 torch.distributed group, Ulysses-style, through diffusers' `enable_parallelism`
