@@ -304,7 +304,7 @@ def _check(q, k, v, q_weight, k_weight, freqs_cos, freqs_sin, text) -> None:
     if text is not None:
         if any(t is None for t in text):
             raise ValueError(f"the text stream needs all of {', '.join(TEXT_ARGS)}")
-        q_t, k_t, v_t, *text_weights = text
+        q_t, k_t, v_t = text[:3]
         same_heads = q_t.dim() == 4 and (q_t.shape[0], *q_t.shape[2:]) == (b, h, d)
         if not same_heads or not q_t.shape == k_t.shape == v_t.shape:
             raise ValueError(

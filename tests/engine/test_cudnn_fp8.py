@@ -125,8 +125,8 @@ def test_op_traces_under_compile():
     assert drift(out.float(), _exact(q, k, v))["cosine"] >= 0.995
 
 
-@pytest.mark.parametrize("build", ["flux", "wan"])
-def test_fast_with_cudnn_fp8_attention_matches_eager(build):
+def _tiny(build: str):
+    """A tiny FLUX or Wan transformer (bf16 FLUX) and its inputs."""
     from engine.pipelines import (
         build_flux_transformer,
         build_wan_transformer,
@@ -140,16 +140,26 @@ def test_fast_with_cudnn_fp8_attention_matches_eager(build):
     else:
         model = build_wan_transformer("tiny", seed=0)
         inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
-    with torch.no_grad():
-        ref = model(**inputs)[0].float()
+    return model, inputs
+
+
+def _fast_cudnn_fp8_optimize(model, **kwargs) -> None:
     optimize(
         model,
         "fast",
         attention="fp8",
         attention_fp8_backend="cudnn",
         attention_fp8_min_kv=0,
-        compile_backend="aot_eager",
+        **kwargs,
     )
+
+
+@pytest.mark.parametrize("build", ["flux", "wan"])
+def test_fast_with_cudnn_fp8_attention_matches_eager(build):
+    model, inputs = _tiny(build)
+    with torch.no_grad():
+        ref = model(**inputs)[0].float()
+    _fast_cudnn_fp8_optimize(model, compile_backend="aot_eager")
     assert report_of(model).attention_backend == "sdpa_bshd:fp8-cudnn"
     with torch.no_grad():
         out = model(**inputs)[0].float()
@@ -174,27 +184,9 @@ def _fast_cudnn_fp8(build: str):
     # A tiny model in `fast` with cuDNN's fp8 attention (its emulation on CPU), eager, with
     # its processors and a run that returns the output and how often each op ran.
     from engine.optimization.sdpa import FluxSDPAProcessor, WanSDPAProcessor
-    from engine.pipelines import (
-        build_flux_transformer,
-        build_wan_transformer,
-        flux_transformer_inputs,
-        wan_transformer_inputs,
-    )
 
-    if build == "flux":
-        model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
-        inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
-    else:
-        model = build_wan_transformer("tiny", seed=0)
-        inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
-    optimize(
-        model,
-        "fast",
-        attention="fp8",
-        attention_fp8_backend="cudnn",
-        attention_fp8_min_kv=0,
-        compile=False,
-    )
+    model, inputs = _tiny(build)
+    _fast_cudnn_fp8_optimize(model, compile=False)
     kinds = (FluxSDPAProcessor, WanSDPAProcessor)
     processors = [
         m.processor for m in model.modules() if isinstance(getattr(m, "processor", None), kinds)
