@@ -122,7 +122,8 @@ def main() -> None:
     parser.add_argument(
         "--flux-variants",
         default="exact,fast,turbo",
-        help="besides eager (and compile): any of exact, fast, turbo, fast-fp8attn",
+        help="besides eager (and compile): any of exact, fast, turbo, fast-fp8attn[-cudnn-"
+        "separate|-triton|-separate]; A/B suffixes -unaligned, -unfused",
     )
     parser.add_argument(
         "--wan-variants",

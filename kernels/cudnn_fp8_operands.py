@@ -14,12 +14,14 @@ Wan normalizes q and k over all heads at once (an RMSNorm over H·D channels), F
 and per stream (text tokens first, with their own weights); both rotate pairs (RoPE) and
 attend. Compiled, the norms, rotations, K's centring, V's channel amax, the casts and the
 padding ran as five kernels, about 490 us per Wan block at 480p (H200) for some 140 us of
-traffic. `norm_rope_quantize_for_cudnn` does the same in two launches: a statistics pass
+traffic. `norm_rope_quantize_for_cudnn` does the same in two passes: a statistics pass
 (V's channel amax; the sum of K's sampled tokens after norm and rotation), then one pass that
 reads each row of q, k and v once and writes q8, k8 and v8; FLUX's text stream is read in
 place, so the concatenation is never written. Values stay in fp32 from the load to the e4m3
 cast, as inductor keeps them inside its fused kernels (no bf16 rounding after the norm or
-the rotation), so both give the same codes up to the order of the sums.
+the rotation), so both give the same codes up to the order of the sums. The small steps
+between the two passes (the bounds from the norm weights, K's mean from its partial sums,
+V's amax floor, the descales) are one small kernel rather than a dozen torch launches.
 
 API:
     quantize_for_cudnn(q, k, v, q_bound=None, k_bound=None, smooth_k=True, kv_align=1)
@@ -27,7 +29,7 @@ API:
         q, k, v (B, S, H, D); bounds 0-d fp32 tensors (None: the amax is taken). q8 (B, S, H, D),
         k8 and v8 (B, S_pad, H, D) e4m3; descales (1,) fp32; v_amax (B, 1, H, D) fp32.
     norm_rope_quantize_for_cudnn(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin,
-                                 q_bound, k_bound, smooth_k=True, kv_align=128,
+                                 smooth_k=True, kv_align=128,
                                  q_text=None, k_text=None, v_text=None,
                                  q_text_weight=None, k_text_weight=None) -> the same
         q, k, v (B, S, H, D) bf16 projections before the norm (each row of H·D channels
@@ -35,13 +37,18 @@ API:
         (D,) for a norm per head or (H·D,) for one over the row; the text stream, if any,
         (B, S_text, H, D) with its own weights, placed first; freqs holding (S_text + S, D)
         fp32 values (Wan's (1, S, 1, D), FLUX's (S, D)), the rotation of pair (2i, 2i+1)
-        taking cos from position 2i and sin from 2i+1; bounds required.
+        taking cos from position 2i and sin from 2i+1. The bounds of q and k are the norms'
+        (`rmsnorm_bound_of`), taken from the weights inside the kernels.
         A torch.library custom op (mediagate::norm_rope_quantize_for_cudnn).
+    rmsnorm_bound_of(*weights) -> 0-d fp32: max |x| after RMSNorms with these weights and a
+        rotation, sqrt(n)·max|w|·BOUND_MARGIN.
     norm_rope_quantize_for_cudnn_reference(...): the same steps in plain torch and fp32.
     wan_rope_reference(x, freqs_cos, freqs_sin): WanAttnProcessor's rotation of pairs.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -50,11 +57,15 @@ import triton.language as tl
 from kernels._utils import INTERPRETING, use_triton
 from kernels.fp8 import AMAX_FLOOR, FP8_DTYPE, FP8_MAX, _round_to_e4m3
 
+BOUND_MARGIN = 1.02
+"""Headroom over the RMSNorm bound for bf16 rounding of the norm and the rotation."""
 K_MEAN_SAMPLE = 256
 """Tokens K's centring vector is averaged over (evenly spaced; all of them when fewer)."""
 ROWS_PER_PROGRAM = 2
 """Token rows per program of the quantizing pass, each row all H·D channels, at 2 warps:
 164 us at Wan's 32,760 x 12 x 128 on an H200, against 174-230 us for 1-8 rows at 1-8 warps."""
+FINISH_CHANNELS = 128
+"""Channels per program of the step between the two passes (K's mean, V's amax floor)."""
 V_CHUNK = 256
 """Tokens per program (of one head) in the statistics pass's V amax, 32 rows at a time at
 2 warps: 44 us with K's sample at Wan's shape (H200), against 47-83 us for other tiles."""
@@ -101,7 +112,11 @@ def quantize_for_cudnn(
     q8 = _to_e4m3(qf, FP8_MAX / q_bound)
     k8 = _to_e4m3(kf, FP8_MAX / k_bound)
     v8 = _to_e4m3(vf, FP8_MAX / v_amax)
-    return q8, k8, v8, (q_bound / FP8_MAX).reshape(1), (k_bound / FP8_MAX).reshape(1), v_amax
+    # Tensor by tensor: torch divides by a Python scalar through its reciprocal, one ulp off
+    # the correctly rounded quotient at times, which the producer computes.
+    fp8_max = torch.full_like(q_bound, FP8_MAX)
+    descales = (q_bound / fp8_max).reshape(1), (k_bound / fp8_max).reshape(1)
+    return q8, k8, v8, *descales, v_amax
 
 
 def wan_rope_reference(
@@ -119,8 +134,16 @@ def wan_rope_reference(
     return out.flatten(-2).type_as(x)
 
 
+def rmsnorm_bound_of(*weights: torch.Tensor) -> torch.Tensor:
+    """max |x| after an RMSNorm with any of these weights (n elements each) and a rotation:
+    every normed element is at most sqrt(n)·max|w|, and RoPE rotates pairs without growing
+    them; BOUND_MARGIN covers bf16 rounding."""
+    amax = torch.stack([w.detach().float().abs().amax() for w in weights]).amax()
+    return amax * math.sqrt(weights[0].numel()) * BOUND_MARGIN
+
+
 def norm_rope_quantize_for_cudnn_reference(
-    q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound,
+    q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin,
     smooth_k=True, kv_align=128, q_text=None, k_text=None, v_text=None, q_text_weight=None,
     k_text_weight=None,
 ) -> tuple[torch.Tensor, ...]:  # fmt: skip
@@ -142,6 +165,9 @@ def norm_rope_quantize_for_cudnn_reference(
         vv = torch.cat([v_text, v], dim=1)
     freqs = [f.reshape(1, qn.shape[1], 1, d) for f in (freqs_cos, freqs_sin)]
     qn, kn = wan_rope_reference(qn, *freqs), wan_rope_reference(kn, *freqs)
+    text_w = () if q_text is None else (q_text_weight, k_text_weight)
+    q_bound = rmsnorm_bound_of(q_weight, *text_w[:1])
+    k_bound = rmsnorm_bound_of(k_weight, *text_w[1:])
     return quantize_for_cudnn(qn, kn, vv, q_bound, k_bound, smooth_k, kv_align)
 
 
@@ -213,6 +239,53 @@ def _store_e4m3(OUT, x, scale, rows, n_rows, H: tl.constexpr, H_PAD: tl.constexp
 
 
 @triton.jit
+def _rmsnorm_bound(WA, WB, N, sqrt_n, margin, TEXT: tl.constexpr, BLOCK: tl.constexpr):
+    # rmsnorm_bound_of in the same fp32 steps: (max|w| · sqrt(n)) · margin, floored; shape (1,).
+    amax = tl.zeros([BLOCK], dtype=tl.float32)
+    for c in range(0, N, BLOCK):
+        i = c + tl.arange(0, BLOCK)
+        amax = tl.maximum(amax, tl.abs(tl.load(WB + i, mask=i < N, other=0.0).to(tl.float32)))
+        if TEXT:
+            w = tl.load(WA + i, mask=i < N, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(w))
+    return tl.maximum(tl.max(amax, axis=0, keep_dims=True) * sqrt_n * margin, 1e-12)
+
+
+@triton.jit
+def _finish_stats_kernel(
+    WQA, WQB, WKA, WKB, VMAX, KSUM, KMEAN, VAMAX, BOUNDS, DESCALE_Q, DESCALE_K,
+    n_w, sqrt_n, margin, N_SAMPLE, N_PARTS, HD,
+    SMOOTH: tl.constexpr, TEXT: tl.constexpr, PARTS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # BLOCK channels of batch program_id(1): K's mean from the partial sums (a fixed order:
+    # the same result every run), V's amax floored; program (0, 0) also the bounds of q and k
+    # from the norm weights, and the descales.
+    c = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    ch = c * BLOCK + tl.arange(0, BLOCK)
+    cmask = ch < HD
+    vmax = tl.load(VMAX + b * HD + ch, mask=cmask, other=1.0)
+    tl.store(VAMAX + b * HD + ch, tl.maximum(vmax, 1e-12), mask=cmask)
+    if SMOOTH:
+        parts = tl.arange(0, PARTS)[:, None]
+        mask = (parts < N_PARTS) & cmask[None, :]
+        ksum = tl.load(KSUM + (b * N_PARTS + parts) * HD + ch[None, :], mask=mask, other=0.0)
+        n = tl.full([BLOCK], N_SAMPLE, tl.float32)
+        tl.store(KMEAN + b * HD + ch, tl.math.div_rn(tl.sum(ksum, axis=0), n), mask=cmask)
+    if c == 0 and b == 0:
+        q_bound = _rmsnorm_bound(WQA, WQB, n_w, sqrt_n, margin, TEXT, 512)
+        k_bound = _rmsnorm_bound(WKA, WKB, n_w, sqrt_n, margin, TEXT, 512)
+        if SMOOTH:
+            k_bound = 2 * k_bound  # |k - c| <= 2 max|k| for c inside k's range
+        fp8_max = tl.full([1], 448.0, tl.float32)
+        one = tl.arange(0, 1)
+        tl.store(BOUNDS + one, q_bound)
+        tl.store(BOUNDS + 1 + one, k_bound)
+        tl.store(DESCALE_Q + one, tl.math.div_rn(q_bound, fp8_max))
+        tl.store(DESCALE_K + one, tl.math.div_rn(k_bound, fp8_max))
+
+
+@triton.jit
 def _stats_kernel(
     KA, KB, VA, VB, WKA, WKB, COS, SIN, VMAX, KSUM, SPLIT, S, eps,
     ska_b, ska_s, skb_b, skb_s, sva_b, sva_s, svb_b, svb_s, freq_stride,
@@ -222,7 +295,7 @@ def _stats_kernel(
 ):
     # Programs [0, N_V): V's channel amax of one head over CHUNK tokens, folded in by an
     # atomic max (order-free). The rest: the sum of BLOCK sampled K tokens after norm and
-    # rotation, one partial sum per program (summed by the caller, in a fixed order).
+    # rotation, one partial sum per program (summed by `_finish_stats_kernel`).
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     if pid < N_V:
@@ -249,7 +322,7 @@ def _stats_kernel(
 
 @triton.jit
 def _quantize_kernel(
-    QA, QB, KA, KB, VA, VB, WQA, WQB, WKA, WKB, COS, SIN, Q_BOUND, K_BOUND, VMAX, KMEAN,
+    QA, QB, KA, KB, VA, VB, WQA, WQB, WKA, WKB, COS, SIN, BOUNDS, VAMAX, KMEAN,
     Q8, K8, V8, SPLIT, S, S_PAD, eps,
     sqa_b, sqa_s, sqb_b, sqb_s, ska_b, ska_s, skb_b, skb_s, sva_b, sva_s, svb_b, svb_s,
     freq_stride,
@@ -266,7 +339,7 @@ def _quantize_kernel(
     if which == 0:
         x = _normed_rotated(QA + b * sqa_b, QB + b * sqb_b, WQA, WQB, COS, SIN, SPLIT, rows, S,
                             sqa_s, sqb_s, freq_stride, eps, H, H_PAD, D, BLOCK, PER_HEAD, TEXT)
-        scale = tl.math.div_rn(one, tl.load(Q_BOUND)) * 448.0
+        scale = tl.math.div_rn(one, tl.load(BOUNDS)) * 448.0
         _store_e4m3(Q8 + b * S * (H * D), x, scale[None], rows, S, H, H_PAD, D, PRE_ROUND)
     elif which == 1:
         x = _normed_rotated(KA + b * ska_b, KB + b * skb_b, WKA, WKB, COS, SIN, SPLIT, rows, S,
@@ -274,14 +347,14 @@ def _quantize_kernel(
         if SMOOTH:
             mean = tl.load(KMEAN + b * (H * D) + ch, mask=cmask, other=0.0)
             x = tl.where((rows < S)[:, None, None], x - mean[None], 0.0)
-        scale = tl.math.div_rn(one, tl.load(K_BOUND)) * 448.0
+        scale = tl.math.div_rn(one, tl.load(BOUNDS + 1)) * 448.0
         _store_e4m3(K8 + b * S_PAD * (H * D), x, scale[None], rows, S_PAD, H, H_PAD, D,
                     PRE_ROUND)
     else:
         x = _load(VA + b * sva_b, VB + b * svb_b, SPLIT, rows[:, None, None], S, sva_s, svb_s,
                   ch[None], cmask[None], TEXT)
-        vmax = tl.load(VMAX + b * (H * D) + ch, mask=cmask, other=1.0)
-        scale = tl.math.div_rn(one, tl.maximum(vmax, 1e-12)) * 448.0
+        vamax = tl.load(VAMAX + b * (H * D) + ch, mask=cmask, other=1.0)
+        scale = tl.math.div_rn(one, vamax) * 448.0
         _store_e4m3(V8 + b * S_PAD * (H * D), x, scale[None], rows, S_PAD, H, H_PAD, D,
                     PRE_ROUND)
 
@@ -335,8 +408,8 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 and t.stride(-2) == d else t.contiguous()
 
 
-def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound,
-            smooth_k, kv_align, text=None, rows_per_program=ROWS_PER_PROGRAM, num_warps=2):  # fmt: skip
+def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, smooth_k, kv_align,
+            text=None, rows_per_program=ROWS_PER_PROGRAM, num_warps=2):  # fmt: skip
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     if text is None:
         # No text stream: the kernels' text pointers are never read (TEXT=False).
@@ -352,17 +425,18 @@ def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_b
     dev = q.device
     cos = freqs_cos.reshape(s, d).float().contiguous()
     sin = freqs_sin.reshape(s, d).float().contiguous()
-    q_bound = q_bound.float().clamp(min=AMAX_FLOOR).reshape(1)
-    k_bound = k_bound.float().clamp(min=AMAX_FLOOR).reshape(1)
-    if smooth_k:
-        k_bound = 2 * k_bound
     stride = _k_mean_stride(s)
     n_sample = triton.cdiv(s, stride)
     sample_block = 4
     n_parts = triton.cdiv(n_sample, sample_block) if smooth_k else 0
     n_v = triton.cdiv(s, V_CHUNK) * h
-    vmax = torch.zeros(b, h * d, device=dev, dtype=torch.float32)
-    ksum = torch.empty(b, max(n_parts, 1), h * d, device=dev, dtype=torch.float32)
+    f32 = torch.float32
+    vmax = torch.zeros(b, h * d, device=dev, dtype=f32)
+    ksum = torch.empty(b, max(n_parts, 1), h * d, device=dev, dtype=f32)
+    k_mean = torch.empty(b, h * d, device=dev, dtype=f32)
+    v_amax = torch.empty(b, 1, h, d, device=dev, dtype=f32)
+    bounds = torch.empty(2, device=dev, dtype=f32)
+    descale_q, descale_k = (torch.empty(1, device=dev, dtype=f32) for _ in range(2))
     st = lambda a, x: (a.stride(0), a.stride(1), x.stride(0), x.stride(1))  # noqa: E731
     _stats_kernel[(n_v + n_parts, b)](
         ka, k, va, v, wka, k_weight, cos, sin, vmax, ksum, split, s, eps, *st(ka, k),
@@ -370,18 +444,22 @@ def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_b
         H=h, H_PAD=h_pad, D=d, BLOCK=sample_block, V_ROWS=32, CHUNK=V_CHUNK,
         PER_HEAD=per_head, TEXT=text is not None, num_warps=2,
     )  # fmt: skip
-    k_mean = ksum.sum(dim=1) / n_sample if smooth_k else ksum[:, 0]
+    _finish_stats_kernel[(triton.cdiv(h * d, FINISH_CHANNELS), b)](
+        wqa, q_weight, wka, k_weight, vmax, ksum, k_mean, v_amax, bounds, descale_q, descale_k,
+        q_weight.numel(), math.sqrt(q_weight.numel()), BOUND_MARGIN, n_sample,
+        max(n_parts, 1), h * d, SMOOTH=smooth_k, TEXT=text is not None,
+        PARTS=triton.next_power_of_2(max(n_parts, 1)), BLOCK=FINISH_CHANNELS, num_warps=4,
+    )  # fmt: skip
     q8 = torch.empty(b, s, h, d, device=dev, dtype=FP8_DTYPE)
     k8 = torch.empty(b, s_pad, h, d, device=dev, dtype=FP8_DTYPE)
     v8 = torch.empty(b, s_pad, h, d, device=dev, dtype=FP8_DTYPE)
     _quantize_kernel[(triton.cdiv(s_pad, rows_per_program), 3, b)](
-        qa, q, ka, k, va, v, wqa, q_weight, wka, k_weight, cos, sin, q_bound, k_bound, vmax,
-        k_mean, q8, k8, v8, split, s, s_pad, eps, *st(qa, q), *st(ka, k), *st(va, v), d,
+        qa, q, ka, k, va, v, wqa, q_weight, wka, k_weight, cos, sin, bounds, v_amax, k_mean,
+        q8, k8, v8, split, s, s_pad, eps, *st(qa, q), *st(ka, k), *st(va, v), d,
         H=h, H_PAD=h_pad, D=d, BLOCK=rows_per_program, SMOOTH=smooth_k, PER_HEAD=per_head,
         TEXT=text is not None, PRE_ROUND=INTERPRETING, num_warps=num_warps,
     )  # fmt: skip
-    v_amax = vmax.clamp(min=AMAX_FLOOR).reshape(b, 1, h, d)
-    return q8, k8, v8, q_bound / FP8_MAX, k_bound / FP8_MAX, v_amax
+    return q8, k8, v8, descale_q, descale_k, v_amax
 
 
 @torch.library.custom_op("mediagate::norm_rope_quantize_for_cudnn", mutates_args=())
@@ -394,8 +472,6 @@ def norm_rope_quantize_for_cudnn(
     eps: float,
     freqs_cos: torch.Tensor,
     freqs_sin: torch.Tensor,
-    q_bound: torch.Tensor,
-    k_bound: torch.Tensor,
     smooth_k: bool = True,
     kv_align: int = 128,
     q_text: torch.Tensor | None = None,
@@ -404,12 +480,13 @@ def norm_rope_quantize_for_cudnn(
     q_text_weight: torch.Tensor | None = None,
     k_text_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """QK RMSNorm (per head or over H·D) and RoPE, then `quantize_for_cudnn`, in two launches."""
+    """QK RMSNorm (per head or over H·D) and RoPE, then `quantize_for_cudnn` with the norms'
+    bounds, in three launches."""
     text = _text(q_text, k_text, v_text, q_text_weight, k_text_weight)
     _check(q, k, v, q_weight, k_weight, freqs_cos, freqs_sin, text)
     if kv_align < 1:
         raise ValueError(f"kv_align must be at least 1, got {kv_align}")
-    args = (q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound)
+    args = (q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin)
     if not use_triton(q):
         out = norm_rope_quantize_for_cudnn_reference(*args, smooth_k, kv_align, *(text or ()))
         return tuple(t.contiguous() for t in out)
@@ -422,8 +499,7 @@ def _text(*tensors) -> tuple | None:
 
 @norm_rope_quantize_for_cudnn.register_fake
 def _norm_rope_quantize_for_cudnn_fake(
-    q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, q_bound, k_bound, smooth_k=True,
-    kv_align=128, q_text=None, k_text=None, v_text=None, q_text_weight=None, k_text_weight=None,
+    q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, smooth_k=True, kv_align=128, q_text=None, k_text=None, v_text=None, q_text_weight=None, k_text_weight=None,
 ):  # fmt: skip
     b, s, h, d = q.shape
     s += 0 if q_text is None else q_text.shape[1]

@@ -135,21 +135,36 @@ def _load_segment(P, row, start, n, SEG: tl.constexpr):
 
 
 @triton.jit
+def _from_columns(x, C, c_row, n, cols, mask, PRE_ROUND: tl.constexpr):
+    # x in per-column units (an e4m3 attention output): rescaled by its row of scales and
+    # rounded to bf16, the values the bf16 output would have held.
+    x = x * tl.load(C + c_row * n + cols, mask=mask, other=0.0)
+    if PRE_ROUND:
+        x = _round_to_bf16(x)
+    return x.to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
 def _quantize_segments_kernel(
-    A, B, Q, S, NA, NB,
-    PRE_ROUND: tl.constexpr, HW_TANH: tl.constexpr,
+    A, B, Q, S, C, NA, NB, ROWS_PER_C,
+    PRE_ROUND: tl.constexpr, HW_TANH: tl.constexpr, A_COLUMNS: tl.constexpr,
     SA0: tl.constexpr, SA1: tl.constexpr, SB0: tl.constexpr, SB1: tl.constexpr,
 ):
     # One row per program: cat([A row, gelu(B row)]) held in registers as up to four
     # power-of-two segments (SA0 + SA1 >= NA, SB0 + SB1 >= NB; 0 = absent), so that a row of
-    # 8,960 pads to 9,216 lanes instead of 16,384.
+    # 8,960 pads to 9,216 lanes instead of 16,384. A_COLUMNS: A in per-column units C, one
+    # row of C per ROWS_PER_C rows.
     row = tl.program_id(0).to(tl.int64)
     amax = tl.zeros((1,), tl.float32)
     if SA0 > 0:
         a0, ca0, ma0 = _load_segment(A, row, 0, NA, SA0)
+        if A_COLUMNS:
+            a0 = _from_columns(a0, C, row // ROWS_PER_C, NA, ca0, ma0, PRE_ROUND)
         amax = tl.maximum(amax, tl.max(tl.abs(a0), axis=1))
     if SA1 > 0:
         a1, ca1, ma1 = _load_segment(A, row, SA0, NA, SA1)
+        if A_COLUMNS:
+            a1 = _from_columns(a1, C, row // ROWS_PER_C, NA, ca1, ma1, PRE_ROUND)
         amax = tl.maximum(amax, tl.max(tl.abs(a1), axis=1))
     if SB0 > 0:
         b0, cb0, mb0 = _load_segment(B, row, 0, NB, SB0)
@@ -180,8 +195,9 @@ def _segments(n: int) -> tuple[int, int]:
     return (n, 0) if high == n else (high, triton.next_power_of_2(n - high))
 
 
-def _quantize_segments(a: torch.Tensor | None, b: torch.Tensor):
-    # Rows of cat([a, gelu(b)]): a (M, NA) or None, b (M, NB), both contiguous.
+def _quantize_segments(a: torch.Tensor | None, b: torch.Tensor, a_columns=None, rows_per_c=1):
+    # Rows of cat([a, gelu(b)]): a (M, NA) or None, b (M, NB), both contiguous; a_columns
+    # (M / rows_per_c, NA): a's per-column units.
     m, nb = b.shape
     na = 0 if a is None else a.shape[1]
     q = b.new_empty((m, na + nb), dtype=FP8_DTYPE)
@@ -192,8 +208,9 @@ def _quantize_segments(a: torch.Tensor | None, b: torch.Tensor):
         # warps on an H200, 320 / 320 / 347 on an H100; FLUX's 12,288 on the H100: 77 / 67 /
         # 64 us (and 3,072 + 12,288 faster at 8).
         _quantize_segments_kernel[(m,)](
-            b if a is None else a, b, q, s, na, nb,
-            PRE_ROUND=INTERPRETING, HW_TANH=not INTERPRETING,
+            b if a is None else a, b, q, s, b if a_columns is None else a_columns, na, nb,
+            rows_per_c, PRE_ROUND=INTERPRETING, HW_TANH=not INTERPRETING,
+            A_COLUMNS=a_columns is not None,
             SA0=sa0, SA1=sa1, SB0=sb0, SB1=sb1, num_warps=2 if na + nb <= 10240 else 8,
         )
     return q, s
@@ -277,13 +294,7 @@ def requantize_fp8_rowwise(
     One pass from an e4m3 tensor with per-column scales (an fp8 attention's output, V's
     per-channel scales) to the next fp8 linear's input, without writing the bf16 values.
     """
-    if x8.dim() != 3 or x8.dtype != FP8_DTYPE:
-        raise ValueError(f"x8 must be (B, S, K) float8_e4m3fn, got {tuple(x8.shape)} {x8.dtype}")
-    if col_scale.shape != (x8.shape[0], 1, x8.shape[2]) or col_scale.dtype != torch.float32:
-        raise ValueError(
-            f"col_scale must be (B, 1, K) = {(x8.shape[0], 1, x8.shape[2])} float32, "
-            f"got {tuple(col_scale.shape)} {col_scale.dtype}"
-        )
+    _check_columns(x8, col_scale, "x8", "col_scale")
     if not use_triton(x8):
         q, s = requantize_fp8_rowwise_reference(x8, col_scale)
         return q.contiguous(), s.contiguous()
@@ -329,19 +340,43 @@ def _quantize_gelu_fp8_rowwise_fake(x):
 
 @torch.library.custom_op("mediagate::quantize_cat_gelu_fp8_rowwise", mutates_args=())
 def quantize_cat_gelu_fp8_rowwise(
-    a: torch.Tensor, b: torch.Tensor
+    a: torch.Tensor, b: torch.Tensor, a_col_scale: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise e4m3 quantization of cat([a, gelu_tanh(b)], -1), one pass over a and b."""
+    """Row-wise e4m3 quantization of cat([a, gelu_tanh(b)], -1), one pass over a and b.
+
+    a_col_scale (B, 1, NA) fp32: a is (B, S, NA) e4m3 in per-column units (an fp8
+    attention's output, V's per-channel scales), taken as bf16(a · a_col_scale).
+    """
+    if a_col_scale is not None:
+        _check_columns(a, a_col_scale, "a", "a_col_scale")
     if not use_triton(a):
+        if a_col_scale is not None:
+            a = (a.float() * a_col_scale).to(torch.bfloat16)
         q, s = quantize_fp8_rowwise_reference(torch.cat([a.float(), gelu_tanh_reference(b)], -1))
         return q.contiguous(), s.contiguous()
     na, nb, m = a.shape[-1], b.shape[-1], a.shape[:-1].numel()
-    q, s = _quantize_segments(a.reshape(m, na).contiguous(), b.reshape(m, nb).contiguous())
+    a2, b2 = a.reshape(m, na).contiguous(), b.reshape(m, nb).contiguous()
+    if a_col_scale is None:
+        q, s = _quantize_segments(a2, b2)
+    else:
+        q, s = _quantize_segments(a2, b2, a_col_scale.contiguous(), a.shape[1])
     return q.view(*a.shape[:-1], na + nb), s.view(*a.shape[:-1], 1)
 
 
+def _check_columns(x8: torch.Tensor, col_scale: torch.Tensor, name: str, scale_name: str):
+    if x8.dim() != 3 or x8.dtype != FP8_DTYPE:
+        raise ValueError(
+            f"{name} must be (B, S, K) float8_e4m3fn, got {tuple(x8.shape)} {x8.dtype}"
+        )
+    if col_scale.shape != (x8.shape[0], 1, x8.shape[2]) or col_scale.dtype != torch.float32:
+        raise ValueError(
+            f"{scale_name} must be (B, 1, K) = {(x8.shape[0], 1, x8.shape[2])} float32, "
+            f"got {tuple(col_scale.shape)} {col_scale.dtype}"
+        )
+
+
 @quantize_cat_gelu_fp8_rowwise.register_fake
-def _quantize_cat_gelu_fp8_rowwise_fake(a, b):
+def _quantize_cat_gelu_fp8_rowwise_fake(a, b, a_col_scale=None):
     return (
         a.new_empty((*a.shape[:-1], a.shape[-1] + b.shape[-1]), dtype=FP8_DTYPE),
         a.new_empty((*a.shape[:-1], 1), dtype=torch.float32),

@@ -226,3 +226,38 @@ def add_rates(row: dict[str, Any], flops: dict[str, float], peaks: dict[str, flo
         floor_ms = flops["total"] / peak / 1e9
         row["floor_ms"] = floor_ms
         row["pct_floor"] = 100 * floor_ms / ms
+
+
+SWITCH_SUFFIXES = ("-unaligned", "-unfused")
+
+
+def without_switches(variant: str) -> str:
+    """The variant's name without its A/B suffixes (`with_switches`)."""
+    while suffix := next((s for s in SWITCH_SUFFIXES if variant.endswith(s)), None):
+        variant = variant.removesuffix(suffix)
+    return variant
+
+
+def with_switches(variant: str, run):
+    """run(variant) with its A/B suffixes stripped, each set while the variant is built and
+    timed: `-unaligned` leaves cuDNN fp8 attention's keys unpadded (cudnn_fp8.KV_ALIGN = 1);
+    `-unfused` sends cuDNN's e4m3 attention output through bf16 before the projections
+    that read it (the processors' fuse_fp8_output = False)."""
+    from engine.optimization import cudnn_fp8
+    from engine.optimization.sdpa import _SDPAProcessor
+
+    switches = dict(zip(SWITCH_SUFFIXES, [
+        (cudnn_fp8, "KV_ALIGN", 1),
+        (_SDPAProcessor, "fuse_fp8_output", False),
+    ], strict=True))  # fmt: skip
+    saved = []
+    try:
+        while suffix := next((s for s in switches if variant.endswith(s)), None):
+            owner, name, value = switches[suffix]
+            saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, value)
+            variant = variant.removesuffix(suffix)
+        return run(variant)
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)

@@ -28,6 +28,8 @@ from bench.enginebench.common import (
     save_partial,
     sync,
     time_calls,
+    with_switches,
+    without_switches,
 )
 
 # ---------------------------------------------------------------------------- FLUX
@@ -239,17 +241,15 @@ def flux_part(args: argparse.Namespace) -> dict[str, Any]:
     if "pipe" in fast_holder and "turbo" in wanted:
         keep(run_variant("turbo", turbo_run))
     fast_holder.clear()
-    for variant, fp8_kw in FP8_ATTENTION_VARIANTS.items():
-        if variant in wanted:
-            kw = {**kw_fast, "attention": "fp8", **fp8_kw}
-            keep(
-                run_variant(
-                    variant,
-                    lambda v=variant, kw=kw: measure(
-                        v, lambda p: optimize(p, "fast", cache_dir=cache, **kw)
-                    ),
-                )
-            )
+    def fp8_attention_run(variant: str, base: str):
+        kw = {**kw_fast, "attention": "fp8", **FP8_ATTENTION_VARIANTS[base]}
+        return measure(variant, lambda p: optimize(p, "fast", cache_dir=cache, **kw))
+
+    # In the order asked; A/B suffixes (common.with_switches) on any fp8 attention variant.
+    for variant in args.flux_variants.split(","):
+        if without_switches(variant) in FP8_ATTENTION_VARIANTS:
+            run = lambda v=variant: with_switches(v, lambda base: fp8_attention_run(v, base))  # noqa: E731
+            keep(run_variant(variant, run))
     # diffusers + torch.compile last: its whole-model compile is the slowest step here.
     if not args.no_baseline_compile:
         keep(

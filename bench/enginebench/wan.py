@@ -27,34 +27,10 @@ from bench.enginebench.common import (
     sync,
     time_calls,
     wan_step_flops,
+    with_switches,
 )
 
 # ---------------------------------------------------------------------------- Wan
-
-
-def _switches_if_asked(variant: str, run):
-    """A/B suffixes, each set while the variant is built and timed: `-unaligned` leaves cuDNN
-    fp8 attention's keys unpadded (cudnn_fp8.KV_ALIGN = 1); `-unfused` sends the self
-    attention's e4m3 output through bf16 before the output projection
-    (WanSDPAProcessor.fuse_fp8_output = False)."""
-    from engine.optimization import cudnn_fp8
-    from engine.optimization.sdpa import WanSDPAProcessor
-
-    switches = {
-        "-unaligned": (cudnn_fp8, "KV_ALIGN", 1),
-        "-unfused": (WanSDPAProcessor, "fuse_fp8_output", False),
-    }
-    saved = []
-    try:
-        while suffix := next((s for s in switches if variant.endswith(s)), None):
-            owner, name, value = switches[suffix]
-            saved.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, value)
-            variant = variant.removesuffix(suffix)
-        return run(variant)
-    finally:
-        for owner, name, value in reversed(saved):
-            setattr(owner, name, value)
 
 
 def wan_part(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,7 +115,7 @@ def wan_part(args: argparse.Namespace) -> dict[str, Any]:
         return row
 
     for v in args.wan_variants.split(","):
-        rows.append(run_variant(v, lambda v=v: _switches_if_asked(v, one)))
+        rows.append(run_variant(v, lambda v=v: with_switches(v, one)))
         save_partial(args, "wan", {**result, "rows": rows})
 
     if pipes and not args.no_pipeline:

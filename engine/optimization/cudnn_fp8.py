@@ -34,14 +34,12 @@ from functools import cache
 
 import torch
 
-from kernels.cudnn_fp8_operands import quantize_for_cudnn
+from kernels.cudnn_fp8_operands import quantize_for_cudnn, rmsnorm_bound_of
 from kernels.fp8 import FP8_DTYPE, FP8_MAX
 
 KV_ALIGN = 128
 """Keys are padded to a multiple of this and masked: cuDNN's fp8 attention on Hopper ran
 Wan 480p's 32,760 keys at 7.94 ms and the same padded to 32,768 and masked at 7.20 ms (H200)."""
-BOUND_MARGIN = 1.02
-"""Headroom over the RMSNorm bound for bf16 rounding of the norm and the rotation."""
 
 
 @cache
@@ -62,13 +60,8 @@ def rmsnorm_bound(
     norm: torch.nn.Module | None, *others: torch.nn.Module | None
 ) -> torch.Tensor | None:
     """max |x| after these RMSNorms (and a rotation): sqrt(n)·max|w|, or None if unknown."""
-    bounds = []
-    for module in (norm, *others):
-        weight = getattr(module, "weight", None)
-        if weight is None:
-            return None
-        bounds.append(weight.detach().abs().amax().float() * math.sqrt(weight.numel()))
-    return torch.stack(bounds).amax() * BOUND_MARGIN
+    weights = [getattr(module, "weight", None) for module in (norm, *others)]
+    return None if any(w is None for w in weights) else rmsnorm_bound_of(*weights)
 
 
 # ----------------------------------------------------------------------------- cuDNN graphs
@@ -333,7 +326,8 @@ def norm_rope_attention_fp8_cudnn(
     norm_added_k): a stream placed first, with its own norms (FLUX's double blocks).
     Output (B, S_text + S, H, D) in q's dtype.
     """
-    o8, unit = _norm_rope_attend(q, k, v, norm_q, norm_k, rotary, text, smooth_k, kv_align)
+    o8, unit = norm_rope_attention_fp8_cudnn_e4m3(q, k, v, norm_q, norm_k, rotary, text,
+                                                  smooth_k, kv_align)  # fmt: skip
     return (o8.float() * unit).to(q.dtype)
 
 
@@ -344,25 +338,33 @@ def norm_rope_attention_fp8_cudnn_rows(
     norm_q: torch.nn.Module,
     norm_k: torch.nn.Module,
     rotary: tuple[torch.Tensor, torch.Tensor],
+    text: tuple | None = None,
     smooth_k: bool = True,
     kv_align: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`norm_rope_attention_fp8_cudnn`'s output as the next fp8 linear's input rows
-    (`attention_fp8_cudnn_rows`' requantization): Wan's self attention."""
-    return _as_rows(*_norm_rope_attend(q, k, v, norm_q, norm_k, rotary, None, smooth_k, kv_align))
+    (`attention_fp8_cudnn_rows`' requantization): Wan's self attention, FLUX's joint one
+    (each row a token of one stream, so the rows split between the streams' projections)."""
+    return _as_rows(*norm_rope_attention_fp8_cudnn_e4m3(
+        q, k, v, norm_q, norm_k, rotary, text, smooth_k, kv_align
+    ))  # fmt: skip
 
 
-def _norm_rope_attend(q, k, v, norm_q, norm_k, rotary, text, smooth_k, kv_align):
+def norm_rope_attention_fp8_cudnn_e4m3(
+    q, k, v, norm_q, norm_k, rotary, text=None, smooth_k=True, kv_align=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm_rope_attention_fp8_cudnn`'s output as cuDNN writes it: (e4m3 (B, S, H, D), the
+    per-channel unit (B, 1, H, D) it is in), for a consumer that reads e4m3 itself (FLUX's
+    single blocks: proj_out's quantizer, kernels.fp8.quantize_cat_gelu_fp8_rowwise)."""
     from kernels.cudnn_fp8_operands import norm_rope_quantize_for_cudnn
 
     kv_align = KV_ALIGN if kv_align is None else kv_align
-    norms_q, norms_k, streams, s = (norm_q,), (norm_k,), (), q.shape[1]
+    streams, s = (), q.shape[1]
     if text is not None:
-        norms_q, norms_k = norms_q + (text[3],), norms_k + (text[4],)
         streams, s = (*text[:3], text[3].weight, text[4].weight), s + text[0].shape[1]
     operands = norm_rope_quantize_for_cudnn(
-        q, k, v, norm_q.weight, norm_k.weight, float(norm_q.eps), *rotary,
-        rmsnorm_bound(*norms_q), rmsnorm_bound(*norms_k), smooth_k, kv_align, *streams,
+        q, k, v, norm_q.weight, norm_k.weight, float(norm_q.eps), *rotary, smooth_k, kv_align,
+        *streams,
     )  # fmt: skip
     return _attend_quantized(s, *operands)
 

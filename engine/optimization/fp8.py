@@ -6,6 +6,11 @@ vectors applied in the GEMM epilogue, bias included. Written in plain torch, so 
 inductor fuses the activation quantization into whatever produced the activation (the
 modulated LayerNorm, GELU, attention's output reshape) instead of a separate pass; the
 Triton quantizer of `kernels.fp8` can be chosen instead (`backend="kernels"`).
+
+Inputs of at most `GEMV_MAX_ROWS` rows (adaLN modulation: silu(temb), one row per sample)
+skip the activation quantization: such a linear only streams its weight, so the e4m3 weight
+goes through `kernels.fp8_gemv` with the activation kept in bf16, which is more accurate
+and faster than the tensor-core path.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from kernels._utils import HALF_DTYPES
+from kernels.fp8_gemv import GEMV_MAX_ROWS, fp8_weight_gemv, fp8_weight_gemv_reference
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -71,6 +79,8 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
+        if self.activation is None and x2.shape[0] <= GEMV_MAX_ROWS:
+            return self.forward_gemv(x2, x.shape[:-1])
         if self.activation == "gelu_tanh" and x2.is_cuda:
             from kernels.fp8 import quantize_gelu_fp8_rowwise
 
@@ -86,16 +96,31 @@ class FP8Linear(nn.Module):
             xq, xs = quantize_rowwise(x2)
         return self.matmul_fp8(xq, xs, x.shape[:-1])
 
-    def forward_cat_gelu(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """self(cat([a, gelu_tanh(b)], -1)), without writing the concatenation or gelu(b)."""
-        a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-        if a2.is_cuda:
-            from kernels.fp8 import quantize_cat_gelu_fp8_rowwise
-
-            xq, xs = quantize_cat_gelu_fp8_rowwise(a2, b2)
+    def forward_gemv(self, x2: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+        """The linear of a few rows (M, K), the activation unquantized: weight-only fp8."""
+        xh = x2 if x2.dtype in HALF_DTYPES else x2.to(torch.bfloat16)
+        if xh.is_cuda:
+            out = fp8_weight_gemv(xh, self.weight, self.weight_scale, self.bias)
         else:
-            xq, xs = quantize_rowwise(torch.cat([a2.float(), _gelu_tanh(b2)], dim=-1))
-        return self.matmul_fp8(xq, xs, a.shape[:-1])
+            # Off the GPU the same math in torch (Triton's interpreter is for kernel tests).
+            out = fp8_weight_gemv_reference(xh, self.weight, self.weight_scale, self.bias)
+            out = out.to(xh.dtype)
+        if self.out_dtype != out.dtype:
+            out = out.to(self.out_dtype)
+        return out.reshape(*lead, self.out_features)
+
+    def forward_cat_gelu(
+        self, a: torch.Tensor, b: torch.Tensor, a_col_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """self(cat([a, gelu_tanh(b)], -1)), without writing the concatenation or gelu(b).
+
+        a_col_scale (B, 1, NA): a is e4m3 in per-column units (cuDNN's fp8 attention output),
+        read as bf16(a · a_col_scale) by the same quantizer.
+        """
+        from kernels.fp8 import quantize_cat_gelu_fp8_rowwise
+
+        xq, xs = quantize_cat_gelu_fp8_rowwise(a, b, a_col_scale)
+        return self.matmul_fp8(xq.flatten(0, -2), xs.flatten(0, -2), a.shape[:-1])
 
     def matmul_fp8(self, xq: torch.Tensor, xs: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         """The linear of an input already quantized by rows: xq (M, K) e4m3, xs (M, 1) fp32."""

@@ -7,7 +7,8 @@ quantizers of kernels/fp8.py read the up projection's output once and apply GELU
       projection (`ProjectionOnly`), and the down projection's quantizer applies the GELU;
     - FLUX's single blocks: a hook runs the block with its output projection fed
       cat([attention, gelu(mlp)]) by one quantizer reading both halves, so the concatenation
-      is never written (`FluxSingleBlockHook`).
+      is never written (`FluxSingleBlockHook`); with cuDNN's fp8 attention the quantizer
+      reads its e4m3 output directly, so no bf16 attention output is written either.
 Only layers that are plain FP8Linears (no LoRA wrapper) are changed; names are kept, so
 state-dict keys and LoRA targets are unchanged.
 """
@@ -21,6 +22,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 from engine.optimization.fp8 import FP8Linear
+from engine.optimization.sdpa import FluxSDPAProcessor
 
 HOOK_NAME = "mediagate_gelu_fp8"
 
@@ -86,12 +88,16 @@ class FluxSingleBlockHook(ModelHook):
         residual = hidden_states
         norm_hidden_states, gate = block.norm(hidden_states, emb=temb)
         mlp = block.proj_mlp(norm_hidden_states)
+        kwargs = dict(joint_attention_kwargs or {})
+        if isinstance(block.attn.processor, FluxSDPAProcessor):
+            kwargs["fp8_output"] = True  # cuDNN's e4m3 output, if it ran, comes as it is
         attn_output = block.attn(
-            hidden_states=norm_hidden_states,
-            image_rotary_emb=image_rotary_emb,
-            **(joint_attention_kwargs or {}),
+            hidden_states=norm_hidden_states, image_rotary_emb=image_rotary_emb, **kwargs
         )
-        out = block.proj_out.forward_cat_gelu(attn_output, mlp)
+        if isinstance(attn_output, tuple):  # (e4m3, per-column unit)
+            out = block.proj_out.forward_cat_gelu(attn_output[0], mlp, attn_output[1])
+        else:
+            out = block.proj_out.forward_cat_gelu(attn_output, mlp)
         hidden_states = residual + gate.unsqueeze(1) * out
         if hidden_states.dtype == torch.float16:
             hidden_states = hidden_states.clip(-65504, 65504)

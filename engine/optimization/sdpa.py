@@ -97,6 +97,9 @@ class _SDPAProcessor:
     """What diffusers expects of a processor, with the attention backend to call."""
 
     _attention_backend = None
+    fuse_fp8_output = True
+    """cuDNN's e4m3 attention output goes straight to fp8 output projections' input rows
+    (or FLUX single blocks' proj_out quantizer) instead of through a bf16 tensor."""
     _parallel_config = None
 
     def __init__(
@@ -142,7 +145,11 @@ class FluxSDPAProcessor(_SDPAProcessor):
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        fp8_output: bool = False,
     ):
+        """fp8_output: on the cuDNN fp8 path of a single block (no text stream), return
+        cuDNN's output as it is, (e4m3 (B, S, H·D), per-column unit (B, 1, H·D)), for a
+        consumer that reads it (engine/optimization/gelu_fp8.py's FluxSingleBlockHook)."""
         from diffusers.models.embeddings import apply_rotary_emb
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
@@ -152,15 +159,11 @@ class FluxSDPAProcessor(_SDPAProcessor):
             attn, hidden_states, encoder_hidden_states
         )
         if self._fused_fp8(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
-            produce = (
-                _flux_cudnn_fp8_norm_rope
-                if self.backend == FP8_CUDNN_BACKEND
-                else _flux_fp8_norm_rope
-            )
-            hidden_states = produce(
-                attn, query, key, value, e_query, e_key, e_value, image_rotary_emb,
-                self.fp8_smooth_k,
-            ).flatten(2, 3)  # fmt: skip
+            qkv = (attn, query, key, value, e_query, e_key, e_value, image_rotary_emb)
+            if self.backend == FP8_CUDNN_BACKEND:
+                fp8_out = self.fuse_fp8_output and (fp8_output or encoder_hidden_states is not None)
+                return _flux_cudnn_fp8(*qkv, self.fp8_smooth_k, fp8_out, encoder_hidden_states)
+            hidden_states = _flux_fp8_norm_rope(*qkv, self.fp8_smooth_k).flatten(2, 3)
             return _flux_out(attn, hidden_states, encoder_hidden_states)
         query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
         key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
@@ -220,20 +223,37 @@ def _flux_out(attn, hidden_states, encoder_hidden_states):
     return hidden_states
 
 
-def _flux_cudnn_fp8_norm_rope(
-    attn, query, key, value, e_query, e_key, e_value, rotary, smooth_k
-) -> torch.Tensor:
+def _flux_cudnn_fp8(
+    attn, query, key, value, e_query, e_key, e_value, rotary, smooth_k, fp8_out, encoder_states
+):
     # FLUX's QK norms and RoPE fused into cuDNN's fp8 operands, the text stream read in place.
-    from engine.optimization.cudnn_fp8 import norm_rope_attention_fp8_cudnn
+    # fp8_out: a single block's output as cuDNN's e4m3 and its unit; a double block's as
+    # rows of fp8, split between the streams' output projections, when both are fp8.
+    from engine.optimization import cudnn_fp8
 
     heads = lambda t: t.unflatten(-1, (-1, attn.head_dim))  # noqa: E731
     text = None
-    if e_query is not None and attn.added_kv_proj_dim is not None:
+    if encoder_states is not None:  # (diffusers' fused projections give (None,) without)
         text = (heads(e_query), heads(e_key), heads(e_value))
         text += (attn.norm_added_q, attn.norm_added_k)
-    return norm_rope_attention_fp8_cudnn(
-        heads(query), heads(key), heads(value), attn.norm_q, attn.norm_k, rotary, text, smooth_k
-    )
+    args = (heads(query), heads(key), heads(value), attn.norm_q, attn.norm_k, rotary, text)
+    if fp8_out and text is None:
+        o8, unit = cudnn_fp8.norm_rope_attention_fp8_cudnn_e4m3(*args, smooth_k)
+        return o8.flatten(2, 3), unit.flatten(2, 3)
+    if fp8_out and _is_plain_fp8(attn.to_out[0]) and _is_plain_fp8(attn.to_add_out):
+        xq, xs = cudnn_fp8.norm_rope_attention_fp8_cudnn_rows(*args, smooth_k)
+        s_txt = e_query.shape[1]
+        (t_q, i_q), (t_s, i_s) = (x.split_with_sizes([s_txt, x.shape[1] - s_txt], 1) for x in (xq, xs))
+        hidden_states = attn.to_out[1](_linear_on_rows(attn.to_out[0], i_q, i_s))
+        return hidden_states, _linear_on_rows(attn.to_add_out, t_q, t_s)
+    hidden_states = cudnn_fp8.norm_rope_attention_fp8_cudnn(*args, smooth_k).flatten(2, 3)
+    return _flux_out(attn, hidden_states, encoder_states)
+
+
+def _is_plain_fp8(linear) -> bool:
+    from engine.optimization.fp8 import FP8Linear
+
+    return isinstance(linear, FP8Linear) and linear.activation is None
 
 
 def _flux_fp8_norm_rope(attn, query, key, value, e_query, e_key, e_value, rotary, smooth_k):
@@ -279,8 +299,6 @@ class WanSDPAProcessor(_SDPAProcessor):
     (`norm_rope_attention_fp8_cudnn_rows`) instead of inductor's kernels.
     """
 
-    fuse_fp8_output = True
-
     def __call__(
         self,
         attn,
@@ -302,9 +320,9 @@ class WanSDPAProcessor(_SDPAProcessor):
 
             rows = norm_rope_attention_fp8_cudnn_rows(
                 heads(query), heads(key), heads(value), attn.norm_q, attn.norm_k, rotary_emb,
-                self.fp8_smooth_k,
+                smooth_k=self.fp8_smooth_k,
             )  # fmt: skip
-            return _project_fp8_rows(attn, *rows)
+            return attn.to_out[1](_linear_on_rows(attn.to_out[0], *rows))
         query = heads(attn.norm_q(query))
         key = heads(attn.norm_k(key))
         value = heads(value)
@@ -317,7 +335,7 @@ class WanSDPAProcessor(_SDPAProcessor):
             from engine.optimization.cudnn_fp8 import attention_fp8_cudnn_rows
 
             rows = attention_fp8_cudnn_rows(query, key, value, *bounds, self.fp8_smooth_k)
-            return _project_fp8_rows(attn, *rows)
+            return attn.to_out[1](_linear_on_rows(attn.to_out[0], *rows))
         # Wan's plan splits the video tokens and leaves the text whole on every rank.
         sharded_keys = encoder_hidden_states is None
         hidden_states = self._attend(query, key, value, bounds, sharded_keys).flatten(2, 3)
@@ -326,16 +344,12 @@ class WanSDPAProcessor(_SDPAProcessor):
 
     def _output_as_fp8_rows(self, attn, query, key, encoder_hidden_states) -> bool:
         # Self attention on one rank, through cuDNN's fp8 attention, into an fp8 linear.
-        from engine.optimization.fp8 import FP8Linear
-
-        out = attn.to_out[0]
         return (
             self.fuse_fp8_output
             and encoder_hidden_states is None
             and ulysses_group(self._parallel_config) is None
             and _uses_cudnn_fp8(query, key, self.backend, self.fp8_min_kv)
-            and isinstance(out, FP8Linear)
-            and out.activation is None
+            and _is_plain_fp8(attn.to_out[0])
         )
 
     def _fused_producer(self, attn, query, key, encoder_hidden_states, rotary_emb) -> bool:
@@ -352,10 +366,9 @@ class WanSDPAProcessor(_SDPAProcessor):
         )
 
 
-def _project_fp8_rows(attn, xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    # The output projection (an FP8Linear) on fp8 rows (B, S, K) and their scales (B, S, 1).
-    lead = xq.shape[:2]
-    return attn.to_out[1](attn.to_out[0].matmul_fp8(xq.flatten(0, 1), xs.flatten(0, 1), lead))
+def _linear_on_rows(linear, xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    # An FP8Linear on fp8 rows (B, S, K) and their scales (B, S, 1).
+    return linear.matmul_fp8(xq.flatten(0, 1), xs.flatten(0, 1), xq.shape[:2])
 
 
 def use_sdpa_processors(

@@ -237,6 +237,39 @@ def test_flux_attention_from_one_producer_matches_the_separate_steps():
     assert drift(fused, separate)["cosine"] >= 0.9999
 
 
+def test_flux_attention_output_goes_to_the_projections_in_fp8():
+    # Double blocks: cuDNN's e4m3 output requantized to rows that split between to_add_out
+    # and to_out; single blocks: proj_out's quantizer reads it with its per-channel units.
+    processors, run = _fast_cudnn_fp8("flux")
+    fused, ran = run()
+    assert ran.get(REQUANTIZE, 0) >= 1
+    for proc in processors:
+        proc.fuse_fp8_output = False
+    unfused, ran = run()
+    assert REQUANTIZE not in ran
+    # The same codes either way, up to how a row's 448 / amax is rounded.
+    assert drift(fused, unfused)["cosine"] >= 0.9999
+
+
+def test_flux_single_block_attention_hands_over_cudnns_e4m3_output():
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+
+    processors, _ = _fast_cudnn_fp8("flux")
+    block = FluxSingleTransformerBlock(dim=64, num_attention_heads=2, attention_head_dim=32)
+    block = block.to(torch.bfloat16).eval()
+    block.attn.set_processor(processors[-1])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 40, 64, generator=g).to(torch.bfloat16)
+    theta = torch.randn(40, 16, generator=g).repeat_interleave(2, dim=-1)
+    rotary = (theta.cos(), theta.sin())
+    with torch.no_grad():
+        bf16 = block.attn(hidden_states=x, image_rotary_emb=rotary)
+        o8, unit = block.attn(hidden_states=x, image_rotary_emb=rotary, fp8_output=True)
+    assert o8.dtype == torch.float8_e4m3fn and o8.shape == (1, 40, 64)
+    assert unit.shape == (1, 1, 64)
+    assert torch.equal((o8.float() * unit).to(torch.bfloat16), bf16)
+
+
 def test_auto_picks_our_kernel_without_cudnn_and_rejects_unknown_backends():
     from engine.pipelines import build_flux_transformer
 

@@ -86,19 +86,37 @@ def _run(model, inputs):
 def test_fp8_linear_matches_dequantized_reference():
     g = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(64, 48).to(torch.bfloat16)
-    x = torch.randn(3, 5, 64, generator=g).to(torch.bfloat16)
+    # More rows than GEMV_MAX_ROWS: the activation is quantized too.
+    x = torch.randn(3, 7, 64, generator=g).to(torch.bfloat16)
     q = FP8Linear.from_linear(lin)
     out = q(x).float()
-    assert out.shape == (3, 5, 48) and out.dtype == torch.float32
+    assert out.shape == (3, 7, 48) and out.dtype == torch.float32
     # The same function in fp32: dequantized weight and activation.
     w = q.weight.float() * q.weight_scale.reshape(-1, 1)
     xf = x.float().reshape(-1, 64)
     amax = xf.abs().amax(-1, keepdim=True)
     xq = (xf * (448.0 / amax)).to(torch.float8_e4m3fn).float() * (amax / 448.0)
-    ref = (xq @ w.t() + q.bias.float()).reshape(3, 5, 48)
+    ref = (xq @ w.t() + q.bias.float()).reshape(3, 7, 48)
     assert drift(out, ref)["rel_l2"] < 1e-2
     # And close to the bf16 linear it replaced, within e4m3 rounding.
     assert drift(out, lin(x).float())["rel_l2"] < 6e-2
+
+
+def test_fp8_linear_of_few_rows_keeps_the_activation():
+    # adaLN modulation (one row per sample): weight-only fp8, the activation stays in bf16.
+    from kernels.fp8_gemv import GEMV_MAX_ROWS
+
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    q = FP8Linear.from_linear(lin)
+    w = q.weight.float() * q.weight_scale.reshape(-1, 1)
+    for lead in [(1,), (2, 1), (GEMV_MAX_ROWS,)]:
+        x = torch.randn(*lead, 64, generator=g).to(torch.bfloat16)
+        out = q(x)
+        assert out.shape == (*lead, 48) and out.dtype == torch.bfloat16
+        ref = x.float() @ w.t() + q.bias.float()
+        assert drift(out.float(), ref)["rel_l2"] < 5e-3
+        assert drift(out.float(), lin(x).float())["rel_l2"] < 6e-2
 
 
 def test_quantize_linears_respects_filter_and_alignment():

@@ -14,6 +14,7 @@ import torch
 from kernels.cudnn_fp8_operands import (
     norm_rope_quantize_for_cudnn,
     norm_rope_quantize_for_cudnn_reference,
+    rmsnorm_bound_of,
     wan_rope_reference,
 )
 from kernels.rope import apply_rope_reference
@@ -48,8 +49,7 @@ def _inputs(b, s, h, d, device):
     frames = -(-s // 64)
     cos, sin = rope(torch.zeros(1, 4, frames, 16, 16))
     cos, sin = cos[:, :s].contiguous().to(device), sin[:, :s].contiguous().to(device)
-    bound = lambda w: (w.float().abs().amax() * (h * d) ** 0.5 * 1.02)  # noqa: E731
-    return q, k, v, w_q, w_k, 1e-6, cos, sin, bound(w_q), bound(w_k)
+    return q, k, v, w_q, w_k, 1e-6, cos, sin
 
 
 def _close_codes(out: torch.Tensor, ref: torch.Tensor, name: str) -> None:
@@ -98,10 +98,8 @@ def _flux_inputs(b, st, si, h, d, device):
     w = [(1 + 0.3 * r(d)).bfloat16().to(device) for _ in range(4)]
     theta = (r(st + si, d // 2) * 3).repeat_interleave(2, dim=-1)
     cos, sin = theta.cos().to(device), theta.sin().to(device)
-    bound = lambda *ws: max(x.float().abs().amax() for x in ws) * d**0.5 * 1.02  # noqa: E731
     (q, k, v), (qt, kt, vt) = qkv(si), qkv(st)
-    image = (q, k, v, w[0], w[1], 1e-6, cos, sin, bound(w[0], w[2]), bound(w[1], w[3]))
-    return image, (qt, kt, vt, w[2], w[3])
+    return (q, k, v, w[0], w[1], 1e-6, cos, sin), (qt, kt, vt, w[2], w[3])
 
 
 @pytest.mark.parametrize("shape", FLUX_SHAPES)
@@ -115,6 +113,22 @@ def test_producer_reads_flux_text_and_image_streams(device, shape):
         _close_codes(o, r, name)
     for o, r in zip(out[3:], ref[3:], strict=True):
         torch.testing.assert_close(o, r, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("smooth_k", [True, False])
+def test_scales_come_from_the_norm_weights_of_both_streams(device, smooth_k):
+    # The descales are the RMSNorm bounds over every stream's weights (K's doubled when it
+    # is centred), worked out in the statistics pass rather than passed in.
+    image, text = _flux_inputs(2, 9, 30, 2, 32, device)
+    text[3].mul_(3)  # the text stream's q weight sets q's bound
+    out = norm_rope_quantize_for_cudnn(*image, smooth_k, 128, *text)
+    q_bound = rmsnorm_bound_of(image[3], text[3])
+    k_bound = rmsnorm_bound_of(image[4], text[4]) * (2 if smooth_k else 1)
+    fp8_max = torch.full_like(q_bound, 448.0)
+    torch.testing.assert_close(out[3], (q_bound / fp8_max).reshape(1), rtol=0, atol=0)
+    torch.testing.assert_close(out[4], (k_bound / fp8_max).reshape(1), rtol=0, atol=0)
+    v = torch.cat([text[2], image[2]], dim=1).float()
+    torch.testing.assert_close(out[5], v.abs().amax(dim=1, keepdim=True), rtol=0, atol=0)
 
 
 def test_pair_rotation_is_fluxs_for_fluxs_tables():
@@ -137,19 +151,19 @@ def test_unpadded_keys_and_a_strided_projection(device):
 
 
 def test_bad_arguments_are_named(device):
-    q, k, v, w_q, w_k, eps, cos, sin, bq, bk = _inputs(1, 64, 2, 32, device)
+    q, k, v, w_q, w_k, eps, cos, sin = _inputs(1, 64, 2, 32, device)
     call = norm_rope_quantize_for_cudnn
     with pytest.raises(ValueError, match="share one"):
-        call(q, k[:, :10], v, w_q, w_k, eps, cos, sin, bq, bk)
+        call(q, k[:, :10], v, w_q, w_k, eps, cos, sin)
     with pytest.raises(ValueError, match="q_weight"):
-        call(q, k, v, w_q[:5], w_k, eps, cos, sin, bq, bk)
+        call(q, k, v, w_q[:5], w_k, eps, cos, sin)
     with pytest.raises(ValueError, match="freqs_cos"):
-        call(q, k, v, w_q, w_k, eps, cos[:, :10], sin, bq, bk)
+        call(q, k, v, w_q, w_k, eps, cos[:, :10], sin)
     with pytest.raises(ValueError, match="bf16 or fp16"):
-        call(q, k, v.float(), w_q, w_k, eps, cos, sin, bq, bk)
+        call(q, k, v.float(), w_q, w_k, eps, cos, sin)
     with pytest.raises(ValueError, match="kv_align"):
-        call(q, k, v, w_q, w_k, eps, cos, sin, bq, bk, True, 0)
+        call(q, k, v, w_q, w_k, eps, cos, sin, True, 0)
     with pytest.raises(ValueError, match="text stream needs"):
-        call(q, k, v, w_q, w_k, eps, cos, sin, bq, bk, True, 128, q)
+        call(q, k, v, w_q, w_k, eps, cos, sin, True, 128, q)
     with pytest.raises(ValueError, match="q_text, k_text and v_text"):
-        call(q, k, v, w_q, w_k, eps, cos, sin, bq, bk, True, 128, q[..., :16], k, v, w_q, w_k)
+        call(q, k, v, w_q, w_k, eps, cos, sin, True, 128, q[..., :16], k, v, w_q, w_k)

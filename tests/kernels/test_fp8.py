@@ -109,6 +109,25 @@ def test_quantize_cat_gelu_matches_cat_then_quantize(lead, na, nb, device):
     torch.library.opcheck(quantize_cat_gelu_fp8_rowwise, (a[..., :2, :], b[..., :2, :]))
 
 
+@pytest.mark.parametrize(
+    "b, s, na, nb", [(1, 4608, 3072, 12288), (2, 333, 3072, 12288)] if ON_GPU else [(2, 5, 64, 200)]
+)
+def test_quantize_cat_gelu_reads_an_e4m3_attention_output(b, s, na, nb, device):
+    # FLUX single blocks: cuDNN's e4m3 output in V's per-channel units beside the MLP's
+    # pre-activation: the same codes and scales as through the bf16 attention output.
+    a8 = (torch.randn(b, s, na, device=device) * 60).clamp(-448, 448).to(FP8_DTYPE)
+    col = torch.rand(b, 1, na, device=device) * 3 + 1e-3
+    mlp = torch.randn(b, s, nb, dtype=torch.bfloat16, device=device) * 3
+    q, sc = quantize_cat_gelu_fp8_rowwise(a8, mlp, col)
+    q_ref, s_ref = quantize_cat_gelu_fp8_rowwise((a8.float() * col).to(torch.bfloat16), mlp)
+    torch.testing.assert_close(sc, s_ref, atol=0, rtol=0)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+    with pytest.raises(ValueError, match="a_col_scale"):
+        quantize_cat_gelu_fp8_rowwise(a8, mlp, col[..., :1])
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        quantize_cat_gelu_fp8_rowwise(a8.float(), mlp, col)
+
+
 def test_quantize_gelu_opcheck(device):
     x = torch.randn(3, 5, 64, dtype=torch.bfloat16, device=device)
     torch.library.opcheck(quantize_gelu_fp8_rowwise, (x,))
