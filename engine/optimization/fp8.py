@@ -117,9 +117,15 @@ class FP8Linear(nn.Module):
         a_col_scale (B, 1, NA): a is e4m3 in per-column units (cuDNN's fp8 attention output),
         read as bf16(a · a_col_scale) by the same quantizer.
         """
-        from kernels.fp8 import quantize_cat_gelu_fp8_rowwise
+        if a.is_cuda:
+            from kernels.fp8 import quantize_cat_gelu_fp8_rowwise
 
-        xq, xs = quantize_cat_gelu_fp8_rowwise(a, b, a_col_scale)
+            xq, xs = quantize_cat_gelu_fp8_rowwise(a, b, a_col_scale)
+        else:
+            # Off the GPU the same math in torch (Triton's interpreter is for kernel tests).
+            if a_col_scale is not None:
+                a = (a.float() * a_col_scale).to(torch.bfloat16)
+            xq, xs = quantize_rowwise(torch.cat([a.float(), _gelu_tanh(b)], dim=-1))
         return self.matmul_fp8(xq.flatten(0, -2), xs.flatten(0, -2), a.shape[:-1])
 
     def matmul_fp8(self, xq: torch.Tensor, xs: torch.Tensor, lead: torch.Size) -> torch.Tensor:
