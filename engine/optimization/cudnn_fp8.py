@@ -23,7 +23,8 @@ the quantization is arranged around that:
 into the kernels around it. `norm_rope_attention_fp8_cudnn` takes the raw projections and
 makes the operands in one producer kernel (the processors' default: FLUX 85.1 -> 79.9
 ms/step, H200). The `_rows` variants hand the output to the next fp8 linear as its
-row-quantized input. The cuDNN call is an opaque custom op; without cuDNN (CPU, tests) it runs
+row-quantized input; `_e4m3` hands it over as cuDNN writes it, with its per-channel unit,
+to a consumer that reads e4m3 (FLUX single blocks' proj_out quantizer). The cuDNN call is an opaque custom op; without cuDNN (CPU, tests) it runs
 `_reference_core`, the same quantized math in torch.
 """
 
