@@ -278,6 +278,18 @@ def _quantize_fp8_rowwise_fake(x):
     )
 
 
+def _check_columns(x8: torch.Tensor, col_scale: torch.Tensor, name: str, scale_name: str):
+    if x8.dim() != 3 or x8.dtype != FP8_DTYPE:
+        raise ValueError(
+            f"{name} must be (B, S, K) float8_e4m3fn, got {tuple(x8.shape)} {x8.dtype}"
+        )
+    if col_scale.shape != (x8.shape[0], 1, x8.shape[2]) or col_scale.dtype != torch.float32:
+        raise ValueError(
+            f"{scale_name} must be (B, 1, K) = {(x8.shape[0], 1, x8.shape[2])} float32, "
+            f"got {tuple(col_scale.shape)} {col_scale.dtype}"
+        )
+
+
 def requantize_fp8_rowwise_reference(
     x8: torch.Tensor, col_scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,18 +373,6 @@ def quantize_cat_gelu_fp8_rowwise(
     else:
         q, s = _quantize_segments(a2, b2, a_col_scale.contiguous(), a.shape[1])
     return q.view(*a.shape[:-1], na + nb), s.view(*a.shape[:-1], 1)
-
-
-def _check_columns(x8: torch.Tensor, col_scale: torch.Tensor, name: str, scale_name: str):
-    if x8.dim() != 3 or x8.dtype != FP8_DTYPE:
-        raise ValueError(
-            f"{name} must be (B, S, K) float8_e4m3fn, got {tuple(x8.shape)} {x8.dtype}"
-        )
-    if col_scale.shape != (x8.shape[0], 1, x8.shape[2]) or col_scale.dtype != torch.float32:
-        raise ValueError(
-            f"{scale_name} must be (B, 1, K) = {(x8.shape[0], 1, x8.shape[2])} float32, "
-            f"got {tuple(col_scale.shape)} {col_scale.dtype}"
-        )
 
 
 @quantize_cat_gelu_fp8_rowwise.register_fake

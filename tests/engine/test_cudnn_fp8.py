@@ -225,28 +225,30 @@ def test_wan_self_attention_from_one_producer_straight_to_fp8_rows():
     assert drift(rows_only, unfused)["cosine"] >= 0.9999
 
 
+def _on_and_off(switch: str, op: str) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
+    # FLUX with each processor's `switch` on, then off (`op` must not run then): how often
+    # each op ran with it on, and both outputs.
+    processors, run = _fast_cudnn_fp8("flux")
+    on, ran = run()
+    for proc in processors:
+        setattr(proc, switch, False)
+    off, ran_off = run()
+    assert op not in ran_off
+    return {**ran, "processors": len(processors)}, on, off
+
+
 def test_flux_attention_from_one_producer_matches_the_separate_steps():
     # Double-stream blocks (a text stream with its own norms) and single-stream ones.
-    processors, run = _fast_cudnn_fp8("flux")
-    fused, ran = run()
-    assert ran.get(PRODUCER) == len(processors) >= 2
-    for proc in processors:
-        proc.fp8_producer = False
-    separate, ran = run()
-    assert PRODUCER not in ran
+    ran, fused, separate = _on_and_off("fp8_producer", PRODUCER)
+    assert ran.get(PRODUCER) == ran["processors"] >= 2
     assert drift(fused, separate)["cosine"] >= 0.9999
 
 
 def test_flux_attention_output_goes_to_the_projections_in_fp8():
     # Double blocks: cuDNN's e4m3 output requantized to rows that split between to_add_out
     # and to_out; single blocks: proj_out's quantizer reads it with its per-channel units.
-    processors, run = _fast_cudnn_fp8("flux")
-    fused, ran = run()
+    ran, fused, unfused = _on_and_off("fuse_fp8_output", REQUANTIZE)
     assert ran.get(REQUANTIZE, 0) >= 1
-    for proc in processors:
-        proc.fuse_fp8_output = False
-    unfused, ran = run()
-    assert REQUANTIZE not in ran
     # The same codes either way, up to how a row's 448 / amax is rounded.
     assert drift(fused, unfused)["cosine"] >= 0.9999
 
