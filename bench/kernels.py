@@ -63,6 +63,7 @@ from kernels import (  # noqa: E402
     quantize_fp8_rowwise_reference,
     quantize_weight_fp8_rowwise,
 )
+from kernels.adaln_fp8 import adaln_layernorm_fp8, adaln_layernorm_fp8_reference  # noqa: E402
 from kernels.cudnn_fp8_operands import (  # noqa: E402
     norm_rope_quantize_for_cudnn,
     norm_rope_quantize_for_cudnn_reference,
@@ -350,6 +351,15 @@ def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> Non
             lambda: (r(t, d), r(t, mlp, scale=3.0)),
         )
     if model in ("flux", "smoke"):
+        # A FLUX single block's modulated LayerNorm into the fp8 rows its MLP and QKV
+        # projections read, the text tokens (the prefix) read in place: 2 bytes in, 1 out.
+        text = min(512, t // 2)
+        b.memory_bound(
+            "adaln_layernorm_fp8", model, f"prefix(1, {text}, {d}) + x(1, {t - text}, {d})",
+            3 * t * d + 4 * t,
+            adaln_layernorm_fp8, adaln_layernorm_fp8_reference,
+            lambda: (r(1, t - text, d), *r(1, 3 * d).chunk(3, dim=1)[:2], 1e-6, r(1, text, d)),
+        )
         # FLUX's adaLN modulation, one row through an e4m3 weight: against what FP8Linear ran
         # before, the row quantized to e4m3 and torch._scaled_mm.
         for n in (6 * d, 3 * d):

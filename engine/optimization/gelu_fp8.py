@@ -8,7 +8,9 @@ quantizers of kernels/fp8.py read the up projection's output once and apply GELU
     - FLUX's single blocks: a hook runs the block with its output projection fed
       cat([attention, gelu(mlp)]) by one quantizer reading both halves, so the concatenation
       is never written (`FluxSingleBlockHook`); with cuDNN's fp8 attention the quantizer
-      reads its e4m3 output directly, so no bf16 attention output is written either.
+      reads its e4m3 output directly, so no bf16 attention output is written either; and
+      the block's modulated LayerNorm is written once, as the fp8 rows both of its input
+      projections read.
 Only layers that are plain FP8Linears (no LoRA wrapper) are changed; names are kept, so
 state-dict keys and LoRA targets are unchanged.
 """
@@ -23,6 +25,7 @@ from torch import nn
 
 from engine.optimization.fp8 import FP8Linear
 from engine.optimization.sdpa import FluxSDPAProcessor
+from kernels._utils import HALF_DTYPES
 
 HOOK_NAME = "mediagate_gelu_fp8"
 
@@ -72,7 +75,11 @@ def fuse_feed_forwards(model: nn.Module) -> int:
 
 class FluxSingleBlockHook(ModelHook):
     """FluxSingleTransformerBlock.forward (diffusers 0.42) with the MLP's GELU and the
-    concatenation of its output with the attention's inside proj_out's quantizer."""
+    concatenation of its output with the attention's inside proj_out's quantizer.
+
+    When the MLP and the fused QKV projection are plain FP8Linears, the block's modulated
+    LayerNorm goes straight into fp8 rows (kernels/adaln_fp8.py), read by both: the text
+    and image tokens are read where they are, and no bf16 normed tensor is written."""
 
     def new_forward(
         self,
@@ -84,13 +91,21 @@ class FluxSingleBlockHook(ModelHook):
         joint_attention_kwargs: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         text_seq_len = encoder_hidden_states.shape[1]
-        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        residual = hidden_states
-        norm_hidden_states, gate = block.norm(hidden_states, emb=temb)
-        mlp = block.proj_mlp(norm_hidden_states)
         kwargs = dict(joint_attention_kwargs or {})
-        if isinstance(block.attn.processor, FluxSDPAProcessor):
+        fp8_processor = isinstance(block.attn.processor, FluxSDPAProcessor)
+        if fp8_processor:
             kwargs["fp8_output"] = True  # cuDNN's e4m3 output, if it ran, comes as it is
+        if fp8_processor and _norm_into_fp8_rows(block, hidden_states):
+            norm = block.norm
+            shift, scale, gate = norm.linear(norm.silu(temb)).chunk(3, dim=1)
+            xq, xs = adaln_rows(hidden_states, shift, scale, norm.norm.eps, encoder_hidden_states)
+            mlp = block.proj_mlp.matmul_fp8(xq.flatten(0, 1), xs.flatten(0, 1), xq.shape[:2])
+            kwargs["fp8_rows"] = (xq, xs)
+            norm_hidden_states = xq  # the processor reads only its shape
+        else:
+            joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+            norm_hidden_states, gate = block.norm(joint, emb=temb)
+            mlp = block.proj_mlp(norm_hidden_states)
         attn_output = block.attn(
             hidden_states=norm_hidden_states, image_rotary_emb=image_rotary_emb, **kwargs
         )
@@ -98,10 +113,41 @@ class FluxSingleBlockHook(ModelHook):
             out = block.proj_out.forward_cat_gelu(attn_output[0], mlp, attn_output[1])
         else:
             out = block.proj_out.forward_cat_gelu(attn_output, mlp)
+        residual = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         hidden_states = residual + gate.unsqueeze(1) * out
         if hidden_states.dtype == torch.float16:
             hidden_states = hidden_states.clip(-65504, 65504)
         return hidden_states[:, :text_seq_len], hidden_states[:, text_seq_len:]
+
+
+def _norm_into_fp8_rows(block: nn.Module, hidden_states: torch.Tensor) -> bool:
+    norm = getattr(block.norm, "norm", None)
+    qkv = getattr(block.attn, "to_qkv", None)
+    return (
+        hidden_states.dtype in HALF_DTYPES
+        and type(norm) is nn.LayerNorm
+        and not norm.elementwise_affine
+        and type(block.proj_mlp) is FP8Linear
+        and block.proj_mlp.activation is None
+        and type(qkv) is FP8Linear
+        and qkv.activation is None
+    )
+
+
+def adaln_rows(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    prefix: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8 rows of LayerNorm(cat([prefix, x])) * (1 + scale) + shift."""
+    from kernels.adaln_fp8 import adaln_layernorm_fp8, adaln_layernorm_fp8_reference
+
+    if x.is_cuda:
+        return adaln_layernorm_fp8(x, shift, scale, eps, prefix)
+    # Off the GPU the same math in torch (Triton's interpreter is for kernel tests).
+    return adaln_layernorm_fp8_reference(x, shift, scale, eps, prefix)
 
 
 def fuse_flux_single_blocks(model: nn.Module) -> int:

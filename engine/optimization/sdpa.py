@@ -146,18 +146,27 @@ class FluxSDPAProcessor(_SDPAProcessor):
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         fp8_output: bool = False,
+        fp8_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         """fp8_output: on the cuDNN fp8 path of a single block (no text stream), return
         cuDNN's output as it is, (e4m3 (B, S, H·D), per-column unit (B, 1, H·D)), for a
-        consumer that reads it (engine/optimization/gelu_fp8.py's FluxSingleBlockHook)."""
+        consumer that reads it (engine/optimization/gelu_fp8.py's FluxSingleBlockHook).
+        fp8_rows: a single block's input already in fp8 rows (e4m3 (B, S, D), fp32 scales
+        (B, S, 1)) for its fused QKV projection; hidden_states then only gives the shape."""
         from diffusers.models.embeddings import apply_rotary_emb
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
         if attention_mask is not None:
             raise NotImplementedError("FluxSDPAProcessor handles unmasked attention only")
-        query, key, value, e_query, e_key, e_value = _get_qkv_projections(
-            attn, hidden_states, encoder_hidden_states
-        )
+        if fp8_rows is not None:
+            if encoder_hidden_states is not None:
+                raise ValueError("fp8_rows is a single block's input: no text stream beside it")
+            query, key, value = _linear_on_rows(attn.to_qkv, *fp8_rows).chunk(3, dim=-1)
+            e_query = e_key = e_value = (None,)  # as diffusers' fused projections give
+        else:
+            query, key, value, e_query, e_key, e_value = _get_qkv_projections(
+                attn, hidden_states, encoder_hidden_states
+            )
         if self._fused_fp8(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
             qkv = (attn, query, key, value, e_query, e_key, e_value, image_rotary_emb)
             if self.backend == FP8_CUDNN_BACKEND:
