@@ -351,14 +351,11 @@ def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> Non
             lambda: (r(t, d), r(t, mlp, scale=3.0)),
         )
     if model in ("flux", "smoke"):
-        # A FLUX single block's modulated LayerNorm into the fp8 rows its MLP and QKV
-        # projections read, the text tokens (the prefix) read in place: 2 bytes in, 1 out.
-        text = min(512, t // 2)
+        tx = min(512, t // 2)
         b.memory_bound(
-            "adaln_layernorm_fp8", model, f"prefix(1, {text}, {d}) + x(1, {t - text}, {d})",
-            3 * t * d + 4 * t,
-            adaln_layernorm_fp8, adaln_layernorm_fp8_reference,
-            lambda: (r(1, t - text, d), *r(1, 3 * d).chunk(3, dim=1)[:2], 1e-6, r(1, text, d)),
+            "adaln_layernorm_fp8", model, f"prefix(1, {tx}, {d}) + x(1, {t - tx}, {d})",
+            3 * t * d + 4 * t, adaln_layernorm_fp8, adaln_layernorm_fp8_reference,
+            lambda: (r(1, t - tx, d), *r(1, 3 * d).chunk(3, dim=1)[:2], 1e-6, r(1, tx, d)),
         )
         # FLUX's adaLN modulation, one row through an e4m3 weight: against what FP8Linear ran
         # before, the row quantized to e4m3 and torch._scaled_mm.
