@@ -117,6 +117,9 @@ def main() -> None:
         "--profile-modes", default="eager,exact,fast", help="--part profile: modes, or mode-fp8attn"
     )
     parser.add_argument("--profile-model", choices=["flux", "wan"], default="flux")
+    parser.add_argument(
+        "--profile-graphs", action="store_true", help="--part profile: CUDA graphs on, warm"
+    )
     parser.add_argument("--no-peaks", action="store_true")
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument(

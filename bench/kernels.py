@@ -41,6 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import kernels  # noqa: E402
+from kernels import adaln_fp8 as adaln8  # noqa: E402
 from kernels import (  # noqa: E402
     adaln_layernorm,
     adaln_layernorm_reference,
@@ -63,7 +64,6 @@ from kernels import (  # noqa: E402
     quantize_fp8_rowwise_reference,
     quantize_weight_fp8_rowwise,
 )
-from kernels.adaln_fp8 import adaln_layernorm_fp8, adaln_layernorm_fp8_reference  # noqa: E402
 from kernels.cudnn_fp8_operands import (  # noqa: E402
     norm_rope_quantize_for_cudnn,
     norm_rope_quantize_for_cudnn_reference,
@@ -354,9 +354,15 @@ def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> Non
         tx = min(512, t // 2)
         b.memory_bound(
             "adaln_layernorm_fp8", model, f"prefix(1, {tx}, {d}) + x(1, {t - tx}, {d})",
-            3 * t * d + 4 * t, adaln_layernorm_fp8, adaln_layernorm_fp8_reference,
+            3 * t * d + 4 * t, adaln8.adaln_layernorm_fp8, adaln8.adaln_layernorm_fp8_reference,
             lambda: (r(1, t - tx, d), *r(1, 3 * d).chunk(3, dim=1)[:2], 1e-6, r(1, tx, d)),
         )
+    b.memory_bound(  # an output joins the stream, whose next norm feeds an fp8 linear
+        "residual_adaln_fp8", model, f"x, y(1, {t}, {d})", 7 * t * d + 4 * t,
+        adaln8.residual_adaln_layernorm_fp8, adaln8.residual_adaln_layernorm_fp8_reference,
+        lambda: (r(1, t, d), r(1, t, d), *r(1, 3 * d).chunk(3, dim=1), 1e-6),
+    )
+    if model in ("flux", "smoke"):
         # FLUX's adaLN modulation, one row through an e4m3 weight: against what FP8Linear ran
         # before, the row quantized to e4m3 and torch._scaled_mm.
         for n in (6 * d, 3 * d):
@@ -458,7 +464,7 @@ def sweep(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> list[dict]:
     def e(*shape):
         return torch.empty(*shape, dtype=dtype, device=dev)
 
-    row_cfgs = SWEEP_ROW[triton_next_pow2(d)]
+    row_cfgs = SWEEP_ROW[1 << (d - 1).bit_length()]
     qk_cfgs = SWEEP_ROW[128]
     cases = [
         ("adaln_layernorm", row_cfgs, 2 * act,
@@ -504,10 +510,6 @@ def sweep(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> list[dict]:
     return tries
 
 
-def triton_next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
 def chart(rows: list[Row], path: Path) -> bool:
     try:
         import matplotlib
@@ -537,6 +539,7 @@ def chart(rows: list[Row], path: Path) -> bool:
 
 
 def main() -> None:
+    import triton  # after `kernels`, which picks Triton's interpreter on a machine without a GPU
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=os.environ.get("OUT"))
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
@@ -555,7 +558,7 @@ def main() -> None:
     torch.manual_seed(0)
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
     b.measure_copy()
-    print(f"{gpu}; torch {torch.__version__}; triton {_triton_version()}; "
+    print(f"{gpu}; torch {torch.__version__}; triton {triton.__version__}; "
           f"device-to-device copy {b.copy_gbps:.0f} GB/s (read + write) {b.copy_detail}")
     header = (
         f"{'op':<24} {'model':<5} {'shape':<28} {'time':>12} {'GB/s':>8} {'%copy':>6} "
@@ -576,7 +579,7 @@ def main() -> None:
         if args.only in (None, "matmul"):
             run_matmuls(b, model, cfg, torch.bfloat16)
         report = {
-            "gpu": gpu, "date": DATE, "torch": torch.__version__, "triton": _triton_version(),
+            "gpu": gpu, "date": DATE, "torch": torch.__version__, "triton": triton.__version__,
             "copy_gbps": b.copy_gbps, "copy_detail": b.copy_detail, "dtype": "bfloat16",
             "kernels_interpreted": kernels._utils.INTERPRETING,
             "rows": [asdict(r) for r in b.rows], "sweep": sweeps,
@@ -588,12 +591,6 @@ def main() -> None:
     for folder in filter(None, [RESULTS, args.out]):
         if chart(b.rows, folder / "kernels.png"):
             print(f"chart: {folder / 'kernels.png'}")
-
-
-def _triton_version() -> str:
-    import triton
-
-    return triton.__version__
 
 
 if __name__ == "__main__":

@@ -8,7 +8,12 @@ or TRITON_INTERPRET=1 set before Triton's import), and the torch reference other
 
 # _utils goes first: it decides on Triton's interpreter before any module imports Triton.
 from kernels import _utils  # noqa: F401  isort: skip
-from kernels.adaln_fp8 import adaln_layernorm_fp8, adaln_layernorm_fp8_reference
+from kernels.adaln_fp8 import (
+    adaln_layernorm_fp8,
+    adaln_layernorm_fp8_reference,
+    residual_adaln_layernorm_fp8,
+    residual_adaln_layernorm_fp8_reference,
+)
 from kernels.adaln_norm import adaln_layernorm, adaln_layernorm_reference
 from kernels.attention_fp8 import attention_fp8, attention_fp8_reference, quantize_qkv_fp8
 from kernels.attention_fp8_producer import (
@@ -47,6 +52,8 @@ __all__ = [
     "adaln_layernorm",
     "adaln_layernorm_fp8",
     "adaln_layernorm_fp8_reference",
+    "residual_adaln_layernorm_fp8",
+    "residual_adaln_layernorm_fp8_reference",
     "adaln_layernorm_reference",
     "apply_rope",
     "apply_rope_reference",

@@ -13,7 +13,13 @@ API:
         x: (B, S, D) bf16 or fp16. prefix: optional (B, P, D) rows that come before x's in
         the sequence (read in place; the result has P + S rows per sample). shift, scale:
         per sample, (B, D), (B, 1, D), (1, D) or (D,). q is (B, P + S, D), s (B, P + S, 1).
-    adaln_layernorm_fp8_reference(...): the same in plain torch.
+    residual_adaln_layernorm_fp8(x, y, gate, shift, scale, eps=1e-6) -> (res, q, s)
+        res = x + gate · y in fp32, rounded to x's dtype (gate None: x + y; gate per sample
+        like shift), then q, s of res as above. Where a block's branch output joins the
+        residual stream and the stream's next LayerNorm feeds an fp8 linear (a FLUX double
+        block's feed-forward, Wan's cross attention and feed-forward): x and y read once,
+        res and the rows written once. No prefix.
+    *_reference(...): the same in plain torch.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from kernels.fp8 import (
 
 @triton.jit
 def _adaln_fp8_kernel(
-    P, X, SHIFT, SCALE, Q, S,
-    SP, SX, N, sh_b, sc_b, eps,
+    P, X, Y, G, SHIFT, SCALE, RES, Q, S,
+    SP, SX, N, g_b, sh_b, sc_b, eps,
+    PREFIX: tl.constexpr, RESIDUAL: tl.constexpr, GATED: tl.constexpr,
     PRE_ROUND: tl.constexpr, BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -46,14 +53,25 @@ def _adaln_fp8_kernel(
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < N
     rmask = r < SP + SX
-    in_p = r < SP
     mask = rmask[:, None] & cmask[None, :]
-    # Each row comes from the prefix or from x; the masked-off load moves no bytes.
-    off_p = (b * SP + r)[:, None] * N + cols[None, :]
     off_x = (b * SX + r - SP)[:, None] * N + cols[None, :]
-    x = tl.load(P + off_p, mask=mask & in_p[:, None], other=0.0, eviction_policy="evict_first")
-    x += tl.load(X + off_x, mask=mask & ~in_p[:, None], other=0.0, eviction_policy="evict_first")
-    x = x.to(tl.float32)
+    if PREFIX:  # each row from the prefix or from x: one load through a chosen address
+        off_p = (b * SP + r)[:, None] * N + cols[None, :]
+        ptr = tl.where((r < SP)[:, None], P + off_p, X + off_x)
+    else:
+        ptr = X + off_x
+    x = tl.load(ptr, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    if RESIDUAL:  # x + gate * y joins the stream, rounded to its dtype, and is normed as such
+        y = tl.load(Y + off_x, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if GATED:
+            g = tl.load(G + b * g_b + cols, mask=cmask, other=0.0, eviction_policy="evict_last")
+            y = g.to(tl.float32)[None, :] * y
+        x = x + y
+        if PRE_ROUND and BF16:
+            x = _round_to_bf16(x)
+        x = x.to(X.dtype.element_ty)
+        tl.store(RES + off_x, x, mask=mask)
+        x = x.to(tl.float32)
     mean = tl.sum(x, axis=1) / N
     xc = tl.where(mask, x - mean[:, None], 0.0)
     rstd = tl.math.rsqrt(tl.sum(xc * xc, axis=1) / N + eps)
@@ -86,7 +104,7 @@ def _per_sample(mod: torch.Tensor, b: int, d: int, name: str) -> torch.Tensor:
     return m.expand(b, d)
 
 
-def _check(x: torch.Tensor, prefix: torch.Tensor | None) -> None:
+def _check(x: torch.Tensor, prefix: torch.Tensor | None, name: str = "prefix") -> None:
     if x.dim() != 3 or x.dtype not in HALF_DTYPES:
         raise ValueError(f"x must be (B, S, D) in bf16 or fp16, got {tuple(x.shape)} {x.dtype}")
     if prefix is not None and (
@@ -96,9 +114,15 @@ def _check(x: torch.Tensor, prefix: torch.Tensor | None) -> None:
         or prefix.dtype != x.dtype
     ):
         raise ValueError(
-            f"prefix must be (B, P, D) like x {tuple(x.shape)} {x.dtype}, "
+            f"{name} must be (B, S, D) like x {tuple(x.shape)} {x.dtype}, "
             f"got {tuple(prefix.shape)} {prefix.dtype}"
         )
+
+
+def _check_residual(x: torch.Tensor, y: torch.Tensor) -> None:
+    _check(x, y, "y")
+    if y.shape != x.shape:
+        raise ValueError(f"y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
 
 
 def adaln_layernorm_fp8_reference(
@@ -118,6 +142,49 @@ def adaln_layernorm_fp8_reference(
     return quantize_fp8_rowwise_reference(y)
 
 
+def residual_adaln_layernorm_fp8_reference(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x + gate · y in fp32, rounded to x's dtype, then `adaln_layernorm_fp8_reference` of it."""
+    _check_residual(x, y)
+    branch = y.float()
+    if gate is not None:
+        branch = _per_sample(gate, x.shape[0], x.shape[-1], "gate").float()[:, None] * branch
+    res = (x.float() + branch).to(x.dtype)
+    return (res, *adaln_layernorm_fp8_reference(res, shift, scale, eps))
+
+
+def _launch(x, y, gate, shift, scale, eps, prefix, block_m=None, num_warps=None):
+    b, sx, d = x.shape
+    x = x.contiguous()
+    p = x if prefix is None else prefix.contiguous()
+    sp = 0 if prefix is None else p.shape[1]
+    yc = x if y is None else y.contiguous()
+    sh = _per_sample(shift, b, d, "shift")
+    sc = _per_sample(scale, b, d, "scale")
+    g = sh if gate is None else _per_sample(gate, b, d, "gate")
+    res = torch.empty_like(x) if y is not None else x
+    q = torch.empty(b, sp + sx, d, device=x.device, dtype=FP8_DTYPE)
+    s = torch.empty(b, sp + sx, 1, device=x.device, dtype=torch.float32)
+    if b * (sp + sx) * d == 0:
+        return res, q, s
+    auto_m, block_n, auto_warps, _ = adaln_launch_sizes(d)
+    block_m = auto_m if block_m is None else block_m
+    grid = (triton.cdiv(sp + sx, block_m), b)
+    _adaln_fp8_kernel[grid](
+        p, x, yc, g, sh, sc, res, q, s, sp, sx, d, g.stride(0), sh.stride(0), sc.stride(0), eps,
+        PREFIX=prefix is not None, RESIDUAL=y is not None, GATED=gate is not None,
+        PRE_ROUND=INTERPRETING, BF16=x.dtype == torch.bfloat16,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=auto_warps if num_warps is None else num_warps,
+    )
+    return res, q, s
+
+
 def adaln_layernorm_fp8_launch(
     x: torch.Tensor,
     shift: torch.Tensor,
@@ -128,25 +195,21 @@ def adaln_layernorm_fp8_launch(
     num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check(x, prefix)
-    b, sx, d = x.shape
-    x = x.contiguous()
-    p = x if prefix is None else prefix.contiguous()
-    sp = 0 if prefix is None else p.shape[1]
-    sh = _per_sample(shift, b, d, "shift")
-    sc = _per_sample(scale, b, d, "scale")
-    q = torch.empty(b, sp + sx, d, device=x.device, dtype=FP8_DTYPE)
-    s = torch.empty(b, sp + sx, 1, device=x.device, dtype=torch.float32)
-    if b * (sp + sx) * d == 0:
-        return q, s
-    auto_m, block_n, auto_warps, _ = adaln_launch_sizes(d)
-    block_m = auto_m if block_m is None else block_m
-    grid = (triton.cdiv(sp + sx, block_m), b)
-    _adaln_fp8_kernel[grid](
-        p, x, sh, sc, q, s, sp, sx, d, sh.stride(0), sc.stride(0), eps,
-        PRE_ROUND=INTERPRETING, BF16=x.dtype == torch.bfloat16,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=auto_warps if num_warps is None else num_warps,
-    )
-    return q, s
+    return _launch(x, None, None, shift, scale, eps, prefix, block_m, num_warps)[1:]
+
+
+def residual_adaln_layernorm_fp8_launch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    block_m: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_residual(x, y)
+    return _launch(x, y, gate, shift, scale, eps, None, block_m, num_warps)
 
 
 @torch.library.custom_op("mediagate::adaln_layernorm_fp8", mutates_args=())
@@ -168,3 +231,28 @@ def _adaln_layernorm_fp8_fake(x, shift, scale, eps=1e-6, prefix=None):
     b, sx, d = x.shape
     rows = sx + (0 if prefix is None else prefix.shape[1])
     return x.new_empty(b, rows, d, dtype=FP8_DTYPE), x.new_empty(b, rows, 1, dtype=torch.float32)
+
+
+@torch.library.custom_op("mediagate::residual_adaln_layernorm_fp8", mutates_args=())
+def residual_adaln_layernorm_fp8(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x + gate · y, and the e4m3 rows and fp32 row scales of its modulated LayerNorm)."""
+    if not use_triton(x):
+        return residual_adaln_layernorm_fp8_reference(x, y, gate, shift, scale, eps)
+    return residual_adaln_layernorm_fp8_launch(x, y, gate, shift, scale, eps)
+
+
+@residual_adaln_layernorm_fp8.register_fake
+def _residual_adaln_layernorm_fp8_fake(x, y, gate, shift, scale, eps=1e-6):
+    b, s, d = x.shape
+    return (
+        torch.empty_like(x),
+        x.new_empty(b, s, d, dtype=FP8_DTYPE),
+        x.new_empty(b, s, 1, dtype=torch.float32),
+    )

@@ -47,8 +47,8 @@ def kernel_breakdown(prof, *, calls: int, ms_step: float) -> dict[str, Any]:
             continue
         ms_evt = t / 1e3 / calls
         classes[_kernel_class(evt.key)] = classes.get(_kernel_class(evt.key), 0.0) + ms_evt
-        top[evt.key[:90]] = ms_evt
-        counts[evt.key[:90]] = evt.count // calls
+        top[evt.key[:160]] = top.get(evt.key[:160], 0.0) + ms_evt
+        counts[evt.key[:160]] = counts.get(evt.key[:160], 0) + evt.count // calls
     busy = sum(classes.values())
     ranked = sorted(top, key=lambda k: -top[k])[:40]
     return {
@@ -61,7 +61,11 @@ def kernel_breakdown(prof, *, calls: int, ms_step: float) -> dict[str, Any]:
 
 
 def profile_part(args: argparse.Namespace) -> dict[str, Any]:
-    """GPU time of one FLUX (or Wan) transformer call by kernel class, per mode (torch.profiler)."""
+    """GPU time of one FLUX (or Wan) transformer call by kernel class, per mode (torch.profiler).
+
+    With `--profile-graphs` the calls replay their CUDA graphs after 30 warm calls, so the
+    kernels are timed as a served step runs them: back to back, at the clock the board's
+    power cap allows (torch.profiler records a graph replay's kernels one by one)."""
     from torch.profiler import ProfilerActivity, profile
 
     from engine.pipelines import (
@@ -81,7 +85,13 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
         return model, flux_transformer_inputs(model, height=args.resolution, width=args.resolution)
 
     device = torch.device(args.device)
-    result: dict[str, Any] = {"env": env_info(device), "part": "profile", "rows": []}
+    graphs = bool(getattr(args, "profile_graphs", False))
+    result: dict[str, Any] = {
+        "env": env_info(device),
+        "part": "profile",
+        "cuda_graphs": graphs,
+        "rows": [],
+    }
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for mode in getattr(args, "profile_modes", "eager,exact,fast").split(","):
 
@@ -95,9 +105,9 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
                 kw: dict[str, Any] = {"attention": "fp8"} if fp8 else {}
                 if backend:
                     kw["attention_fp8_backend"] = backend.removeprefix("-")
-                optimize(model, base, cuda_graphs=False, cache_dir=args.cache_dir, **kw)
+                optimize(model, base, cuda_graphs=graphs, cache_dir=args.cache_dir, **kw)
             with torch.no_grad():
-                for _ in range(3):
+                for _ in range(30 if graphs else 3):
                     model(**inp)
                 sync(device)
                 ms = time_calls(lambda: model(**inp), device, iters=5, warmup=0)
@@ -105,7 +115,8 @@ def profile_part(args: argparse.Namespace) -> dict[str, Any]:
                     for _ in range(2):
                         model(**inp)
                     sync(device)
-            return {"mode": mode, "ms_step": ms, **kernel_breakdown(prof, calls=2, ms_step=ms)}
+            breakdown = kernel_breakdown(prof, calls=2, ms_step=ms)
+            return {"mode": mode, "ms_step": ms, "cuda_graphs": graphs, **breakdown}
 
         result["rows"].append(run_variant(f"profile {mode}", one))
         save_partial(args, "profile", result)

@@ -12,7 +12,8 @@ Modes:
            (engine/optimization/components.py; `compile_components=False` leaves them).
     fast   exact + fp8 e4m3 linears in the repeated blocks (row-wise weight scales,
            row-wise dynamic activation scales); each GELU runs inside the fp8 quantizer
-           of the layer after it (engine/optimization/gelu_fp8.py).
+           of the layer after it (engine/optimization/gelu_fp8.py), and each LayerNorm
+           writes the fp8 rows of the linear after it (engine/optimization/fp8_rows.py).
     turbo  fast + step caching (fixed skip schedule, or first-block cache).
 
 In every mode a pipeline's decoded images go to PIL with the scaling and rounding on the
@@ -66,6 +67,7 @@ from engine.optimization.components import (
 )
 from engine.optimization.cudagraph import apply_cuda_graphs
 from engine.optimization.fp8 import quantize_linears
+from engine.optimization.fp8_rows import norms_into_fp8_rows
 from engine.optimization.gelu_fp8 import fuse_gelu_into_fp8
 from engine.optimization.lora import add_lora_slot, has_lora
 from engine.optimization.parallel import (
@@ -91,7 +93,10 @@ FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
 # in power-of-two segments (2.9-3.1x inductor's, BENCHMARKS.md) then took Wan's call from
 # 386.3 to 382.4 ms and FLUX's from 89.5 to 88.9: a FLUX step runs at the 700 W board cap,
 # so memory-bound time saved is mostly spent again at a lower clock.
-DEFAULT_KERNELS: tuple[str, ...] = ("gelu_fp8",)
+# Every norm of a FLUX double block and a Wan block into the fp8 rows its linear reads
+# (engine/optimization/fp8_rows.py): BENCHMARKS.md, "Twelfth round".
+DEFAULT_KERNELS: tuple[str, ...] = ("gelu_fp8", "norm_fp8")
+KERNEL_NAMES = ("gelu_fp8", "norm_fp8", "fp8_linear", "qk_rmsnorm_rope")
 # FLUX in `exact` (H200, 2026-11-22, one process, ms per call): the modules outside the
 # blocks compiled too and CUDA graphs always on took a call from 137.4/136.3 to 132.5
 # (diffusers + torch.compile 134.0). The graphs' "auto" test, three queued calls each way,
@@ -252,6 +257,9 @@ def optimize(
     report = OptimizationReport(mode=mode, dtype=str(dtype).removeprefix("torch."))
     quantize = mode in ("fast", "turbo")
     use_kernels = tuple(DEFAULT_KERNELS if kernels is None else kernels)
+    unknown = sorted(set(use_kernels) - set(KERNEL_NAMES))
+    if unknown:
+        raise ValueError(f"unknown kernels {unknown}: choose from {KERNEL_NAMES}")
     if fp8_backend is None:
         fp8_backend = "kernels" if "fp8_linear" in use_kernels else "torch"
     turbo_cfg = (turbo or TurboConfig()) if mode == "turbo" else None
@@ -366,6 +374,8 @@ def optimize(
                 report.kernels.append("fp8_linear")
             if "gelu_fp8" in use_kernels and fuse_gelu_into_fp8(model):
                 report.kernels.append("gelu_fp8")
+            if "norm_fp8" in use_kernels and norms_into_fp8_rows(model):
+                report.kernels.append("norm_fp8")
 
         flux = type(model).__name__ == "FluxTransformer2DModel"
         # The rest of the model compiled: measured to pay in `exact` only (fast: 91.5 ms per

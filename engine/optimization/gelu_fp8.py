@@ -24,6 +24,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 from engine.optimization.fp8 import FP8Linear
+from engine.optimization.fp8_rows import adaln_rows
 from engine.optimization.sdpa import FluxSDPAProcessor
 from kernels._utils import HALF_DTYPES
 
@@ -132,22 +133,6 @@ def _norm_into_fp8_rows(block: nn.Module, hidden_states: torch.Tensor) -> bool:
         and type(qkv) is FP8Linear
         and qkv.activation is None
     )
-
-
-def adaln_rows(
-    x: torch.Tensor,
-    shift: torch.Tensor,
-    scale: torch.Tensor,
-    eps: float,
-    prefix: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp8 rows of LayerNorm(cat([prefix, x])) * (1 + scale) + shift."""
-    from kernels.adaln_fp8 import adaln_layernorm_fp8, adaln_layernorm_fp8_reference
-
-    if x.is_cuda:
-        return adaln_layernorm_fp8(x, shift, scale, eps, prefix)
-    # Off the GPU the same math in torch (Triton's interpreter is for kernel tests).
-    return adaln_layernorm_fp8_reference(x, shift, scale, eps, prefix)
 
 
 def fuse_flux_single_blocks(model: nn.Module) -> int:

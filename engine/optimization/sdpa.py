@@ -147,22 +147,32 @@ class FluxSDPAProcessor(_SDPAProcessor):
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         fp8_output: bool = False,
         fp8_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+        fp8_context_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         """fp8_output: on the cuDNN fp8 path of a single block (no text stream), return
         cuDNN's output as it is, (e4m3 (B, S, H·D), per-column unit (B, 1, H·D)), for a
         consumer that reads it (engine/optimization/gelu_fp8.py's FluxSingleBlockHook).
-        fp8_rows: a single block's input already in fp8 rows (e4m3 (B, S, D), fp32 scales
-        (B, S, 1)) for its fused QKV projection; hidden_states then only gives the shape."""
+        fp8_rows: the block's input already in fp8 rows (e4m3 (B, S, D), fp32 scales
+        (B, S, 1)) for its fused QKV projection, and fp8_context_rows the text stream's for
+        its fused added QKV (a double block, engine/optimization/fp8_rows.py); the
+        hidden-state arguments then give only shapes."""
         from diffusers.models.embeddings import apply_rotary_emb
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
         if attention_mask is not None:
             raise NotImplementedError("FluxSDPAProcessor handles unmasked attention only")
         if fp8_rows is not None:
-            if encoder_hidden_states is not None:
-                raise ValueError("fp8_rows is a single block's input: no text stream beside it")
+            if (encoder_hidden_states is None) != (fp8_context_rows is None):
+                raise ValueError(
+                    "fp8_rows beside a text stream needs its rows too (fp8_context_rows), "
+                    "and fp8_context_rows needs encoder_hidden_states"
+                )
             query, key, value = _linear_on_rows(attn.to_qkv, *fp8_rows).chunk(3, dim=-1)
             e_query = e_key = e_value = (None,)  # as diffusers' fused projections give
+            if fp8_context_rows is not None:
+                e_query, e_key, e_value = _linear_on_rows(
+                    attn.to_added_qkv, *fp8_context_rows
+                ).chunk(3, dim=-1)
         else:
             query, key, value, e_query, e_key, e_value = _get_qkv_projections(
                 attn, hidden_states, encoder_hidden_states
@@ -315,14 +325,21 @@ class WanSDPAProcessor(_SDPAProcessor):
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        fp8_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """fp8_rows: the attention's input already in fp8 rows (e4m3 (B, S, D), fp32 scales
+        (B, S, 1)) for the projections that read it (engine/optimization/fp8_rows.py);
+        hidden_states then gives only the shape."""
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
         if attn.add_k_proj is not None or attention_mask is not None:
             raise NotImplementedError(
                 "WanSDPAProcessor handles unmasked text-to-video attention only"
             )
-        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        if fp8_rows is None:
+            query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        else:
+            query, key, value = _wan_projections_on_rows(attn, fp8_rows, encoder_hidden_states)
         heads = lambda t: t.unflatten(2, (attn.heads, -1))  # noqa: E731
         if self._fused_producer(attn, heads(query), heads(key), encoder_hidden_states, rotary_emb):
             from engine.optimization.cudnn_fp8 import norm_rope_attention_fp8_cudnn_rows
@@ -349,6 +366,14 @@ class WanSDPAProcessor(_SDPAProcessor):
         sharded_keys = encoder_hidden_states is None
         hidden_states = self._attend(query, key, value, bounds, sharded_keys).flatten(2, 3)
         hidden_states = hidden_states.type_as(query)
+        if hidden_states.is_cuda and _is_plain_fp8(attn.to_out[0]):
+            # The output of an opaque op: inductor has nothing to fuse its fp8 quantization
+            # into, and its lone kernel ran at under half our quantizer's bandwidth (Wan 480p
+            # cross attention on an H100: 108 µs per block).
+            from kernels.fp8 import quantize_fp8_rowwise
+
+            rows = quantize_fp8_rowwise(hidden_states)
+            return attn.to_out[1](_linear_on_rows(attn.to_out[0], *rows))
         return attn.to_out[1](attn.to_out[0](hidden_states))
 
     def _output_as_fp8_rows(self, attn, query, key, encoder_hidden_states) -> bool:
@@ -378,6 +403,18 @@ class WanSDPAProcessor(_SDPAProcessor):
 def _linear_on_rows(linear, xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
     # An FP8Linear on fp8 rows (B, S, K) and their scales (B, S, 1).
     return linear.matmul_fp8(xq.flatten(0, 1), xs.flatten(0, 1), xq.shape[:2])
+
+
+def _wan_projections_on_rows(attn, rows: tuple, encoder_hidden_states):
+    # diffusers' _get_qkv_projections for Wan, the query side read from fp8 rows.
+    if encoder_hidden_states is None:
+        if attn.fused_projections:
+            return _linear_on_rows(attn.to_qkv, *rows).chunk(3, dim=-1)
+        return tuple(_linear_on_rows(p, *rows) for p in (attn.to_q, attn.to_k, attn.to_v))
+    query = _linear_on_rows(attn.to_q, *rows)
+    if attn.fused_projections:
+        return (query, *attn.to_kv(encoder_hidden_states).chunk(2, dim=-1))
+    return query, attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
 
 
 def use_sdpa_processors(

@@ -7,6 +7,9 @@ from kernels.adaln_fp8 import (
     adaln_layernorm_fp8,
     adaln_layernorm_fp8_launch,
     adaln_layernorm_fp8_reference,
+    residual_adaln_layernorm_fp8,
+    residual_adaln_layernorm_fp8_launch,
+    residual_adaln_layernorm_fp8_reference,
 )
 from kernels.fp8 import FP8_DTYPE
 
@@ -102,3 +105,76 @@ def test_bad_inputs(device):
         adaln_layernorm_fp8(x, torch.zeros(2, 3, 32, device=device), scale)
     with pytest.raises(ValueError, match="scale must be per sample"):
         adaln_layernorm_fp8(x, shift, scale[:, :16])
+
+
+# ------------------------------------------------------------------ with the residual joined first
+# (B, rows, D): FLUX's double-block image and text streams and Wan 480p's video on the GPU.
+RESIDUAL_SHAPES = (
+    [(1, 4096, 3072), (1, 512, 3072), (1, 32760, 1536)]
+    if ON_GPU
+    else [(1, 5, 48), (2, 7, 96), (2, 1, 200)]
+)
+
+
+def _branch(x, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(x.shape, generator=g) * 2).to(x.dtype).to(x.device)
+
+
+def _assert_residual(res, rres, dtype):
+    # x + g·y in fp32 may fuse into one rounding on the GPU: one ulp of x's dtype at most.
+    assert res.dtype == rres.dtype and res.shape == rres.shape
+    ulp = 2**-7 if dtype == torch.bfloat16 else 2**-10
+    torch.testing.assert_close(res.float(), rres.float(), rtol=ulp, atol=1e-6)
+    assert (res != rres).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize("b, s, d", RESIDUAL_SHAPES)
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "plain"])
+def test_residual_matches_reference(b, s, d, gated, dtype, device):
+    x, _, shift, scale = _operands(b, 0, s, d, dtype, device)
+    y = _branch(x)
+    # Wan's gates are fp32 (B, 1, D) chunks of its modulation table; FLUX's half (B, D).
+    gen = torch.Generator().manual_seed(2)
+    gate = torch.rand(b, 1, d, generator=gen).to(device) if gated else None
+    res, q, sc = residual_adaln_layernorm_fp8(x, y, gate, shift, scale, 1e-6)
+    rres, rq, rs = residual_adaln_layernorm_fp8_reference(x, y, gate, shift, scale, 1e-6)
+    _assert_residual(res, rres, dtype)
+    # The rows are those of the residual the kernel wrote...
+    _assert_same(q, sc, *adaln_layernorm_fp8_reference(res, shift, scale, 1e-6), dtype)
+    # ...and, where that residual is one rounding off the reference's (a fused multiply-add on
+    # the GPU), its row's codes may all move a step: compare the values they stand for.
+    torch.testing.assert_close(q.float() * sc, rq.float() * rs, rtol=0.13, atol=0.05)
+
+
+def test_residual_is_the_two_steps(device):
+    x, _, shift, scale = _operands(2, 0, 5, 64, torch.bfloat16, device)
+    y, gate = _branch(x), shift * 0.5
+    res, q, s = residual_adaln_layernorm_fp8(x, y, gate, shift, scale, 1e-6)
+    joined = (x.float() + gate.float()[:, None] * y.float()).to(x.dtype)
+    _assert_residual(res, joined, torch.bfloat16)
+    q2, s2 = adaln_layernorm_fp8(res, shift, scale, 1e-6)
+    assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s, s2)
+
+
+@pytest.mark.parametrize("block_m, num_warps", [(1, 1), (4, 2)])
+def test_residual_launch_sizes(block_m, num_warps, device):
+    x, _, shift, scale = _operands(1, 0, 7, 80, torch.bfloat16, device)
+    y = _branch(x)
+    out = residual_adaln_layernorm_fp8_launch(x, y, shift, shift, scale, 1e-6, block_m, num_warps)
+    ref = residual_adaln_layernorm_fp8_reference(x, y, shift, shift, scale, 1e-6)
+    _assert_residual(out[0], ref[0], torch.bfloat16)
+    _assert_same(*out[1:], *ref[1:])
+
+
+def test_residual_empty_and_bad_inputs(device):
+    x, _, shift, scale = _operands(2, 0, 3, 32, torch.bfloat16, device)
+    y = _branch(x)
+    res, q, s = residual_adaln_layernorm_fp8(x[:, :0], y[:, :0], None, shift, scale)
+    assert res.shape == (2, 0, 32) and q.shape == (2, 0, 32) and s.shape == (2, 0, 1)
+    with pytest.raises(ValueError, match="y must have x's shape"):
+        residual_adaln_layernorm_fp8(x, y[:, :2], None, shift, scale)
+    with pytest.raises(ValueError, match="y must be"):
+        residual_adaln_layernorm_fp8(x, y.half(), None, shift, scale)
+    with pytest.raises(ValueError, match="gate must be per sample"):
+        residual_adaln_layernorm_fp8(x, y, torch.ones(2, 3, 32, device=device), shift, scale)
