@@ -151,6 +151,12 @@ class FP8Linear(nn.Module):
         )
 
 
+def is_plain_fp8(linear: object) -> bool:
+    """An FP8Linear reading its input as it is (no LoRA wrapper, no activation moved in):
+    one whose input may be handed over as fp8 rows (`FP8Linear.matmul_fp8`)."""
+    return type(linear) is FP8Linear and linear.activation is None
+
+
 def _eligible(linear: nn.Linear) -> bool:
     # _scaled_mm needs K and N in multiples of 16 on the tensor-core path; an emptied
     # weight is a projection that QKV fusion made dead.

@@ -23,7 +23,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-from engine.optimization.fp8 import FP8Linear
+from engine.optimization.fp8 import is_plain_fp8
 from engine.optimization.sdpa import FluxSDPAProcessor, WanSDPAProcessor, _linear_on_rows
 from kernels._utils import HALF_DTYPES
 
@@ -65,10 +65,6 @@ def residual_rows(
     return residual_adaln_layernorm_fp8_reference(x, y, gate, shift, scale, eps)
 
 
-def _plain_fp8(linear: Any) -> bool:
-    return type(linear) is FP8Linear and linear.activation is None
-
-
 def _plain_layer_norm(norm: Any, affine: bool = False) -> bool:
     return isinstance(norm, nn.LayerNorm) and (affine or not norm.elementwise_affine)
 
@@ -79,7 +75,7 @@ def _feed_forward_reads_rows(ff: nn.Module) -> bool:
     from engine.optimization.gelu_fp8 import ProjectionOnly
 
     first = ff.net[0]
-    return type(first) in (GELU, ProjectionOnly) and _plain_fp8(first.proj)
+    return type(first) in (GELU, ProjectionOnly) and is_plain_fp8(first.proj)
 
 
 def _feed_forward_on_rows(ff: nn.Module, xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -110,8 +106,8 @@ def _flux_double_reads_rows(block: nn.Module, hidden_states: torch.Tensor) -> bo
         and all(_plain_layer_norm(getattr(n, "norm", None)) for n in norms)
         and _plain_layer_norm(block.norm2)
         and _plain_layer_norm(block.norm2_context)
-        and _plain_fp8(getattr(attn, "to_qkv", None))
-        and _plain_fp8(getattr(attn, "to_added_qkv", None))
+        and is_plain_fp8(getattr(attn, "to_qkv", None))
+        and is_plain_fp8(getattr(attn, "to_added_qkv", None))
         and _feed_forward_reads_rows(block.ff)
         and _feed_forward_reads_rows(block.ff_context)
     )
@@ -179,8 +175,8 @@ def _wan_reads_rows(block: nn.Module, hidden_states: torch.Tensor, temb: torch.T
         and _plain_layer_norm(block.norm1)
         and _plain_layer_norm(block.norm2, affine=True)
         and _plain_layer_norm(block.norm3)
-        and all(_plain_fp8(linear) for linear in qkv)
-        and _plain_fp8(cross.to_q)
+        and all(is_plain_fp8(linear) for linear in qkv)
+        and is_plain_fp8(cross.to_q)
         and _feed_forward_reads_rows(block.ffn)
     )
 

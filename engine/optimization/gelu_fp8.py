@@ -23,7 +23,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-from engine.optimization.fp8 import FP8Linear
+from engine.optimization.fp8 import FP8Linear, is_plain_fp8
 from engine.optimization.fp8_rows import adaln_rows
 from engine.optimization.sdpa import FluxSDPAProcessor
 from kernels._utils import HALF_DTYPES
@@ -128,10 +128,8 @@ def _norm_into_fp8_rows(block: nn.Module, hidden_states: torch.Tensor) -> bool:
         hidden_states.dtype in HALF_DTYPES
         and type(norm) is nn.LayerNorm
         and not norm.elementwise_affine
-        and type(block.proj_mlp) is FP8Linear
-        and block.proj_mlp.activation is None
-        and type(qkv) is FP8Linear
-        and qkv.activation is None
+        and is_plain_fp8(block.proj_mlp)
+        and is_plain_fp8(qkv)
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.optimization.fp8 import is_plain_fp8
 from engine.optimization.ulysses import attend_over_ranks, ulysses_group
 from kernels.cudnn_fp8_operands import wan_rope_reference
 
@@ -259,7 +260,7 @@ def _flux_cudnn_fp8(
     if fp8_out and text is None:
         o8, unit = cudnn_fp8.norm_rope_attention_fp8_cudnn_e4m3(*args, smooth_k)
         return o8.flatten(2, 3), unit.flatten(2, 3)
-    if fp8_out and _is_plain_fp8(attn.to_out[0]) and _is_plain_fp8(attn.to_add_out):
+    if fp8_out and is_plain_fp8(attn.to_out[0]) and is_plain_fp8(attn.to_add_out):
         xq, xs = cudnn_fp8.norm_rope_attention_fp8_cudnn_rows(*args, smooth_k)
         s_txt = e_query.shape[1]
         (t_q, i_q), (t_s, i_s) = (x.split_with_sizes([s_txt, x.shape[1] - s_txt], 1) for x in (xq, xs))
@@ -267,12 +268,6 @@ def _flux_cudnn_fp8(
         return hidden_states, _linear_on_rows(attn.to_add_out, t_q, t_s)
     hidden_states = cudnn_fp8.norm_rope_attention_fp8_cudnn(*args, smooth_k).flatten(2, 3)
     return _flux_out(attn, hidden_states, encoder_states)
-
-
-def _is_plain_fp8(linear) -> bool:
-    from engine.optimization.fp8 import FP8Linear
-
-    return isinstance(linear, FP8Linear) and linear.activation is None
 
 
 def _flux_fp8_norm_rope(attn, query, key, value, e_query, e_key, e_value, rotary, smooth_k):
@@ -366,7 +361,7 @@ class WanSDPAProcessor(_SDPAProcessor):
         sharded_keys = encoder_hidden_states is None
         hidden_states = self._attend(query, key, value, bounds, sharded_keys).flatten(2, 3)
         hidden_states = hidden_states.type_as(query)
-        if hidden_states.is_cuda and _is_plain_fp8(attn.to_out[0]):
+        if hidden_states.is_cuda and is_plain_fp8(attn.to_out[0]):
             # The output of an opaque op: inductor has nothing to fuse its fp8 quantization
             # into, and its lone kernel ran at under half our quantizer's bandwidth (Wan 480p
             # cross attention on an H100: 108 µs per block).
@@ -383,7 +378,7 @@ class WanSDPAProcessor(_SDPAProcessor):
             and encoder_hidden_states is None
             and ulysses_group(self._parallel_config) is None
             and _uses_cudnn_fp8(query, key, self.backend, self.fp8_min_kv)
-            and _is_plain_fp8(attn.to_out[0])
+            and is_plain_fp8(attn.to_out[0])
         )
 
     def _fused_producer(self, attn, query, key, encoder_hidden_states, rotary_emb) -> bool:
