@@ -59,6 +59,7 @@ from bench.enginebench.profile import profile_part  # noqa: E402
 from bench.enginebench.report import chart, print_tables  # noqa: E402
 from bench.enginebench.timeline import timeline_part  # noqa: E402
 from bench.enginebench.wan import wan_part  # noqa: E402
+from engine.process_env import apply_gpu_process_env  # noqa: E402
 
 
 def main() -> None:
@@ -148,7 +149,14 @@ def main() -> None:
         "--timeline-kwargs", default='{"attention": "fp8"}', help="--part timeline: optimize kwargs"
     )
     parser.add_argument("--out", default=os.environ.get("OUT"))
+    parser.add_argument(
+        "--torch-cublaslt-workspace",
+        action="store_true",
+        help="keep torch's cuBLASLt workspace instead of the replica's (engine/process_env.py)",
+    )
     args = parser.parse_args()
+    if not args.torch_cublaslt_workspace:
+        apply_gpu_process_env()  # as a replica runs (before this process's first GEMM)
     if args.size == "tiny" and args.resolution == 1024:
         args.resolution = 64
     if args.part == "cache" and not args.lora_rank:

@@ -61,9 +61,11 @@ BOUND_MARGIN = 1.02
 """Headroom over the RMSNorm bound for bf16 rounding of the norm and the rotation."""
 K_MEAN_SAMPLE = 256
 """Tokens K's centring vector is averaged over (evenly spaced; all of them when fewer)."""
-ROWS_PER_PROGRAM = 2
-"""Token rows per program of the quantizing pass, each row all H·D channels, at 2 warps:
-164 us at Wan's 32,760 x 12 x 128 on an H200, against 174-230 us for 1-8 rows at 1-8 warps."""
+QUANTIZE_LAUNCH = {"per_head": (2, 4), "over_row": (4, 4)}
+"""(token rows, warps) per program of the quantizing pass, each row all H·D channels, by the
+norm's reach. The three launches on an H100 in a CUDA graph: FLUX's per-head norms (4,096 +
+512 tokens x 24 heads) 89-90 us against 95-97 at (2, 2), 104-105 at (4, 4); Wan's norm over
+the row (32,760 x 12 heads) 240 us against 253 at (2, 2), 266 at (2, 4), 247-248 at (1, 1)."""
 FINISH_CHANNELS = 128
 """Channels per program of the step between the two passes (K's mean, V's amax floor)."""
 V_CHUNK = 256
@@ -409,7 +411,7 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, smooth_k, kv_align,
-            text=None, rows_per_program=ROWS_PER_PROGRAM, num_warps=2):  # fmt: skip
+            text=None, launch=None):  # fmt: skip
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     if text is None:
         # No text stream: the kernels' text pointers are never read (TEXT=False).
@@ -422,6 +424,7 @@ def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, smooth_k, kv
     s_pad = s + (-s % kv_align)
     h_pad = triton.next_power_of_2(h)
     per_head = q_weight.numel() == d
+    rows_per_program, num_warps = launch or QUANTIZE_LAUNCH["per_head" if per_head else "over_row"]
     dev = q.device
     cos = freqs_cos.reshape(s, d).float().contiguous()
     sin = freqs_sin.reshape(s, d).float().contiguous()

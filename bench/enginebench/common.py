@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -93,6 +94,7 @@ def env_info(device: torch.device) -> dict[str, Any]:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "device": device.type,
+        "cublaslt_workspace": os.environ.get("CUBLASLT_WORKSPACE_SIZE", "torch's default"),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()

@@ -23,7 +23,8 @@ GPU, the same pixels (engine/optimization/postprocess.py).
 cuDNN's fused fp8 attention or our kernel (kernels/attention_fp8.py, SageAttention-style
 scales), via the sequence-major
 processors of engine/optimization/sdpa.py, on this instance only; attention over fewer
-than `attention_fp8_min_kv` keys (default 2048: Wan's text cross attention) stays bf16.
+than `attention_fp8_min_kv` keys stays bf16 (default: 512 for cuDNN, so Wan's 512-token text
+cross attention runs in fp8 there; 2048 for our kernel, where it stays bf16).
 With `attention_fp8_producer` (on by default) the QK RMSNorm, RoPE and the fp8
 quantization of q, k and v run as one producer kernel: for cuDNN, FLUX's and Wan's self
 attention (kernels/cudnn_fp8_operands.py), for our kernel, FLUX's
@@ -78,6 +79,7 @@ from engine.optimization.parallel import (
 )
 from engine.optimization.postprocess import use_device_postprocess
 from engine.optimization.turbo import TurboConfig, apply_turbo
+from engine.process_env import gpu_process_env_missing
 
 MODES = ("exact", "fast", "turbo")
 FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
@@ -320,13 +322,13 @@ def optimize(
             backend = context_parallel_backend(backend, probe)
         routed = 0
         if fp8_attention:
-            from engine.optimization.sdpa import FP8_MIN_KV_TOKENS, use_sdpa_processors
+            from engine.optimization.sdpa import use_sdpa_processors
 
             fp8_name = _fp8_attention_backend(attention_fp8_backend, device)
             routed = use_sdpa_processors(
                 model,
                 fp8_name,
-                FP8_MIN_KV_TOKENS if attention_fp8_min_kv is None else attention_fp8_min_kv,
+                attention_fp8_min_kv,
                 fp8_producer=attention_fp8_producer,
                 fp8_smooth_k=attention_fp8_smooth_k,
             )
@@ -370,6 +372,12 @@ def optimize(
             )
             report.fp8_linears += len(replaced)
             report.fp8_backend = fp8_backend
+            missing = gpu_process_env_missing()
+            if replaced and device.type == "cuda" and missing:
+                report.notes.append(
+                    f"this process runs without {', '.join(missing)}: cuBLASLt's fp8 GEMMs "
+                    "take slower kernels (engine/process_env.py)"
+                )
             if fp8_backend == "kernels" and "fp8_linear" not in report.kernels:
                 report.kernels.append("fp8_linear")
             if "gelu_fp8" in use_kernels and fuse_gelu_into_fp8(model):

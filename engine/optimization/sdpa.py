@@ -60,8 +60,18 @@ FP8_BACKENDS = (FP8_BACKEND, FP8_CUDNN_BACKEND)
 CUDNN_FP8_HEAD_DIMS = (64, 128)
 """Head dims cuDNN's fp8 attention was verified at on Hopper; others run our kernel."""
 FP8_MIN_KV_TOKENS = 2048
-"""Shorter key sequences stay bf16: quantizing Q costs more than fp8 saves there (Wan 480p's
-512-token cross attention on an H200: 0.31 ms in fp8 against 0.19 ms for cuDNN bf16)."""
+"""Shorter key sequences stay bf16 in our fp8 kernel: quantizing Q costs more than fp8 saves
+there (Wan 480p's 512-token cross attention on an H200: 0.31 ms in fp8 against 0.19 ms for
+cuDNN bf16)."""
+CUDNN_FP8_MIN_KV_TOKENS = 512
+"""cuDNN's fp8 attention from this many keys: Wan 480p's 512-token cross attention took
+0.152 ms against 0.189 for cuDNN bf16 (H100), and its quantization rides in the kernel of
+the q norm that runs anyway."""
+
+
+def default_fp8_min_kv(backend: str) -> int:
+    """Keys from which attention runs in fp8 on this fp8 backend, unless told otherwise."""
+    return CUDNN_FP8_MIN_KV_TOKENS if backend == FP8_CUDNN_BACKEND else FP8_MIN_KV_TOKENS
 
 
 def _attention(
@@ -307,8 +317,8 @@ class WanSDPAProcessor(_SDPAProcessor):
     With cuDNN's fp8 attention and an fp8 output projection, the self attention's e4m3
     output goes to the projection's row-quantized input in one kernel
     (`attention_fp8_cudnn_rows`) instead of a bf16 tensor that is quantized again
-    (Wan 480p on an H200: 142 -> 46 us per block, the call 349 -> 345 ms); setting
-    `fuse_fp8_output = False` turns that off. On that path, with `fp8_producer`, the QK
+    (Wan 480p on an H200: 142 -> 46 us per block, the call 349 -> 345 ms), and so does
+    the text cross attention's; setting `fuse_fp8_output = False` turns that off. On that path, with `fp8_producer`, the QK
     norms, the rotation and the quantization of q, k and v run as one producer
     (`norm_rope_attention_fp8_cudnn_rows`) instead of inductor's kernels.
     """
@@ -372,11 +382,12 @@ class WanSDPAProcessor(_SDPAProcessor):
         return attn.to_out[1](attn.to_out[0](hidden_states))
 
     def _output_as_fp8_rows(self, attn, query, key, encoder_hidden_states) -> bool:
-        # Self attention on one rank, through cuDNN's fp8 attention, into an fp8 linear.
+        # Attention through cuDNN's fp8 attention into an fp8 linear: the text cross
+        # attention, or the self attention on one rank (under context parallel its keys
+        # are traded between ranks first).
         return (
             self.fuse_fp8_output
-            and encoder_hidden_states is None
-            and ulysses_group(self._parallel_config) is None
+            and (encoder_hidden_states is not None or ulysses_group(self._parallel_config) is None)
             and _uses_cudnn_fp8(query, key, self.backend, self.fp8_min_kv)
             and is_plain_fp8(attn.to_out[0])
         )
@@ -415,11 +426,15 @@ def _wan_projections_on_rows(attn, rows: tuple, encoder_hidden_states):
 def use_sdpa_processors(
     model: torch.nn.Module,
     backend: str | None,
-    fp8_min_kv: int = FP8_MIN_KV_TOKENS,
+    fp8_min_kv: int | None = None,
     fp8_producer: bool = False,
     fp8_smooth_k: bool = True,
 ) -> int:
-    """Route this instance's FLUX / Wan attention through `sdpa_bshd`; returns how many modules."""
+    """Route this instance's FLUX / Wan attention through `sdpa_bshd`; returns how many modules.
+
+    fp8_min_kv: keys from which an fp8 backend runs in fp8 (None: `default_fp8_min_kv`)."""
+    if fp8_min_kv is None:
+        fp8_min_kv = default_fp8_min_kv(backend)
     from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
     from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 

@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 from engine.manifest import Manifest
+from engine.process_env import apply_gpu_process_env
 from engine.runner.server import serve
 
 
 def main() -> None:
+    # Before the model's code runs its first GEMM (engine/process_env.py says why).
+    apply_gpu_process_env()
     parser = argparse.ArgumentParser(prog="engine.runner")
     parser.add_argument("--package", required=True, type=Path, help="the unpacked model package")
     parser.add_argument("--manifest", required=True, type=Path, help="the validated manifest (JSON)")

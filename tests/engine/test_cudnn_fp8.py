@@ -225,6 +225,27 @@ def test_wan_self_attention_from_one_producer_straight_to_fp8_rows():
     assert drift(rows_only, unfused)["cosine"] >= 0.9999
 
 
+def test_wan_cross_attention_goes_to_its_output_projection_in_fp8_rows():
+    # Both attentions of every block, self and text cross, hand cuDNN's e4m3 output to
+    # their output projection's fp8 rows.
+    processors, run = _fast_cudnn_fp8("wan")
+    _, ran = run()
+    assert ran.get(REQUANTIZE) == len(processors) >= 4
+
+
+def test_cudnn_fp8_runs_from_wans_512_text_tokens_our_kernel_from_2048():
+    from engine.optimization.sdpa import WanSDPAProcessor, default_fp8_min_kv
+    from engine.pipelines import build_wan_transformer
+
+    assert default_fp8_min_kv("fp8-cudnn") == 512 and default_fp8_min_kv("fp8") == 2048
+    for backend, min_kv in (("cudnn", 512), ("triton", 2048)):
+        model = build_wan_transformer("tiny", seed=0)
+        optimize(model, "fast", attention="fp8", attention_fp8_backend=backend, compile=False)
+        procs = [m.processor for m in model.modules() if hasattr(m, "processor")]
+        assert procs and all(isinstance(p, WanSDPAProcessor) for p in procs)
+        assert {p.fp8_min_kv for p in procs} == {min_kv}
+
+
 def _on_and_off(switch: str, op: str) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
     # FLUX with each processor's `switch` on, then off (`op` must not run then): how often
     # each op ran with it on, and both outputs.

@@ -81,6 +81,17 @@ def test_producer_matches_the_torch_steps(device, shape, smooth_k):
     assert not k8[:, s:].float().any() and not v8[:, s:].float().any()
 
 
+@pytest.mark.parametrize("launch", [(1, 1), (2, 4), (4, 4), (8, 8)])
+def test_every_launch_size_gives_the_same_operands(device, launch):
+    from kernels.cudnn_fp8_operands import _launch
+
+    args = _inputs(*SHAPES[-1], device)
+    ref = norm_rope_quantize_for_cudnn_reference(*args, True, 128)
+    out = _launch(*args, True, 128, launch=launch)
+    for name, o, r in zip(("q8", "k8", "v8"), out, ref, strict=False):
+        _close_codes(o, r, name)
+
+
 def _flux_inputs(b, st, si, h, d, device):
     g = torch.Generator().manual_seed(st + si + d)
 
