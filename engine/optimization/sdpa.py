@@ -318,9 +318,10 @@ class WanSDPAProcessor(_SDPAProcessor):
     output goes to the projection's row-quantized input in one kernel
     (`attention_fp8_cudnn_rows`) instead of a bf16 tensor that is quantized again
     (Wan 480p on an H200: 142 -> 46 us per block, the call 349 -> 345 ms), and so does
-    the text cross attention's; setting `fuse_fp8_output = False` turns that off. On that path, with `fp8_producer`, the QK
-    norms, the rotation and the quantization of q, k and v run as one producer
-    (`norm_rope_attention_fp8_cudnn_rows`) instead of inductor's kernels.
+    the text cross attention's; setting `fuse_fp8_output = False` turns that off. On that
+    path, with `fp8_producer`, the self attention's QK norms, rotation and quantization of
+    q, k and v run as one producer (`norm_rope_attention_fp8_cudnn_rows`) instead of
+    inductor's kernels.
     """
 
     def __call__(
