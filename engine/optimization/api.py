@@ -6,10 +6,12 @@ pipelines in one process can run different modes and nothing global is patched.
 
 Modes:
     exact  bf16, fused QKV, fastest exact attention (measured), regional compile,
-           CUDA graphs where they pay (measured), channels-last VAE. FLUX also compiles
-           the modules outside its blocks and always captures graphs (measured). The
-           text encoders' layers and an image VAE's decoder are compiled as well
-           (engine/optimization/components.py; `compile_components=False` leaves them).
+           CUDA graphs where they pay (measured), channels-last VAE, each feed-forward's
+           GELU in its up projection's GEMM epilogue (engine/optimization/gelu_epilogue.py).
+           FLUX also compiles the modules outside its blocks and always captures graphs
+           (measured). The text encoders' layers and an image VAE's decoder are compiled
+           as well (engine/optimization/components.py; `compile_components=False` leaves
+           them).
     fast   exact + fp8 e4m3 linears in the repeated blocks (row-wise weight scales,
            row-wise dynamic activation scales); each GELU runs inside the fp8 quantizer
            of the layer after it (engine/optimization/gelu_fp8.py), and each LayerNorm
@@ -66,9 +68,11 @@ from engine.optimization.components import (
     device_of,
     image_vae,
 )
+from engine.optimization.concat_free import free_flux_single_blocks_of_concat
 from engine.optimization.cudagraph import apply_cuda_graphs
 from engine.optimization.fp8 import quantize_linears
 from engine.optimization.fp8_rows import norms_into_fp8_rows
+from engine.optimization.gelu_epilogue import fuse_gelu_into_gemms
 from engine.optimization.gelu_fp8 import fuse_gelu_into_fp8
 from engine.optimization.lora import add_lora_slot, has_lora
 from engine.optimization.parallel import (
@@ -97,8 +101,17 @@ FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
 # so memory-bound time saved is mostly spent again at a lower clock.
 # Every norm of a FLUX double block and a Wan block into the fp8 rows its linear reads
 # (engine/optimization/fp8_rows.py): BENCHMARKS.md, "Twelfth round".
-DEFAULT_KERNELS: tuple[str, ...] = ("gelu_fp8", "norm_fp8")
-KERNEL_NAMES = ("gelu_fp8", "norm_fp8", "fp8_linear", "qk_rmsnorm_rope")
+# The bf16 feed-forwards' GELU in cuBLASLt's epilogue (`exact`): FLUX 131.4 -> 128.4/128.9
+# ms per step, Wan 519.0 -> 512.6 ms per call (H100, 2026-11-23; "Fourteenth round").
+DEFAULT_KERNELS: tuple[str, ...] = ("gelu_fp8", "norm_fp8", "gelu_epilogue", "concat_free")
+KERNEL_NAMES = (
+    "gelu_fp8",
+    "norm_fp8",
+    "gelu_epilogue",
+    "concat_free",
+    "fp8_linear",
+    "qk_rmsnorm_rope",
+)
 # FLUX in `exact` (H200, 2026-11-22, one process, ms per call): the modules outside the
 # blocks compiled too and CUDA graphs always on took a call from 137.4/136.3 to 132.5
 # (diffusers + torch.compile 134.0). The graphs' "auto" test, three queued calls each way,
@@ -384,6 +397,10 @@ def optimize(
                 report.kernels.append("gelu_fp8")
             if "norm_fp8" in use_kernels and norms_into_fp8_rows(model):
                 report.kernels.append("norm_fp8")
+        if "gelu_epilogue" in use_kernels and fuse_gelu_into_gemms(model):
+            report.kernels.append("gelu_epilogue")
+        if "concat_free" in use_kernels and free_flux_single_blocks_of_concat(model):
+            report.kernels.append("concat_free")
 
         flux = type(model).__name__ == "FluxTransformer2DModel"
         # The rest of the model compiled: measured to pay in `exact` only (fast: 91.5 ms per
