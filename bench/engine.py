@@ -16,6 +16,7 @@ Run on a CUDA machine from the repository root, one part per process:
     torchrun --nproc_per_node 2 bench/engine.py --part cp   # context parallel vs one GPU
     torchrun --nproc_per_node 2 bench/engine.py --part alltoall   # the exchange alone
     python bench/engine.py --part timeline  # one pipeline call's wall time, phase by phase
+    python bench/engine.py --part gelu-epilogue  # bf16 up projection + GELU: cuBLASLt epilogue
     python bench/engine.py --merge a.json b.json ...   # one table, engine.json and a PNG
 
 Every model is built from its published config with random weights (text encoders too:
@@ -53,6 +54,7 @@ from bench.enginebench.cache import cache_part, probe_part  # noqa: E402
 from bench.enginebench.common import RESULTS  # noqa: E402
 from bench.enginebench.cp import cp_part  # noqa: E402
 from bench.enginebench.flux import flux_part  # noqa: E402
+from bench.enginebench.gelu_epilogue import gelu_epilogue_part  # noqa: E402
 from bench.enginebench.options import options_part  # noqa: E402
 from bench.enginebench.power import power_part  # noqa: E402
 from bench.enginebench.profile import profile_part  # noqa: E402
@@ -83,6 +85,7 @@ def main() -> None:
             "power",
             "alltoall",
             "timeline",
+            "gelu-epilogue",
         ],
         default="flux",
     )
@@ -208,6 +211,7 @@ def main() -> None:
         "options": options_part,
         "power": power_part,
         "timeline": timeline_part,
+        "gelu-epilogue": gelu_epilogue_part,
     }[args.part]
     result = part(args)
     result.setdefault("part", args.part)

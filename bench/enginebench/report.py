@@ -174,6 +174,10 @@ def print_tables(results: list[dict[str, Any]]) -> str:
             from bench.enginebench.power import power_table
 
             out += power_table(res)
+        elif res.get("part") == "gelu-epilogue":
+            from bench.enginebench.gelu_epilogue import gelu_epilogue_table
+
+            out += gelu_epilogue_table(res)
         elif res.get("part") == "timeline":
             from bench.enginebench.timeline import timeline_table
 

@@ -100,3 +100,13 @@ def test_blocks_share_their_compiled_code():
         optimize(model, "exact", **AOT)
         _run(model, inputs)
         _run(model, inputs)
+
+
+def test_benchmark_part_times_every_way_and_reports_the_error():
+    from bench.enginebench.gelu_epilogue import gelu_epilogue_table, measure_shape
+
+    row = measure_shape(16, 32, 128, torch.device("cpu"), iters=1)
+    assert all(row[k] > 0 for k in ("linear", "linear + gelu", "epilogue, compiled"))
+    assert row["rel L2, epilogue"] < 1e-2
+    table = gelu_epilogue_table({"rows": [{"shape": "tiny", **row}]})
+    assert len(table) == 3 and table[2].startswith("| tiny |")
