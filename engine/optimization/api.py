@@ -8,7 +8,10 @@ Modes:
     exact  bf16, fused QKV, fastest exact attention (measured), regional compile,
            CUDA graphs where they pay (measured), channels-last VAE, each feed-forward's
            GELU in its up projection's GEMM epilogue (engine/optimization/gelu_epilogue.py).
-           FLUX also compiles the modules outside its blocks and always captures graphs
+           FLUX's single blocks skip the concatenation before proj_out
+           (engine/optimization/concat_free.py), and in `exact` only its q/k RMSNorm +
+           RoPE run as one Triton kernel (engine/optimization/kernel_processors.py). FLUX
+           also compiles the modules outside its blocks and always captures graphs
            (measured). The text encoders' layers and an image VAE's decoder are compiled
            as well (engine/optimization/components.py; `compile_components=False` leaves
            them).
@@ -91,7 +94,10 @@ FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
 # compiled model, than inductor's own code for the same op (`bench/engine.py --part
 # blocks`/`options`). On an H200 (2026-11-22), one FLUX double + single block at 1024^2: QK
 # RMSNorm+RoPE 5.92 ms against inductor's 5.98 (1%, inside run-to-run spread), the fp8
-# linear's Triton quantizer 5.413 ms against 5.410: neither is on. The feed-forward's GELU
+# linear's Triton quantizer 5.413 ms against 5.410: neither was on. The QK kernel is on in
+# `exact` since its GELU and concatenation left inductor's: FLUX 126.6/126.1 -> 125.2/125.5
+# ms per step, two alternated pairs (H100, 2026-11-23); `fast` without fp8 attention was not
+# measured again and keeps inductor's. The feed-forward's GELU
 # fused into the down projection's fp8 quantizer (one read of the up projection's output
 # instead of inductor's two, no bf16 activation written) is: Wan 2.1 1.3B `fast` 496-501 ->
 # 482 ms per call, with fp8 attention 395-398 -> 383; FLUX `fast` 104.2 -> 101.2 ms/step,
@@ -102,8 +108,11 @@ FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
 # Every norm of a FLUX double block and a Wan block into the fp8 rows its linear reads
 # (engine/optimization/fp8_rows.py): BENCHMARKS.md, "Twelfth round".
 # The bf16 feed-forwards' GELU in cuBLASLt's epilogue (`exact`): FLUX 131.4 -> 128.4/128.9
-# ms per step, Wan 519.0 -> 512.6 ms per call (H100, 2026-11-23; "Fourteenth round").
+# ms per step, Wan 519.0 -> 512.6 ms per call; FLUX's single blocks without the
+# concatenation before proj_out: 128.5/130.5 -> 126.6/127.8 (H100, 2026-11-23; BENCHMARKS.md,
+# "Fourteenth round").
 DEFAULT_KERNELS: tuple[str, ...] = ("gelu_fp8", "norm_fp8", "gelu_epilogue", "concat_free")
+EXACT_KERNELS: tuple[str, ...] = (*DEFAULT_KERNELS, "qk_rmsnorm_rope")
 KERNEL_NAMES = (
     "gelu_fp8",
     "norm_fp8",
@@ -271,7 +280,9 @@ def optimize(
         )
     report = OptimizationReport(mode=mode, dtype=str(dtype).removeprefix("torch."))
     quantize = mode in ("fast", "turbo")
-    use_kernels = tuple(DEFAULT_KERNELS if kernels is None else kernels)
+    if kernels is None:
+        kernels = EXACT_KERNELS if mode == "exact" else DEFAULT_KERNELS
+    use_kernels = tuple(kernels)
     unknown = sorted(set(use_kernels) - set(KERNEL_NAMES))
     if unknown:
         raise ValueError(f"unknown kernels {unknown}: choose from {KERNEL_NAMES}")
@@ -349,9 +360,7 @@ def optimize(
                 report.attention_backend = f"sdpa_bshd:{fp8_name}"
             else:
                 report.notes.append(f"{name}: no FLUX/Wan attention for fp8; kept bf16 attention")
-        elif (context_parallel and attention_op is not False) or (
-            attention_op and "qk_rmsnorm_rope" not in use_kernels
-        ):
+        elif (context_parallel and attention_op is not False) or attention_op:
             # Under context parallel our processors pack q, k and v into one all-to-all
             # (engine/optimization/ulysses.py); attention_op=False keeps diffusers' dispatch.
             from engine.optimization.sdpa import use_sdpa_processors

@@ -192,6 +192,21 @@ def test_flux_chained_blocks_match_eager_and_keep_their_names():
     assert compiled_frame_count() == frames
 
 
+def test_exact_runs_flux_qk_norm_and_rope_in_one_kernel():
+    from engine.optimization.kernel_processors import FluxKernelAttnProcessor
+
+    exact, inputs = _flux()
+    fast, _ = _flux()
+    ref = _run(exact, inputs)
+    optimize(exact, "exact", compile=False)
+    optimize(fast, "fast", compile=False)
+    assert "qk_rmsnorm_rope" in report_of(exact).kernels
+    assert "qk_rmsnorm_rope" not in report_of(fast).kernels
+    procs = {type(m.processor) for m in exact.modules() if hasattr(m, "processor")}
+    assert procs == {FluxKernelAttnProcessor}
+    _close(_run(exact, inputs), ref, {"rel_l2": 1e-2, "cosine": 0.9999})
+
+
 def test_flux_exact_uncompiled_is_the_same_function():
     model, inputs = _flux()
     ref = _run(model, inputs)
