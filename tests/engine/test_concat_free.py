@@ -16,13 +16,6 @@ from engine.pipelines import build_flux_transformer, flux_transformer_inputs  # 
 AOT = {"compile_backend": "aot_eager"}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @torch.no_grad()
 def _run(model, inputs):
     return model(**inputs)[0].float()

@@ -26,13 +26,6 @@ from engine.pipelines import (  # noqa: E402
 AOT = {"compile_backend": "aot_eager"}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _tiny(build: str):
     if build == "flux":
         model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
