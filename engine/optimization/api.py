@@ -94,10 +94,10 @@ FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
 # compiled model, than inductor's own code for the same op (`bench/engine.py --part
 # blocks`/`options`). On an H200 (2026-11-22), one FLUX double + single block at 1024^2: QK
 # RMSNorm+RoPE 5.92 ms against inductor's 5.98 (1%, inside run-to-run spread), the fp8
-# linear's Triton quantizer 5.413 ms against 5.410: neither was on. The QK kernel is on in
-# `exact` since its GELU and concatenation left inductor's: FLUX 126.6/126.1 -> 125.2/125.5
-# ms per step, two alternated pairs (H100, 2026-11-23); `fast` without fp8 attention was not
-# measured again and keeps inductor's. The feed-forward's GELU
+# linear's Triton quantizer 5.413 ms against 5.410: neither was on. In `exact`, once its GELU
+# and concatenation had left inductor's kernels, the QK kernel measured faster: FLUX
+# 126.6/126.1 -> 125.2/125.5 ms per step, two alternated pairs (H100, 2026-11-23); `fast`
+# without fp8 attention was not measured again and keeps inductor's. The feed-forward's GELU
 # fused into the down projection's fp8 quantizer (one read of the up projection's output
 # instead of inductor's two, no bf16 activation written) is: Wan 2.1 1.3B `fast` 496-501 ->
 # 482 ms per call, with fp8 attention 395-398 -> 383; FLUX `fast` 104.2 -> 101.2 ms/step,
