@@ -64,7 +64,10 @@ def test_token_bucket_refuses_past_the_burst_and_says_when(redis_client) -> None
     assert [v.allowed for v in verdicts] == [True, True, True, False, False]
     assert [v.remaining for v in verdicts[:3]] == [2, 1, 0]
     refused = verdicts[3]
-    assert refused.retry_after_s == 2 and refused.headers()["Retry-After"] == "2"
+    # The next token comes 2 s after the burst at 0.5/s, less what refilled while the calls
+    # ran: a collector pause in a long test process has taken a second of that.
+    assert refused.retry_after_s in (1, 2)
+    assert refused.headers()["Retry-After"] == str(refused.retry_after_s)
     assert refused.headers()["RateLimit-Policy"] == "3;w=6"
     assert limits.take(charge("t:2")).allowed  # buckets are per key
     # Many charges in one round trip take tokens in order, bucket by bucket.
