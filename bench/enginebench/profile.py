@@ -37,7 +37,10 @@ def _kernel_class(name: str) -> str:
 
 
 def kernel_breakdown(prof, *, calls: int, ms_step: float) -> dict[str, Any]:
-    """GPU ms per call by kernel class, the top kernels, and the gaps, from a profile of `calls` calls."""
+    """GPU ms per call by kernel class, the top kernels, and the idle time, from a profile of `calls` calls.
+
+    `gaps_ms` is the step timed unprofiled less the profiled kernels: the clock under the
+    power cap moves it by milliseconds either way. `idle_ms` is the GPU's idle time itself."""
     classes: dict[str, float] = {}
     top: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -57,6 +60,42 @@ def kernel_breakdown(prof, *, calls: int, ms_step: float) -> dict[str, Any]:
         "classes_ms": classes,
         "top_kernels_ms": {k: top[k] for k in ranked},
         "top_kernel_calls": {k: counts[k] for k in ranked},
+        **idle_between_kernels(prof, calls=calls),
+    }
+
+
+def idle_between_kernels(prof, *, calls: int) -> dict[str, Any]:
+    """The GPU's idle time between consecutive kernels, by the pair of kernels around it.
+
+    Gaps longer than a millisecond are taken to be between calls and left out."""
+    spans = sorted(
+        (e.time_range.start, e.time_range.end, e.name[:90])
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
+    )
+    pairs: dict[str, float] = {}
+    pair_counts: dict[str, int] = {}
+    idle, overlapped = 0.0, 0
+    end = None
+    prev = ""
+    for start, stop, name in spans:
+        if end is not None:
+            gap = start - end
+            if gap < 0:
+                overlapped += 1
+            elif gap < 1000:
+                key = f"{prev} -> {name}"
+                pairs[key] = pairs.get(key, 0.0) + gap / 1e3 / calls
+                pair_counts[key] = pair_counts.get(key, 0) + 1
+                idle += gap / 1e3 / calls
+        if end is None or stop >= end:
+            end, prev = stop, name  # the gap after is the last kernel to finish's
+    ranked = sorted(pairs, key=lambda k: -pairs[k])[:25]
+    return {
+        "idle_ms": idle,
+        "overlapping_kernels": overlapped // max(calls, 1),
+        "idle_pairs_ms": {k: pairs[k] for k in ranked},
+        "idle_pair_calls": {k: pair_counts[k] // calls for k in ranked},
     }
 
 

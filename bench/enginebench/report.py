@@ -102,8 +102,8 @@ def blocks_table(res: dict[str, Any]) -> list[str]:
 def profile_table(res: dict[str, Any]) -> list[str]:
     classes = ["matmul", "attention", "fused elementwise (inductor)", "other"]
     lines = [
-        "| mode | ms/step | " + " | ".join(classes) + " | gaps |",
-        "|---" * (len(classes) + 3) + "|",
+        "| mode | ms/step | " + " | ".join(classes) + " | idle between kernels | step − kernels |",
+        "|---" * (len(classes) + 4) + "|",
     ]
     for r in res.get("rows", []):
         if "error" in r:
@@ -113,7 +113,7 @@ def profile_table(res: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['mode']} | {fmt(r['ms_step'])} | "
             + " | ".join(fmt(c.get(k, 0.0)) for k in classes)
-            + f" | {fmt(r['gaps_ms'])} |"
+            + f" | {fmt(r.get('idle_ms'))} | {fmt(r['gaps_ms'])} |"
         )
     return lines
 
