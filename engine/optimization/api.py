@@ -22,7 +22,9 @@ Modes:
     turbo  fast + step caching (fixed skip schedule, or first-block cache).
 
 In every mode a pipeline's decoded images go to PIL with the scaling and rounding on the
-GPU, the same pixels (engine/optimization/postprocess.py).
+GPU, the same pixels (engine/optimization/postprocess.py), and FLUX computes each
+generation's adaLN modulations in one pass over their weights when its scheduler sets the
+timesteps (engine/optimization/modulation.py).
 
 `attention="fp8"` (fast and turbo) runs FLUX and Wan attention in fp8 e4m3, through
 cuDNN's fused fp8 attention or our kernel (kernels/attention_fp8.py, SageAttention-style
@@ -78,6 +80,7 @@ from engine.optimization.fp8_rows import norms_into_fp8_rows
 from engine.optimization.gelu_epilogue import fuse_gelu_into_gemms
 from engine.optimization.gelu_fp8 import fuse_gelu_into_fp8
 from engine.optimization.lora import add_lora_slot, has_lora
+from engine.optimization.modulation import tabulate_flux_modulations
 from engine.optimization.parallel import (
     check_context_parallel,
     context_parallel_backend,
@@ -110,14 +113,23 @@ FP8_ATTENTION_BACKENDS = ("auto", "cudnn", "triton")
 # The bf16 feed-forwards' GELU in cuBLASLt's epilogue (`exact`): FLUX 131.4 -> 128.4/128.9
 # ms per step, Wan 519.0 -> 512.6 ms per call; FLUX's single blocks without the
 # concatenation before proj_out: 128.5/130.5 -> 126.6/127.8 (H100, 2026-11-23; BENCHMARKS.md,
-# "Fourteenth round").
-DEFAULT_KERNELS: tuple[str, ...] = ("gelu_fp8", "norm_fp8", "gelu_epilogue", "concat_free")
+# "Fourteenth round"). FLUX's adaLN modulations tabulated per generation: in pipeline
+# `fast` 78.4 -> 77.1 ms per step, `exact` 128.2-128.5 -> 126.1-126.4 (H100, 2026-11-23;
+# "Fifteenth round").
+DEFAULT_KERNELS: tuple[str, ...] = (
+    "gelu_fp8",
+    "norm_fp8",
+    "gelu_epilogue",
+    "concat_free",
+    "modulation_table",
+)
 EXACT_KERNELS: tuple[str, ...] = (*DEFAULT_KERNELS, "qk_rmsnorm_rope")
 KERNEL_NAMES = (
     "gelu_fp8",
     "norm_fp8",
     "gelu_epilogue",
     "concat_free",
+    "modulation_table",
     "fp8_linear",
     "qk_rmsnorm_rope",
 )
@@ -168,6 +180,9 @@ class OptimizationReport:
         graphs = self.hooks.get("cuda_graphs")
         if graphs:
             d["cuda_graph_decisions"] = [dec for h in graphs for dec in h.stats.decisions]
+        tables = self.hooks.get("modulation_table")
+        if tables:
+            d["modulation_calls"] = [dict(h.stats) for h in tables]
         skip = self.hooks.get("turbo")
         if skip:
             d["turbo_steps"] = [
@@ -457,6 +472,18 @@ def optimize(
             )
             report.hooks.setdefault("cuda_graphs", []).append(hook)
             report.cuda_graphs = "always" if hook.mode == "always" else "auto"
+
+        if "modulation_table" in use_kernels:
+            # Outside the graph, whose captured blocks read the buffer it fills; inside the
+            # step skipping, so that a skipped step looks nothing up.
+            hook = tabulate_flux_modulations(
+                model,
+                getattr(pipeline, "scheduler", None),
+                check_after_launch=bool(graphs) and device.type == "cuda",
+            )
+            if hook is not None:
+                report.kernels.append("modulation_table")
+                report.hooks.setdefault("modulation_table", []).append(hook)
 
         if turbo_cfg is not None:
             scheduler = getattr(pipeline, "scheduler", None)
