@@ -41,6 +41,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import kernels  # noqa: E402
+from bench.kernel_inputs import (  # noqa: E402
+    flux_qkv,
+    gemv_operands,
+    scaled_mm_rowwise,
+    wan_qkv,
+)
 from kernels import adaln_fp8 as adaln8  # noqa: E402
 from kernels import (  # noqa: E402
     adaln_layernorm,
@@ -86,6 +92,9 @@ MODELS = {
 }
 SWEEP_PRODUCER = [(1, 2), (2, 2), (2, 4), (4, 2), (4, 4), (8, 4), (8, 8)]
 """(rows per program, warps) tried for norm_rope_quantize_for_cudnn."""
+SWEEP_STATS = [(256, 32, 2), (128, 32, 2), (64, 32, 2), (512, 32, 2), (1024, 32, 2),
+               (512, 64, 4), (1024, 64, 4), (256, 32, 4), (512, 32, 1)]  # fmt: skip
+"""(tokens per program, rows per step, warps) tried for its statistics pass's V amax."""
 SMOKE = {"tokens": 37, "dim": 96, "heads": 3, "head_dim": 32, "mlp": 160}
 
 
@@ -330,7 +339,7 @@ def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> Non
         b.memory_bound(
             "norm_rope_quant_cudnn", model, f"qkv(1, {t}, 3x{h}x{dh})", 4 * act + 3 * t * d,
             norm_rope_quantize_for_cudnn, norm_rope_quantize_for_cudnn_reference,
-            lambda: _wan_qkv(t, h, dh, dtype, dev),
+            lambda: wan_qkv(t, h, dh, dtype, dev),
         )
     # The feed-forward's down-projection input: gelu of the up projection's output,
     # quantized per row in one pass; FLUX single blocks: cat([attention, gelu(mlp)]).
@@ -367,30 +376,8 @@ def run_memory_bound(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> Non
         for n in (6 * d, 3 * d):
             b.memory_bound(
                 "fp8_weight_gemv", model, f"x(1, {d}) @ w8({n}, {d})", n * d + 8 * n + 2 * d,
-                fp8_weight_gemv, _scaled_mm_rowwise, lambda n=n: _gemv_operands(1, d, n, dev),
+                fp8_weight_gemv, scaled_mm_rowwise, lambda n=n: gemv_operands(1, d, n, dev),
             )
-
-
-def _gemv_operands(m: int, k: int, n: int, dev: str) -> tuple:
-    w_fp8, w_scale = quantize_weight_fp8_rowwise(torch.randn(n, k, device=dev) / k**0.5)
-    x = torch.randn(m, k, dtype=torch.bfloat16, device=dev)
-    return x, w_fp8, w_scale.view(1, n), torch.randn(n, dtype=torch.bfloat16, device=dev)
-
-
-def _scaled_mm_rowwise(x, w_fp8, w_scale, bias):
-    xq, xs = quantize_fp8_rowwise_reference(x)
-    return torch._scaled_mm(xq, w_fp8.t(), scale_a=xs, scale_b=w_scale, bias=bias,
-                            out_dtype=torch.bfloat16, use_fast_accum=True)
-
-
-def _wan_qkv(t: int, h: int, dh: int, dtype: torch.dtype, dev: str) -> tuple:
-    # norm_rope_quantize_for_cudnn's arguments: chunks of one fused projection, Wan's
-    # norm weights and frequency tables.
-    fused = torch.randn(1, t, 3 * h * dh, dtype=dtype, device=dev)
-    q, k, v = (x.unflatten(-1, (h, dh)) for x in fused.chunk(3, dim=-1))
-    w_q, w_k = (1 + 0.2 * torch.randn(h * dh, dtype=dtype, device=dev) for _ in range(2))
-    angles = torch.rand(1, t, 1, dh, device=dev) * 6.28
-    return q, k, v, w_q, w_k, 1e-6, angles.cos(), angles.sin()
 
 
 def run_matmuls(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> None:
@@ -484,11 +471,17 @@ def sweep(b: Bench, model: str, cfg: dict, dtype: torch.dtype) -> list[dict]:
          lambda: (r(1, h, t, dh), r(1, h, t, dh), r(dh), e(1, h, t, dh), e(1, h, t, dh)),
          lambda c, q, k, w, qo, ko: qk_launch(q, k, w, w, None, None, 1e-6, qo, ko, 2, *c)),
     ]
+    qkv = {"wan": wan_qkv, "flux": flux_qkv}.get(model)
     if model == "wan":
         cases.append(
             ("norm_rope_quant_cudnn", SWEEP_PRODUCER, 4 * act + 3 * t * d,
-             lambda: _wan_qkv(t, h, dh, dtype, dev),
+             lambda: wan_qkv(t, h, dh, dtype, dev),
              lambda c, *a: producer_launch(*a, True, 128, None, *c)))
+    if qkv is not None:  # the statistics pass's V amax tiles, the whole producer timed
+        cases.append(
+            ("norm_rope_quant_cudnn_stats", SWEEP_STATS, 4 * act + 3 * t * d,
+             lambda: qkv(t, h, dh, dtype, dev),
+             lambda c, *a: producer_launch(*a[:8], True, 128, *(a[8:] or (None,)), None, c)))
     # RoPE runs on (positions, heads) tiles sized by kernels.qk_norm.rope_tile_sizes.
     tries = []
     for op, cfgs, nbytes, make, launch in cases:

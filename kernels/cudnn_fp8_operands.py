@@ -68,9 +68,12 @@ norm's reach. The three launches on an H100 in a CUDA graph: FLUX's per-head nor
 the row (32,760 x 12 heads) 240 us against 253 at (2, 2), 266 at (2, 4), 247-248 at (1, 1)."""
 FINISH_CHANNELS = 128
 """Channels per program of the step between the two passes (K's mean, V's amax floor)."""
-V_CHUNK = 256
-"""Tokens per program (of one head) in the statistics pass's V amax, 32 rows at a time at
-2 warps: 44 us with K's sample at Wan's shape (H200), against 47-83 us for other tiles."""
+STATS_LAUNCH = {"per_head": (512, 64, 4), "over_row": (512, 32, 1)}
+"""(tokens per program of one head, rows per step, warps) of the statistics pass's V amax,
+by the norm's reach. The whole producer, 10 replayed in a CUDA graph on an H100
+(`bench/kernels.py --sweep-only --ops norm_rope_quant_cudnn_stats`, two runs): FLUX 86.8 us
+against 89.8-90.5 at (256, 32, 2) and 90.5-99 at smaller tiles; Wan 237.7-238.0 us against
+241.1-242.4 at (256, 32, 2)."""
 
 
 # ----------------------------------------------------------------------------- torch recipe
@@ -411,7 +414,7 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, smooth_k, kv_align,
-            text=None, launch=None):  # fmt: skip
+            text=None, launch=None, stats_launch=None):  # fmt: skip
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     if text is None:
         # No text stream: the kernels' text pointers are never read (TEXT=False).
@@ -424,7 +427,9 @@ def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, smooth_k, kv
     s_pad = s + (-s % kv_align)
     h_pad = triton.next_power_of_2(h)
     per_head = q_weight.numel() == d
-    rows_per_program, num_warps = launch or QUANTIZE_LAUNCH["per_head" if per_head else "over_row"]
+    reach = "per_head" if per_head else "over_row"
+    rows_per_program, num_warps = launch or QUANTIZE_LAUNCH[reach]
+    v_chunk, v_rows, v_warps = stats_launch or STATS_LAUNCH[reach]
     dev = q.device
     cos = freqs_cos.reshape(s, d).float().contiguous()
     sin = freqs_sin.reshape(s, d).float().contiguous()
@@ -432,7 +437,7 @@ def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, smooth_k, kv
     n_sample = triton.cdiv(s, stride)
     sample_block = 4
     n_parts = triton.cdiv(n_sample, sample_block) if smooth_k else 0
-    n_v = triton.cdiv(s, V_CHUNK) * h
+    n_v = triton.cdiv(s, v_chunk) * h
     f32 = torch.float32
     vmax = torch.zeros(b, h * d, device=dev, dtype=f32)
     ksum = torch.empty(b, max(n_parts, 1), h * d, device=dev, dtype=f32)
@@ -444,8 +449,8 @@ def _launch(q, k, v, q_weight, k_weight, eps, freqs_cos, freqs_sin, smooth_k, kv
     _stats_kernel[(n_v + n_parts, b)](
         ka, k, va, v, wka, k_weight, cos, sin, vmax, ksum, split, s, eps, *st(ka, k),
         *st(va, v), d, n_v, stride, n_sample, max(n_parts, 1),
-        H=h, H_PAD=h_pad, D=d, BLOCK=sample_block, V_ROWS=32, CHUNK=V_CHUNK,
-        PER_HEAD=per_head, TEXT=text is not None, num_warps=2,
+        H=h, H_PAD=h_pad, D=d, BLOCK=sample_block, V_ROWS=v_rows, CHUNK=v_chunk,
+        PER_HEAD=per_head, TEXT=text is not None, num_warps=v_warps,
     )  # fmt: skip
     _finish_stats_kernel[(triton.cdiv(h * d, FINISH_CHANNELS), b)](
         wqa, q_weight, wka, k_weight, vmax, ksum, k_mean, v_amax, bounds, descale_q, descale_k,

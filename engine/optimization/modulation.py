@@ -223,7 +223,7 @@ class ModulationTableHook(ModelHook):
         steps = self.schedule.numel()
         # FluxPipeline: timestep = t.expand(batch).to(latents.dtype); the call gets it / 1000.
         timesteps = self.schedule.to(pooled.device)[:, None].expand(steps, batch).to(dtype) / 1000
-        guidance_rows = None if guidance is None else guidance.repeat(steps)
+        guidance_rows = None if guidance is None else guidance.reshape(-1).repeat(steps)
         pooled_rows = pooled.repeat(steps, 1)
         keys = torch.stack(
             [_key(timesteps[i], guidance, pooled) for i in range(steps)]
