@@ -12,13 +12,9 @@ from diffusers.hooks import HookRegistry  # noqa: E402
 from engine.optimization import drift, optimize, report_of  # noqa: E402
 from engine.optimization.concat_free import HOOK_NAME, linear_of_concat  # noqa: E402
 from engine.pipelines import build_flux_transformer, flux_transformer_inputs  # noqa: E402
+from tests.engine.tiny import run as _run  # noqa: E402
 
 AOT = {"compile_backend": "aot_eager"}
-
-
-@torch.no_grad()
-def _run(model, inputs):
-    return model(**inputs)[0].float()
 
 
 def test_linear_of_concat_is_the_linear_of_the_concatenation():

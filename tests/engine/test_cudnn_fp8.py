@@ -23,6 +23,7 @@ from engine.optimization.cudnn_fp8 import (  # noqa: E402
     cudnn_fp8_attention_available,
     rmsnorm_bound,
 )
+from tests.engine.tiny import tiny as _tiny  # noqa: E402
 
 GPU = torch.cuda.is_available() and cudnn_fp8_attention_available(0)
 
@@ -123,24 +124,6 @@ def test_op_traces_under_compile():
     fn = torch.compile(attention_fp8_cudnn, backend="aot_eager", fullgraph=True)
     out = fn(q, k, v, rmsnorm_bound(norm_q), rmsnorm_bound(norm_k))
     assert drift(out.float(), _exact(q, k, v))["cosine"] >= 0.995
-
-
-def _tiny(build: str):
-    """A tiny FLUX or Wan transformer (bf16 FLUX) and its inputs."""
-    from engine.pipelines import (
-        build_flux_transformer,
-        build_wan_transformer,
-        flux_transformer_inputs,
-        wan_transformer_inputs,
-    )
-
-    if build == "flux":
-        model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
-        inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
-    else:
-        model = build_wan_transformer("tiny", seed=0)
-        inputs = wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
-    return model, inputs
 
 
 def _fast_cudnn_fp8_optimize(model, **kwargs) -> None:

@@ -17,26 +17,12 @@ from engine.optimization.gelu_epilogue import (  # noqa: E402
     linear_gelu_tanh,
 )
 from engine.pipelines import (  # noqa: E402
-    build_flux_transformer,
-    build_wan_transformer,
     flux_transformer_inputs,
-    wan_transformer_inputs,
 )
+from tests.engine.tiny import run as _run  # noqa: E402
+from tests.engine.tiny import tiny as _tiny  # noqa: E402
 
 AOT = {"compile_backend": "aot_eager"}
-
-
-def _tiny(build: str):
-    if build == "flux":
-        model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
-        return model, flux_transformer_inputs(model, height=64, width=64, text_len=16)
-    model = build_wan_transformer("tiny", seed=0)
-    return model, wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
-
-
-@torch.no_grad()
-def _run(model, inputs):
-    return model(**inputs)[0].float()
 
 
 def test_linear_gelu_is_the_tanh_gelu_of_the_linear():

@@ -12,11 +12,8 @@ from engine.optimization.modulation import (  # noqa: E402
     BankedModulation,
     tabulate_flux_modulations,
 )
-from engine.pipelines import (  # noqa: E402
-    build_flux_pipeline,
-    build_flux_transformer,
-    flux_transformer_inputs,
-)
+from engine.pipelines import build_flux_pipeline  # noqa: E402
+from tests.engine.tiny import tiny_flux  # noqa: E402
 
 AOT = {"compile_backend": "aot_eager"}
 STEPS = 5
@@ -83,8 +80,7 @@ def test_a_call_off_the_schedule_computes_its_own_modulations():
     pipe = build_flux_pipeline("tiny", seed=0)
     optimize(pipe, "exact", **AOT)
     _run(pipe)
-    plain = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
-    inputs = flux_transformer_inputs(plain, height=64, width=64, text_len=16)
+    plain, inputs = tiny_flux()
     inputs["timestep"] = torch.full_like(inputs["timestep"], 0.123)
     with torch.no_grad():
         out = pipe.transformer(**inputs)[0]
@@ -99,8 +95,7 @@ def test_checked_after_launch_a_call_off_the_table_runs_again_computed():
     hook = tabulate_flux_modulations(pipe.transformer, pipe.scheduler, check_after_launch=True)
     _assert_close(_run(pipe), ref)
     assert hook.stats == _stats(STEPS, 0, 1, 0)
-    plain = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
-    inputs = flux_transformer_inputs(plain, height=64, width=64, text_len=16)
+    plain, inputs = tiny_flux()
     with torch.no_grad():
         ref = plain(**inputs)[0]
         # A condition of its own: a table from the schedule, which this timestep is not in.
@@ -112,8 +107,7 @@ def test_checked_after_launch_a_call_off_the_table_runs_again_computed():
 
 
 def test_a_bare_transformer_without_a_scheduler_computes_every_call():
-    model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=0)
-    inputs = flux_transformer_inputs(model, height=64, width=64, text_len=16)
+    model, inputs = tiny_flux()
     with torch.no_grad():
         ref = model(**inputs)[0]
         optimize(model, "exact", **AOT)

@@ -36,11 +36,13 @@ from engine.pipelines import (  # noqa: E402
     build_flux_transformer,
     build_sdxl_unet,
     build_wan_pipeline,
-    build_wan_transformer,
     flux_transformer_inputs,
     sdxl_unet_inputs,
-    wan_transformer_inputs,
 )
+from tests.engine.tiny import run as _run  # noqa: E402
+from tests.engine.tiny import tiny as _tiny  # noqa: E402
+from tests.engine.tiny import tiny_flux as _flux  # noqa: E402
+from tests.engine.tiny import tiny_wan as _wan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 AOT = {"compile_backend": "aot_eager"}
@@ -48,39 +50,11 @@ EXACT = {"rel_l2": 2e-2, "cosine": 0.9998}
 FAST = {"rel_l2": 6e-2, "cosine": 0.998}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    """Each test is a replica of its own: compiled code of earlier tests (other modes of the
-    same block classes) must not count against dynamo's per-function recompile limit."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 def _close(out: torch.Tensor, ref: torch.Tensor, tol: dict[str, float]) -> dict[str, float]:
     d = drift(out, ref)
     assert torch.isfinite(out).all()
     assert d["rel_l2"] <= tol["rel_l2"] and d["cosine"] >= tol["cosine"], d
     return d
-
-
-def _flux(seed: int = 0):
-    model = build_flux_transformer("tiny", dtype=torch.bfloat16, seed=seed)
-    return model, flux_transformer_inputs(model, height=64, width=64, text_len=16)
-
-
-def _wan():
-    model = build_wan_transformer("tiny", seed=0)
-    return model, wan_transformer_inputs(model, height=32, width=32, num_frames=5, text_len=16)
-
-
-def _tiny(build: str):
-    return _flux() if build == "flux" else _wan()
-
-
-@torch.no_grad()
-def _run(model, inputs):
-    return model(**inputs)[0].float()
 
 
 def test_fp8_linear_matches_dequantized_reference():
